@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way: C shims -> wrappers -> HVTensor -> HVNN -> ... -> HVCommands -> executables.
+// Each C module is imported by exactly one Swift module.
+let package = Package(
+    name: "hv",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "hv-bench", targets: ["hv-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries (Debian: libopenblas-dev, libzmq3-dev, libhdf5-dev, libav*-dev).
+        .systemLibrary(name: "CHVBLAS", path: "Sources/CHVBLAS"),
+        // zmq's pkg-config adds -isystem, which SwiftPM rejects: no pkgConfig, zmq.h is on the default path.
+        .systemLibrary(name: "CHVZeroMQ", path: "Sources/CHVZeroMQ"),
+        .systemLibrary(name: "CHVHDF5", path: "Sources/CHVHDF5", pkgConfig: "hdf5-serial"),
+        .systemLibrary(name: "CHVAV", path: "Sources/CHVAV", pkgConfig: "libavformat libavcodec libswscale libavutil"),
+
+        .target(name: "HVTensor", dependencies: ["CHVBLAS"]),
+        .target(name: "HVNN", dependencies: ["HVTensor"]),
+        .target(name: "HVComm", dependencies: ["CHVZeroMQ"]),
+        .target(name: "HVCheckpoint", dependencies: ["CHVHDF5"]),
+        .target(name: "HVData", dependencies: ["CHVAV"]),
+        .target(name: "HVCommands", dependencies: [
+            "HVTensor", "HVNN",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "hv-bench", dependencies: ["HVCommands"]),
+        // Peer process for the multi-process bridge tests (not a user-facing tool).
+        .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
+
+        .target(name: "_HVTestSupport", dependencies: ["HVTensor"]),
+        .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),
+        .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
+        .testTarget(name: "HVCommTests", dependencies: ["HVComm"]),
+        .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
+        .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
+    ]
+)
