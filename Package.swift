@@ -33,7 +33,7 @@ let package = Package(
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 
-        .target(name: "_HVTestSupport", dependencies: ["HVTensor"]),
+        .target(name: "_HVTestSupport", dependencies: ["HVTensor"], path: "Sources/_HVTestSupport"),
         .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm"]),

@@ -1,0 +1,85 @@
+import CHVBLAS
+import Foundation
+
+/// Thin funnel over OpenBLAS's cblas_sgemm (row-major).
+public enum BLAS {
+    /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
+    @inline(__always)
+    public static func sgemm(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    public static var threads: Int {
+        get { Int(openblas_get_num_threads()) }
+        set { openblas_set_num_threads(Int32(newValue)) }
+    }
+
+    /// The kernel family OpenBLAS chose at load (e.g. "Haswell", "SkylakeX", "Zen").
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+    public static var config: String { String(cString: openblas_get_config()) }
+}
+
+/// OpenBLAS picks its kernels once, at library load, from `OPENBLAS_CORETYPE` if set. Some
+/// environments force a weaker core type (e.g. Haswell/AVX2 on an AVX-512 CPU, ~half speed).
+/// The CLIs call `reexecIfNeeded()` first: when the forced type is weaker than what the CPU
+/// supports, they re-exec themselves once with the variable removed. `HV_KEEP_OPENBLAS_CORETYPE=1`
+/// keeps the user's setting; `HV_OPENBLAS_REEXEC` marks the second exec (OpenBLAS itself
+/// writes the variable at load, so its presence alone cannot tell).
+public enum BLASEnvironment {
+    public static let keepVariable = "HV_KEEP_OPENBLAS_CORETYPE"
+    public static let markerVariable = "HV_OPENBLAS_REEXEC"
+
+    /// Kernel types weaker than AVX-512 that OpenBLAS may be forced onto.
+    static let avx2OrWeaker: Set<String> = ["haswell", "zen", "sandybridge", "nehalem", "core2", "prescott", "atom", "penryn", "dunnington", "bulldozer", "piledriver", "steamroller", "excavator", "katmai", "coppermine", "northwood", "opteron", "barcelona", "nano", "bobcat"]
+
+    public static var cpuHasAVX512: Bool {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+        guard let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        return flags.contains("avx512f") && flags.contains("avx512bw") && flags.contains("avx512vl")
+    }
+
+    /// The environment a child (worker) process should get: the forced weak core type removed
+    /// unless the user asked to keep it.
+    public static func childEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
+        var env = env
+        if shouldDropCoreType(env) {
+            env["OPENBLAS_CORETYPE"] = nil
+            env["OPENBLAS_L2_SIZE"] = nil
+        }
+        return env
+    }
+
+    public static func shouldDropCoreType(_ env: [String: String]) -> Bool {
+        guard env[keepVariable] != "1", let forced = env["OPENBLAS_CORETYPE"], !forced.isEmpty else { return false }
+        return avx2OrWeaker.contains(forced.lowercased()) && cpuHasAVX512
+    }
+
+    /// Re-execs the current process once without a weaker forced core type. Returns normally
+    /// when nothing needs changing (or the exec fails, in which case it logs why).
+    public static func reexecIfNeeded() {
+        let env = ProcessInfo.processInfo.environment
+        guard env[markerVariable] == nil, shouldDropCoreType(env) else { return }
+        unsetenv("OPENBLAS_CORETYPE")
+        unsetenv("OPENBLAS_L2_SIZE")
+        setenv(markerVariable, "1", 1)
+        let path = "/proc/self/exe"
+        let args = CommandLine.arguments
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        execv(path, cargs)
+        let reason = String(cString: strerror(errno))
+        FileHandle.standardError.write(Data("hv: could not re-exec without OPENBLAS_CORETYPE (\(reason)); continuing with \(env["OPENBLAS_CORETYPE"] ?? "?") kernels\n".utf8))
+    }
+}

@@ -1,0 +1,194 @@
+import Foundation
+
+/// Memory-efficient scaled-dot-product attention (FlashAttention-2 style, on the CPU).
+///
+/// Queries are processed in blocks of `blockQ` rows against key blocks of `blockK` rows with an
+/// online softmax; only a blockQ x blockK score tile exists at a time, forward and backward
+/// (the backward pass recomputes scores from the saved log-sum-exp). Memory is O(S·D).
+public enum FlashAttention {
+    nonisolated(unsafe) public static var blockQ = 256
+    nonisolated(unsafe) public static var blockK = 256
+
+    /// One head: q [Sq, D], k/v [Sk, D] contiguous; keyMask [Sk] (nonzero = attend) or nil.
+    /// Writes out [Sq, D] and lse [Sq] (natural log-sum-exp of the scaled scores; -inf for a
+    /// row whose keys are all masked, whose output is then 0).
+    public static func forwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                   keyMask: UnsafePointer<Float>?, sq: Int, sk: Int, d: Int, scale: Float,
+                                   out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+        let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
+        defer { scores.deallocate() }
+        var m = [Float](repeating: 0, count: bq), l = [Float](repeating: 0, count: bq)
+        var qs = 0
+        while qs < sq {
+            let nq = min(bq, sq - qs)
+            let acc = out + qs * d
+            acc.update(repeating: 0, count: nq * d)
+            for r in 0..<nq { m[r] = -.infinity; l[r] = 0 }
+            var ks = 0
+            while ks < sk {
+                let nk = min(bk, sk - ks)
+                if let keyMask, !(0..<nk).contains(where: { keyMask[ks + $0] != 0 }) { ks += nk; continue }
+                BLAS.sgemm(transB: true, m: nq, n: nk, k: d, alpha: scale, a: q + qs * d, lda: d, b: k + ks * d, ldb: d,
+                           c: scores, ldc: nk)
+                if let keyMask {
+                    for j in 0..<nk where keyMask[ks + j] == 0 { for r in 0..<nq { scores[r * nk + j] = -.infinity } }
+                }
+                for r in 0..<nq {
+                    let row = scores + r * nk
+                    var mx = -Float.infinity
+                    for j in 0..<nk { mx = max(mx, row[j]) }
+                    let mNew = max(m[r], mx)
+                    if mNew == -.infinity { for j in 0..<nk { row[j] = 0 }; continue }
+                    var sum: Float = 0
+                    expShifted(row, nk, mNew, &sum)
+                    let corr = m[r] == -.infinity ? 0 : Foundation.exp(m[r] - mNew)
+                    l[r] = l[r] * corr + sum
+                    if corr != 1 { let a = acc + r * d; for c in 0..<d { a[c] *= corr } }
+                    m[r] = mNew
+                }
+                BLAS.sgemm(m: nq, n: d, k: nk, a: scores, lda: nk, b: v + ks * d, ldb: d, beta: 1, c: acc, ldc: d)
+                ks += nk
+            }
+            for r in 0..<nq {
+                if l[r] == 0 {
+                    (acc + r * d).update(repeating: 0, count: d)
+                    lse[qs + r] = -.infinity
+                } else {
+                    let inv = 1 / l[r]
+                    let a = acc + r * d
+                    for c in 0..<d { a[c] *= inv }
+                    lse[qs + r] = m[r] + Foundation.log(l[r])
+                }
+            }
+            qs += nq
+        }
+    }
+
+    /// Gradients of one head given dout [Sq, D], the forward output and lse.
+    /// dq [Sq, D], dk/dv [Sk, D] are overwritten.
+    public static func backwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                    keyMask: UnsafePointer<Float>?, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                                    dout: UnsafePointer<Float>, sq: Int, sk: Int, d: Int, scale: Float,
+                                    dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
+        let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
+        let dp = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
+        defer { p.deallocate(); dp.deallocate() }
+        // delta_r = sum_c dout[r,c] * out[r,c]
+        var delta = [Float](repeating: 0, count: sq)
+        for r in 0..<sq {
+            var s: Float = 0
+            for c in 0..<d { s += dout[r * d + c] * out[r * d + c] }
+            delta[r] = s
+        }
+        dq.update(repeating: 0, count: sq * d)
+        dk.update(repeating: 0, count: sk * d)
+        dv.update(repeating: 0, count: sk * d)
+        var ks = 0
+        while ks < sk {
+            let nk = min(bk, sk - ks)
+            if let keyMask, !(0..<nk).contains(where: { keyMask[ks + $0] != 0 }) { ks += nk; continue }
+            var qs = 0
+            while qs < sq {
+                let nq = min(bq, sq - qs)
+                BLAS.sgemm(transB: true, m: nq, n: nk, k: d, alpha: scale, a: q + qs * d, lda: d, b: k + ks * d, ldb: d,
+                           c: p, ldc: nk)
+                for r in 0..<nq {
+                    let row = p + r * nk
+                    let L = lse[qs + r]
+                    if L == -.infinity { for j in 0..<nk { row[j] = 0 }; continue }
+                    var unused: Float = 0
+                    expShifted(row, nk, L, &unused)
+                    if let keyMask { for j in 0..<nk where keyMask[ks + j] == 0 { row[j] = 0 } }
+                }
+                // dV_j += P^T dO_i
+                BLAS.sgemm(transA: true, m: nk, n: d, k: nq, a: p, lda: nk, b: dout + qs * d, ldb: d, beta: 1, c: dv + ks * d, ldc: d)
+                // dP = dO_i V_j^T
+                BLAS.sgemm(transB: true, m: nq, n: nk, k: d, a: dout + qs * d, lda: d, b: v + ks * d, ldb: d, c: dp, ldc: nk)
+                // dS = P * (dP - delta)
+                for r in 0..<nq {
+                    let dr = delta[qs + r]
+                    let pr = p + r * nk, dpr = dp + r * nk
+                    for j in 0..<nk { dpr[j] = pr[j] * (dpr[j] - dr) }
+                }
+                BLAS.sgemm(m: nq, n: d, k: nk, alpha: scale, a: dp, lda: nk, b: k + ks * d, ldb: d, beta: 1, c: dq + qs * d, ldc: d)
+                BLAS.sgemm(transA: true, m: nk, n: d, k: nq, alpha: scale, a: dp, lda: nk, b: q + qs * d, ldb: d, beta: 1,
+                           c: dk + ks * d, ldc: d)
+                qs += nq
+            }
+            ks += nk
+        }
+    }
+
+    /// row[j] = exp(row[j] - shift); sum += row[j]. -inf entries become 0.
+    @inline(__always)
+    static func expShifted(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ shift: Float, _ sum: inout Float) {
+        var s: Float = 0
+        for j in 0..<n {
+            let e = fastExp(row[j] - shift)
+            row[j] = e
+            s += e
+        }
+        sum += s
+    }
+}
+
+/// exp(x) for x <= 0-ish ranges used by softmax, accurate to ~2 ulp; -inf -> 0.
+/// Cody-Waite range reduction x = n ln2 + r, then a degree-6 polynomial for e^r.
+@inline(__always)
+public func fastExp(_ x: Float) -> Float {
+    if x < -87.3 { return 0 }
+    let xc = min(x, 88.7)
+    let n = (xc * 1.4426950408889634).rounded(.toNearestOrEven)
+    let r = (xc - n * 0.693145751953125) - n * 1.428606765330187e-06
+    var p: Float = 1.0 / 720
+    p = p * r + 1.0 / 120
+    p = p * r + 1.0 / 24
+    p = p * r + 1.0 / 6
+    p = p * r + 0.5
+    p = p * r + 1
+    p = p * r + 1
+    let bits = UInt32(bitPattern: Int32(n) + 127) << 23
+    return p * Float(bitPattern: bits)
+}
+
+extension Tensor {
+    /// softmax(q k^T / sqrt(D) + mask) v for q [B, H, Sq, D], k/v [B, H, Sk, D]; `keyMask`
+    /// [B, Sk] (nonzero = attend; padded text tokens are 0). Blocked: never forms Sq x Sk.
+    public static func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor? = nil,
+                                                 scale: Float? = nil) -> Tensor {
+        precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
+        let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
+        precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
+        if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
+        let sc = scale ?? 1 / Float(D).squareRoot()
+        let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
+        let mc = keyMask?.contiguous()
+        let out = Tensor(uninitialized: [B, H, Sq, D])
+        let lse = Tensor(uninitialized: [B, H, Sq])
+        for b in 0..<B {
+            for h in 0..<H {
+                let i = b * H + h
+                FlashAttention.forwardHead(q: qc.pointer + i * Sq * D, k: kc.pointer + i * Sk * D, v: vc.pointer + i * Sk * D,
+                                           keyMask: mc.map { $0.pointer + b * Sk }, sq: Sq, sk: Sk, d: D, scale: sc,
+                                           out: out.pointer + i * Sq * D, lse: lse.pointer + i * Sq)
+            }
+        }
+        return record("attention", out, [q, k, v]) { g in
+            let gc = g.contiguous()
+            let dq = Tensor(uninitialized: qc.shape), dk = Tensor(uninitialized: kc.shape), dv = Tensor(uninitialized: vc.shape)
+            for b in 0..<B {
+                for h in 0..<H {
+                    let i = b * H + h
+                    FlashAttention.backwardHead(
+                        q: qc.pointer + i * Sq * D, k: kc.pointer + i * Sk * D, v: vc.pointer + i * Sk * D,
+                        keyMask: mc.map { $0.pointer + b * Sk }, out: out.pointer + i * Sq * D, lse: lse.pointer + i * Sq,
+                        dout: gc.pointer + i * Sq * D, sq: Sq, sk: Sk, d: D, scale: sc,
+                        dq: dq.pointer + i * Sq * D, dk: dk.pointer + i * Sk * D, dv: dv.pointer + i * Sk * D)
+                }
+            }
+            return [dq, dk, dv]
+        }
+    }
+}

@@ -1,0 +1,170 @@
+/// Padding of a 3D convolution's input. `causal(kernel:)` is HunyuanVideo's CausalConv3d:
+/// kt-1 frames in front and none behind (frame t never sees t+1), kh/2 and kw/2 on each
+/// spatial side, replicate mode.
+public struct Conv3dPadding: Sendable, Equatable {
+    public enum Mode: Sendable { case zeros, replicate }
+    public var front: Int, back: Int, height: Int, width: Int
+    public var mode: Mode
+
+    public init(front: Int = 0, back: Int = 0, height: Int = 0, width: Int = 0, mode: Mode = .zeros) {
+        self.front = front; self.back = back; self.height = height; self.width = width; self.mode = mode
+    }
+
+    public static let none = Conv3dPadding()
+
+    public static func causal(kernel: (t: Int, h: Int, w: Int), mode: Mode = .replicate) -> Conv3dPadding {
+        Conv3dPadding(front: kernel.t - 1, back: 0, height: kernel.h / 2, width: kernel.w / 2, mode: mode)
+    }
+
+    var isZero: Bool { front == 0 && back == 0 && height == 0 && width == 0 }
+}
+
+extension Tensor {
+    /// Pads x [N, C, T, H, W] in time (front/back) and space (symmetric), zeros or replicate.
+    public func pad3d(_ pad: Conv3dPadding) -> Tensor {
+        precondition(rank == 5, "pad3d expects [N, C, T, H, W], got \(shape)")
+        if pad.isZero { return self }
+        let NC = shape[0] * shape[1], T = shape[2], H = shape[3], W = shape[4]
+        let To = T + pad.front + pad.back, Ho = H + 2 * pad.height, Wo = W + 2 * pad.width
+        // Source index per padded index, -1 for a zero.
+        func map(_ n: Int, _ before: Int, _ size: Int) -> [Int] {
+            (0..<n).map { i in
+                let s = i - before
+                if s >= 0 && s < size { return s }
+                return pad.mode == .replicate ? Swift.min(Swift.max(s, 0), size - 1) : -1
+            }
+        }
+        let mt = map(To, pad.front, T), mh = map(Ho, pad.height, H), mw = map(Wo, pad.width, W)
+        let x = contiguous()
+        let out = Tensor(uninitialized: [shape[0], shape[1], To, Ho, Wo])
+        let p = x.pointer, o = out.pointer
+        for c in 0..<NC {
+            for t in 0..<To {
+                for h in 0..<Ho {
+                    let dst = o + ((c * To + t) * Ho + h) * Wo
+                    let st = mt[t], sh = mh[h]
+                    if st < 0 || sh < 0 { dst.update(repeating: 0, count: Wo); continue }
+                    let src = p + ((c * T + st) * H + sh) * W
+                    for w in 0..<Wo { dst[w] = mw[w] < 0 ? 0 : src[mw[w]] }
+                }
+            }
+        }
+        let inShape = shape
+        return Tensor.record("pad3d", out, [self]) { g in
+            let gc = g.contiguous()
+            let dx = Tensor(zeros: inShape)
+            let gp = gc.pointer, d = dx.pointer
+            for c in 0..<NC {
+                for t in 0..<To {
+                    let st = mt[t]
+                    if st < 0 { continue }
+                    for h in 0..<Ho {
+                        let sh = mh[h]
+                        if sh < 0 { continue }
+                        let src = gp + ((c * To + t) * Ho + h) * Wo
+                        let dst = d + ((c * T + st) * H + sh) * W
+                        for w in 0..<Wo where mw[w] >= 0 { dst[mw[w]] += src[w] }
+                    }
+                }
+            }
+            return [dx]
+        }
+    }
+
+    /// 3D convolution: x [N, Ci, T, H, W], weight [Co, Ci, kt, kh, kw], bias [Co].
+    /// Lowered to im2col + sgemm, a few output frames at a time to bound the column buffer.
+    public func conv3d(_ weight: Tensor, bias: Tensor? = nil, stride: (t: Int, h: Int, w: Int) = (1, 1, 1),
+                       padding: Conv3dPadding = .none) -> Tensor {
+        precondition(rank == 5 && weight.rank == 5, "conv3d: input \(shape), weight \(weight.shape)")
+        precondition(weight.shape[1] == shape[1], "conv3d: weight \(weight.shape) expects \(weight.shape[1]) input channels, input has \(shape[1])")
+        let xp = pad3d(padding)
+        let N = xp.shape[0], Ci = xp.shape[1], T = xp.shape[2], H = xp.shape[3], W = xp.shape[4]
+        let Co = weight.shape[0], kt = weight.shape[2], kh = weight.shape[3], kw = weight.shape[4]
+        let (st, sh, sw) = stride
+        precondition(T >= kt && H >= kh && W >= kw, "conv3d: kernel \(weight.shape) larger than padded input \(xp.shape)")
+        let To = (T - kt) / st + 1, Ho = (H - kh) / sh + 1, Wo = (W - kw) / sw + 1
+        let K = Ci * kt * kh * kw, HWo = Ho * Wo, P = To * HWo
+        if let bias { precondition(bias.shape == [Co], "conv3d: bias \(bias.shape) for \(Co) outputs") }
+        let framesPerChunk = Swift.max(1, Swift.min(To, (1 << 24) / Swift.max(1, K * HWo)))
+        let x = xp.contiguous(), w = weight.contiguous()
+        let out = Tensor(uninitialized: [N, Co, To, Ho, Wo])
+        let cols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
+        defer { cols.deallocate() }
+
+        // cols[k, (t - t0) * HWo + ho * Wo + wo] = x[n, ci, t*st+dt, ho*sh+dh, wo*sw+dw]
+        func im2col(_ n: Int, _ t0: Int, _ nt: Int, _ cols: UnsafeMutablePointer<Float>) {
+            let pc = nt * HWo
+            let xn = x.pointer + n * Ci * T * H * W
+            for ci in 0..<Ci { for dt in 0..<kt { for dh in 0..<kh { for dw in 0..<kw {
+                let row = cols + (((ci * kt + dt) * kh + dh) * kw + dw) * pc
+                for t in 0..<nt {
+                    let plane = xn + (ci * T + (t0 + t) * st + dt) * H * W
+                    for ho in 0..<Ho {
+                        let src = plane + (ho * sh + dh) * W + dw
+                        let dst = row + t * HWo + ho * Wo
+                        if sw == 1 { dst.update(from: src, count: Wo) } else { for wo in 0..<Wo { dst[wo] = src[wo * sw] } }
+                    }
+                }
+            }}}}
+        }
+
+        for n in 0..<N {
+            var t0 = 0
+            while t0 < To {
+                let nt = Swift.min(framesPerChunk, To - t0)
+                im2col(n, t0, nt, cols)
+                BLAS.sgemm(m: Co, n: nt * HWo, k: K, a: w.pointer, lda: K, b: cols, ldb: nt * HWo,
+                           c: out.pointer + n * Co * P + t0 * HWo, ldc: P)
+                t0 += nt
+            }
+            if let bias {
+                let bp = bias.contiguous().pointer
+                for c in 0..<Co { let o = out.pointer + (n * Co + c) * P; let b = bp[c]; for i in 0..<P { o[i] += b } }
+            }
+        }
+        var inputs = [xp, weight]
+        if let bias { inputs.append(bias) }
+        return Tensor.record("conv3d", out, inputs) { g in
+            let gc = g.contiguous()
+            let dx: Tensor? = xp.requiresGrad ? Tensor(zeros: x.shape) : nil
+            let dw: Tensor? = weight.requiresGrad ? Tensor(zeros: w.shape) : nil
+            let cols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
+            let dcols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
+            defer { cols.deallocate(); dcols.deallocate() }
+            for n in 0..<N {
+                var t0 = 0
+                while t0 < To {
+                    let nt = Swift.min(framesPerChunk, To - t0)
+                    let pc = nt * HWo
+                    let gChunk = gc.pointer + n * Co * P + t0 * HWo
+                    if let dw {
+                        im2col(n, t0, nt, cols)
+                        BLAS.sgemm(transB: true, m: Co, n: K, k: pc, a: gChunk, lda: P, b: cols, ldb: pc, beta: 1, c: dw.pointer, ldc: K)
+                    }
+                    if let dx {
+                        BLAS.sgemm(transA: true, m: K, n: pc, k: Co, a: w.pointer, lda: K, b: gChunk, ldb: P, c: dcols, ldc: pc)
+                        // col2im: scatter-add back into the padded input.
+                        let dxn = dx.pointer + n * Ci * T * H * W
+                        for ci in 0..<Ci { for dt in 0..<kt { for dh in 0..<kh { for dwi in 0..<kw {
+                            let row = dcols + (((ci * kt + dt) * kh + dh) * kw + dwi) * pc
+                            for t in 0..<nt {
+                                let plane = dxn + (ci * T + (t0 + t) * st + dt) * H * W
+                                for ho in 0..<Ho {
+                                    let dst = plane + (ho * sh + dh) * W + dwi
+                                    let src = row + t * HWo + ho * Wo
+                                    for wo in 0..<Wo { dst[wo * sw] += src[wo] }
+                                }
+                            }
+                        }}}}
+                    }
+                    t0 += nt
+                }
+            }
+            var grads: [Tensor?] = [dx, dw]
+            if let bias {
+                grads.append(bias.requiresGrad ? gc.reshapeRaw([N, Co, P]).sumRaw(axes: [0, 2]).reshapeRaw([Co]) : nil)
+            }
+            return grads
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import Foundation
+
+enum BinaryOp { case add, sub, mul, div }
+
+/// out = a (op) b with NumPy broadcasting; no graph.
+func broadcastBinary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
+    guard let outShape = broadcastShapes(a.shape, b.shape) else {
+        preconditionFailure("shapes \(a.shape) and \(b.shape) do not broadcast")
+    }
+    let out = Tensor(uninitialized: outShape)
+    let n = out.count
+    if n == 0 { return out }
+    let o = out.pointer
+    let rank = outShape.count
+    // Strides of a and b expressed in the output's index space (0 on broadcast axes).
+    func expanded(_ t: Tensor) -> [Int] {
+        var s = [Int](repeating: 0, count: rank)
+        let lead = rank - t.rank
+        for i in 0..<t.rank where t.shape[i] != 1 { s[lead + i] = t.strides[i] }
+        return s
+    }
+    let sa = rank == 0 ? [] : expanded(a), sb = rank == 0 ? [] : expanded(b)
+    let pa = a.pointer, pb = b.pointer
+    if rank == 0 {
+        o[0] = apply(op, pa[0], pb[0]); return out
+    }
+    let inner = outShape[rank - 1]
+    let ia = sa[rank - 1], ib = sb[rank - 1]
+    var index = [Int](repeating: 0, count: rank)
+    var offA = 0, offB = 0, offO = 0
+    while offO < n {
+        innerLoop(op, o + offO, pa + offA, ia, pb + offB, ib, inner)
+        offO += inner
+        var d = rank - 2
+        while d >= 0 {
+            index[d] += 1
+            offA += sa[d]; offB += sb[d]
+            if index[d] < outShape[d] { break }
+            offA -= sa[d] * outShape[d]; offB -= sb[d] * outShape[d]
+            index[d] = 0
+            d -= 1
+        }
+    }
+    return out
+}
+
+@inline(__always) private func apply(_ op: BinaryOp, _ x: Float, _ y: Float) -> Float {
+    switch op { case .add: x + y; case .sub: x - y; case .mul: x * y; case .div: x / y }
+}
+
+@inline(__always)
+private func innerLoop(_ op: BinaryOp, _ o: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ sa: Int,
+                       _ b: UnsafePointer<Float>, _ sb: Int, _ n: Int) {
+    switch (sa, sb) {
+    case (1, 1):
+        switch op {
+        case .add: for i in 0..<n { o[i] = a[i] + b[i] }
+        case .sub: for i in 0..<n { o[i] = a[i] - b[i] }
+        case .mul: for i in 0..<n { o[i] = a[i] * b[i] }
+        case .div: for i in 0..<n { o[i] = a[i] / b[i] }
+        }
+    case (1, 0):
+        let y = b[0]
+        switch op {
+        case .add: for i in 0..<n { o[i] = a[i] + y }
+        case .sub: for i in 0..<n { o[i] = a[i] - y }
+        case .mul: for i in 0..<n { o[i] = a[i] * y }
+        case .div: for i in 0..<n { o[i] = a[i] / y }
+        }
+    case (0, 1):
+        let x = a[0]
+        switch op {
+        case .add: for i in 0..<n { o[i] = x + b[i] }
+        case .sub: for i in 0..<n { o[i] = x - b[i] }
+        case .mul: for i in 0..<n { o[i] = x * b[i] }
+        case .div: for i in 0..<n { o[i] = x / b[i] }
+        }
+    default:
+        for i in 0..<n { o[i] = apply(op, a[i * sa], b[i * sb]) }
+    }
+}
+
+extension Tensor {
+    /// Sums a broadcast gradient back down to `target` shape.
+    public func sumTo(_ target: [Int]) -> Tensor {
+        if shape == target { return self }
+        let lead = rank - target.count
+        var axes: [Int] = Array(0..<lead)
+        for i in 0..<target.count where target[i] == 1 && shape[lead + i] != 1 { axes.append(lead + i) }
+        return sumRaw(axes: axes).reshapeRaw(target)
+    }
+
+    public static func + (a: Tensor, b: Tensor) -> Tensor {
+        let out = broadcastBinary(a, b, .add)
+        return record("add", out, [a, b]) { g in [g.sumTo(a.shape), g.sumTo(b.shape)] }
+    }
+
+    public static func - (a: Tensor, b: Tensor) -> Tensor {
+        let out = broadcastBinary(a, b, .sub)
+        return record("sub", out, [a, b]) { g in [g.sumTo(a.shape), g.neg().sumTo(b.shape)] }
+    }
+
+    public static func * (a: Tensor, b: Tensor) -> Tensor {
+        let out = broadcastBinary(a, b, .mul)
+        return record("mul", out, [a, b]) { g in
+            [a.requiresGrad ? (g * b).sumTo(a.shape) : nil, b.requiresGrad ? (g * a).sumTo(b.shape) : nil]
+        }
+    }
+
+    public static func / (a: Tensor, b: Tensor) -> Tensor {
+        let out = broadcastBinary(a, b, .div)
+        return record("div", out, [a, b]) { g in
+            [a.requiresGrad ? (g / b).sumTo(a.shape) : nil,
+             b.requiresGrad ? (g * out / b).neg().sumTo(b.shape) : nil]
+        }
+    }
+
+    public static func + (a: Tensor, s: Float) -> Tensor { a.map("addScalar", { $0 + s }, grad: { g, _, _ in g }) }
+    public static func - (a: Tensor, s: Float) -> Tensor { a + (-s) }
+    public static func * (a: Tensor, s: Float) -> Tensor { a.map("mulScalar", { $0 * s }, grad: { g, _, _ in g * s }) }
+    public static func / (a: Tensor, s: Float) -> Tensor { a * (1 / s) }
+    public static func + (s: Float, a: Tensor) -> Tensor { a + s }
+    public static func * (s: Float, a: Tensor) -> Tensor { a * s }
+    public static func - (s: Float, a: Tensor) -> Tensor { a.neg() + s }
+    public static prefix func - (a: Tensor) -> Tensor { a.neg() }
+
+    /// Elementwise map with a gradient rule `grad(g, x, y)`; `f` must be pure.
+    @inline(__always)
+    func map(_ name: String, _ f: (Float) -> Float, grad: @escaping (Tensor, Tensor, Tensor) -> Tensor) -> Tensor {
+        let x = contiguous()
+        let out = Tensor(uninitialized: shape)
+        let p = x.pointer, o = out.pointer
+        for i in 0..<count { o[i] = f(p[i]) }
+        return Tensor.record(name, out, [self]) { g in [grad(g, x, out)] }
+    }
+
+    /// Elementwise combination of two same-shape tensors outside the graph (for backward rules).
+    @inline(__always)
+    static func zipMap(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
+        precondition(a.shape == b.shape, "zipMap \(a.shape) vs \(b.shape)")
+        let x = a.contiguous(), y = b.contiguous()
+        let out = Tensor(uninitialized: a.shape)
+        let p = x.pointer, q = y.pointer, o = out.pointer
+        for i in 0..<a.count { o[i] = f(p[i], q[i]) }
+        return out
+    }
+
+    public func neg() -> Tensor { map("neg", { -$0 }, grad: { g, _, _ in g.neg() }) }
+    public func exp() -> Tensor { map("exp", { Foundation.exp($0) }, grad: { g, _, y in g * y }) }
+    public func log() -> Tensor { map("log", { Foundation.log($0) }, grad: { g, x, _ in g / x }) }
+    public func sqrt() -> Tensor { map("sqrt", { $0.squareRoot() }, grad: { g, _, y in Tensor.zipMap(g, y) { $0 * 0.5 / $1 } }) }
+    public func square() -> Tensor { map("square", { $0 * $0 }, grad: { g, x, _ in Tensor.zipMap(g, x) { 2 * $0 * $1 } }) }
+    public func tanh() -> Tensor { map("tanh", { Foundation.tanh($0) }, grad: { g, _, y in Tensor.zipMap(g, y) { $0 * (1 - $1 * $1) } }) }
+    public func sigmoid() -> Tensor {
+        map("sigmoid", { 1 / (1 + Foundation.exp(-$0)) }, grad: { g, _, y in Tensor.zipMap(g, y) { $0 * $1 * (1 - $1) } })
+    }
+
+    /// x * sigmoid(x).
+    public func silu() -> Tensor {
+        map("silu", { $0 / (1 + Foundation.exp(-$0)) }, grad: { g, x, _ in
+            Tensor.zipMap(g, x) { g, x in
+                let s = 1 / (1 + Foundation.exp(-x))
+                return g * s * (1 + x * (1 - s))
+            }
+        })
+    }
+
+    /// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    public func gelu() -> Tensor {
+        let c: Float = 0.7978845608028654
+        return map("gelu", { x in 0.5 * x * (1 + Foundation.tanh(c * (x + 0.044715 * x * x * x))) }, grad: { g, x, _ in
+            Tensor.zipMap(g, x) { g, x in
+                let u = c * (x + 0.044715 * x * x * x)
+                let t = Foundation.tanh(u)
+                let du = c * (1 + 3 * 0.044715 * x * x)
+                return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+            }
+        })
+    }
+
+    public func relu() -> Tensor { map("relu", { max($0, 0) }, grad: { g, x, _ in Tensor.zipMap(g, x) { $1 > 0 ? $0 : 0 } }) }
+}

@@ -1,0 +1,110 @@
+/// Views share storage; their backward rules map the gradient back to the source layout.
+extension Tensor {
+    /// Contiguous layout; returns `self` when already contiguous.
+    public func contiguous() -> Tensor {
+        if isContiguous { return self }
+        let out = copy()
+        return Tensor.record("contiguous", out, [self]) { g in [g] }
+    }
+
+    func resolveShape(_ newShape: [Int]) -> [Int] {
+        var s = newShape
+        if let i = s.firstIndex(of: -1) {
+            let known = s.enumerated().filter { $0.offset != i }.map(\.element).reduce(1, *)
+            precondition(known > 0 && count % known == 0, "cannot reshape \(shape) to \(newShape)")
+            s[i] = count / known
+        }
+        precondition(shapeCount(s) == count, "cannot reshape \(shape) (\(count) elements) to \(newShape)")
+        return s
+    }
+
+    /// Reshape without graph history.
+    func reshapeRaw(_ newShape: [Int]) -> Tensor {
+        let s = resolveShape(newShape)
+        let c = isContiguous ? self : copy()
+        return Tensor(storage: c.storage, shape: s, offset: c.offset)
+    }
+
+    /// Reshape (one dimension may be -1). A view when contiguous, else a copy.
+    public func reshape(_ newShape: [Int]) -> Tensor {
+        let out = reshapeRaw(newShape)
+        let original = shape
+        return Tensor.record("reshape", out, [self]) { g in [g.reshapeRaw(original)] }
+    }
+
+    public func flatten() -> Tensor { reshape([count]) }
+
+    public func unsqueeze(_ axis: Int) -> Tensor {
+        let a = axis < 0 ? axis + rank + 1 : axis
+        var s = shape
+        s.insert(1, at: a)
+        return reshape(s)
+    }
+
+    public func squeeze(_ axis: Int) -> Tensor {
+        let a = normalizeAxis(axis, rank: rank)
+        precondition(shape[a] == 1, "squeeze axis \(axis) of size \(shape[a])")
+        var s = shape
+        s.remove(at: a)
+        return reshape(s)
+    }
+
+    /// Axis permutation view: result axis i is source axis `dims[i]`.
+    public func permute(_ dims: [Int]) -> Tensor {
+        precondition(dims.sorted() == Array(0..<rank), "permute \(dims) for rank \(rank)")
+        let out = Tensor(storage: storage, shape: dims.map { shape[$0] }, strides: dims.map { strides[$0] }, offset: offset)
+        var inverse = [Int](repeating: 0, count: rank)
+        for (i, d) in dims.enumerated() { inverse[d] = i }
+        return Tensor.record("permute", out, [self]) { g in [g.permute(inverse)] }
+    }
+
+    public func transpose(_ a: Int, _ b: Int) -> Tensor {
+        var dims = Array(0..<rank)
+        dims.swapAt(normalizeAxis(a, rank: rank), normalizeAxis(b, rank: rank))
+        return permute(dims)
+    }
+
+    /// Narrow view along `axis`: elements `start ..< start + length` (torch.narrow).
+    public func slice(axis: Int, start: Int, length: Int) -> Tensor {
+        let ax = normalizeAxis(axis, rank: rank)
+        precondition(start >= 0 && length >= 0 && start + length <= shape[ax], "slice \(start)..<\(start + length) of axis \(ax) size \(shape[ax])")
+        var s = shape
+        s[ax] = length
+        let out = Tensor(storage: storage, shape: s, strides: strides, offset: offset + start * strides[ax])
+        let fullShape = shape
+        return Tensor.record("slice", out, [self]) { g in
+            let full = Tensor(zeros: fullShape)
+            let region = Tensor(storage: full.storage, shape: s, strides: full.strides, offset: start * full.strides[ax])
+            copyInto(region, g)
+            return [full]
+        }
+    }
+}
+
+/// Copies `src` into the (possibly strided) view `dst` elementwise; same shapes.
+func copyInto(_ dst: Tensor, _ src: Tensor) {
+    precondition(dst.shape == src.shape)
+    if dst.isContiguous { copyStrided(from: src, to: dst.pointer); return }
+    // Iterate dst's strided layout over a contiguous copy of src.
+    let s = src.contiguous()
+    let n = dst.count
+    if n == 0 { return }
+    let rank = dst.rank
+    let inner = dst.shape[rank - 1], innerStride = dst.strides[rank - 1]
+    var index = [Int](repeating: 0, count: rank)
+    var off = 0, o = 0
+    let d = dst.pointer, p = s.pointer
+    while o < n {
+        for i in 0..<inner { d[off + i * innerStride] = p[o + i] }
+        o += inner
+        var k = rank - 2
+        while k >= 0 {
+            index[k] += 1
+            off += dst.strides[k]
+            if index[k] < dst.shape[k] { break }
+            off -= dst.strides[k] * dst.shape[k]
+            index[k] = 0
+            k -= 1
+        }
+    }
+}

@@ -1,0 +1,1 @@
+print("hv-bench: not yet")

@@ -1,0 +1,69 @@
+import HVTensor
+import XCTest
+import _HVTestSupport
+
+final class Conv3dTests: XCTestCase {
+    /// Naive float64 loop over a padded input (zeros padding given explicitly).
+    func naiveConv(_ x: Tensor, _ w: Tensor, _ b: Tensor?, stride: (Int, Int, Int)) -> Tensor {
+        let (N, Ci, T, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[4])
+        let (Co, kt, kh, kw) = (w.shape[0], w.shape[2], w.shape[3], w.shape[4])
+        let To = (T - kt) / stride.0 + 1, Ho = (H - kh) / stride.1 + 1, Wo = (W - kw) / stride.2 + 1
+        let xs = x.scalars, ws = w.scalars, bs = b?.scalars
+        var out = [Float]()
+        for n in 0..<N { for co in 0..<Co { for t in 0..<To { for h in 0..<Ho { for ww in 0..<Wo {
+            var s = Double(bs?[co] ?? 0)
+            for ci in 0..<Ci { for a in 0..<kt { for c in 0..<kh { for d in 0..<kw {
+                let xi = (((n * Ci + ci) * T + t * stride.0 + a) * H + h * stride.1 + c) * W + ww * stride.2 + d
+                let wi = (((co * Ci + ci) * kt + a) * kh + c) * kw + d
+                s += Double(xs[xi]) * Double(ws[wi])
+            }}}}
+            out.append(Float(s))
+        }}}}}
+        return Tensor(out, shape: [N, Co, To, Ho, Wo])
+    }
+
+    func testMatchesNaiveLoop() {
+        let x = randomTensor([2, 3, 5, 6, 7], seed: 1), w = randomTensor([4, 3, 3, 3, 2], seed: 2), b = randomTensor([4], seed: 3)
+        for stride in [(1, 1, 1), (2, 1, 2), (1, 2, 2)] {
+            let fast = x.conv3d(w, bias: b, stride: stride)
+            let ref = naiveConv(x, w, b, stride: stride)
+            XCTAssertEqual(fast.shape, ref.shape)
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 1e-4, "stride \(stride)")
+        }
+        // Padding is the same as convolving an explicitly padded input.
+        let pad = Conv3dPadding(front: 2, back: 0, height: 1, width: 1, mode: .replicate)
+        let padded = x.pad3d(pad)
+        XCTAssertEqual(padded.shape, [2, 3, 7, 8, 9])
+        XCTAssertLessThan(maxAbsDiff(x.conv3d(w, bias: b, padding: pad), naiveConv(padded, w, b, stride: (1, 1, 1))), 1e-4)
+    }
+
+    func testReplicatePaddingValues() {
+        let x = Tensor([1, 2, 3, 4], shape: [1, 1, 2, 1, 2])
+        let p = x.pad3d(Conv3dPadding(front: 2, back: 0, height: 0, width: 1, mode: .replicate))
+        // frames: f0, f0, f0, f1 ; each row [a, a, b, b]
+        XCTAssertEqual(p.scalars, [1, 1, 2, 2, 1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4])
+        let z = x.pad3d(Conv3dPadding(front: 1, width: 1))
+        XCTAssertEqual(z.scalars, [0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 0])
+    }
+
+    /// Causal padding: changing frame t+1 (and later) never changes outputs at frames <= t.
+    func testCausalPaddingNeverSeesTheFuture() {
+        let x = randomTensor([1, 2, 6, 4, 4], seed: 4), w = randomTensor([3, 2, 3, 3, 3], seed: 5)
+        for mode in [Conv3dPadding.Mode.replicate, .zeros] {
+            let pad = Conv3dPadding.causal(kernel: (3, 3, 3), mode: mode)
+            let base = x.conv3d(w, padding: pad)
+            XCTAssertEqual(base.shape, [1, 3, 6, 4, 4])
+            for t in 0..<5 {
+                let y = x.copy()
+                // Perturb every frame after t.
+                for c in 0..<2 { for f in (t + 1)..<6 { for i in 0..<16 { y.pointer[(c * 6 + f) * 16 + i] += 10 } } }
+                let out = y.conv3d(w, padding: pad)
+                let a = base.slice(axis: 2, start: 0, length: t + 1).contiguous()
+                let b = out.slice(axis: 2, start: 0, length: t + 1).contiguous()
+                XCTAssertEqual(a.scalars, b.scalars, "frame <= \(t) changed when frames > \(t) changed (\(mode))")
+                let later = out.slice(axis: 2, start: t + 1, length: 1).contiguous()
+                XCTAssertNotEqual(later.scalars, base.slice(axis: 2, start: t + 1, length: 1).contiguous().scalars)
+            }
+        }
+    }
+}

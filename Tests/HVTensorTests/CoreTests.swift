@@ -1,0 +1,133 @@
+import HVTensor
+import XCTest
+import _HVTestSupport
+
+final class CoreTests: XCTestCase {
+    func testSgemmMatchesNaiveMatmul() {
+        let a = randomTensor([37, 53], seed: 1), b = randomTensor([53, 29], seed: 2)
+        let c = a.matmul(b)
+        let av = a.scalars, bv = b.scalars, cv = c.scalars
+        var worst = 0.0
+        for i in 0..<37 { for j in 0..<29 {
+            var s = 0.0
+            for k in 0..<53 { s += Double(av[i * 53 + k]) * Double(bv[k * 29 + j]) }
+            worst = max(worst, abs(s - Double(cv[i * 29 + j])))
+        }}
+        XCTAssertLessThan(worst, 1e-4)
+    }
+
+    func testViewsShareStorageAndCopyWhenStrided() {
+        let a = Tensor((0..<24).map(Float.init), shape: [2, 3, 4])
+        let r = a.reshape([6, 4])
+        XCTAssert(r.storage === a.storage)
+        let t = a.transpose(1, 2)
+        XCTAssert(t.storage === a.storage)
+        XCTAssertFalse(t.isContiguous)
+        XCTAssertEqual(t.shape, [2, 4, 3])
+        XCTAssertEqual(Array(t.scalars.prefix(6)), [0, 4, 8, 1, 5, 9])
+        let s = a.slice(axis: 2, start: 1, length: 2)
+        XCTAssertEqual(s.scalars, [1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21, 22])
+        XCTAssertEqual(a.permute([2, 0, 1]).shape, [4, 2, 3])
+        XCTAssertEqual(a.permute([2, 0, 1]).scalars[1], 4)
+        let chunks = a.chunk(2, axis: 0)
+        XCTAssertEqual(chunks[1].scalars.first, 12)
+        XCTAssertEqual(Tensor.concat(chunks, axis: 0).scalars, a.scalars)
+    }
+
+    func testGradientAccumulatesAcrossBackwardCalls() {
+        let w = Tensor([1, 2, 3], shape: [3], requiresGrad: true)
+        (w * 2).sum().backward()
+        XCTAssertEqual(w.grad!.scalars, [2, 2, 2])
+        (w * w).sum().backward()
+        XCTAssertEqual(w.grad!.scalars, [4, 6, 8])
+        w.zeroGrad()
+        XCTAssertNil(w.grad)
+    }
+
+    func testNoGradModeRecordsNothing() {
+        let w = Tensor([1, 2], shape: [2], requiresGrad: true)
+        let y = GradMode.withoutGrad { (w * 3).exp() }
+        XCTAssertFalse(y.requiresGrad)
+        XCTAssertTrue(y.isLeaf)
+        XCTAssertTrue(GradMode.isEnabled)
+    }
+
+    func testSharedSubexpressionGradients() {
+        let x = Tensor([0.5, -1.5], shape: [2], requiresGrad: true)
+        let y = x.tanh()
+        (y * y + y).sum().backward()  // d/dx = (2y + 1)(1 - y^2)
+        let expected = [0.5, -1.5].map { v -> Float in let t = Float(Foundation.tanh(v)); return (2 * t + 1) * (1 - t * t) }
+        for (g, e) in zip(x.grad!.scalars, expected) { XCTAssertEqual(g, e, accuracy: 1e-6) }
+    }
+
+    func testRecomputeGivesSameGradients() {
+        let x = randomTensor([3, 8], seed: 3), w1 = randomTensor([16, 8], seed: 4), w2 = randomTensor([8, 16], seed: 5)
+        for t in [x, w1, w2] { t.requiresGrad = true }
+        func block(_ h: Tensor) -> Tensor { h.linear(w1).gelu().linear(w2).layerNorm() + h }
+        block(x).square().sum().backward()
+        let plain = [x, w1, w2].map { $0.grad!.scalars }
+        for t in [x, w1, w2] { t.zeroGrad() }
+        let y = recompute([x]) { block($0[0]) }
+        y.square().sum().backward()
+        for (i, t) in [x, w1, w2].enumerated() { XCTAssertEqual(t.grad!.scalars, plain[i], "tensor \(i)") }
+    }
+
+    func testRNGIsDeterministicAndSplits() {
+        var a = HVRandom(seed: 42), b = HVRandom(seed: 42)
+        XCTAssertEqual((0..<5).map { _ in a.next() }, (0..<5).map { _ in b.next() })
+        var r0 = HVRandom(seed: 42).split(0), r1 = HVRandom(seed: 42).split(1)
+        XCTAssertNotEqual(r0.next(), r1.next())
+        var c = HVRandom(seed: 1)
+        _ = c.normal()
+        var d = HVRandom(seed: 1, state: c.state)
+        XCTAssertEqual(c.next(), d.next(), "restored state continues the stream")
+        var n = HVRandom(seed: 9)
+        let xs = (0..<20_000).map { _ in Double(n.normal()) }
+        let mean = xs.reduce(0, +) / Double(xs.count)
+        let variance = xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(xs.count)
+        XCTAssertEqual(mean, 0, accuracy: 0.03)
+        XCTAssertEqual(variance, 1, accuracy: 0.05)
+        var p = HVRandom(seed: 3)
+        XCTAssertEqual(p.permutation(50).sorted(), Array(0..<50))
+    }
+
+    func testBFloat16RoundTrip() {
+        XCTAssertEqual(BFloat16(1.0).bits, 0x3F80)
+        XCTAssertEqual(BFloat16(-2.5).float, -2.5)
+        // 1 + 2^-8 is halfway between two bf16 values; ties go to even (1.0).
+        XCTAssertEqual(BFloat16(1.00390625).float, 1.0)
+        XCTAssertEqual(BFloat16(1.01171875).float, 1.015625)
+        let x: Float = 3.14159
+        XCTAssertEqual(BFloat16(x).float, x, accuracy: x / 128)
+    }
+
+    func testRoPEFrequencies() {
+        let (c, s) = RoPE3D.frequencies(grid: (2, 3, 3), dims: [16, 56, 56])
+        XCTAssertEqual(c.shape, [18, 128])
+        // token (t=1, h=0, w=0) = index 9: time channels use 1/256^(2k/16) = 2^-k.
+        let row = Array(c.scalars[(9 * 128)..<(10 * 128)]), srow = Array(s.scalars[(9 * 128)..<(10 * 128)])
+        XCTAssertEqual(row[0], Float(Foundation.cos(1.0)), accuracy: 1e-6)
+        XCTAssertEqual(row[1], row[0])
+        XCTAssertEqual(row[2], Float(Foundation.cos(0.5)), accuracy: 1e-6)
+        XCTAssertEqual(srow[4], Float(Foundation.sin(0.25)), accuracy: 1e-6)
+        XCTAssertEqual(row[16], 1, "h = 0 so the height channels do not rotate")
+        // token (t=0, h=1, w=2) = index 5: width channel 72 + 2k rotates by 2 * 256^(-2k/56).
+        let r5 = Array(c.scalars[(5 * 128)..<(6 * 128)])
+        XCTAssertEqual(r5[72 + 2], Float(Foundation.cos(2 * Foundation.pow(256.0, -2.0 / 56.0))), accuracy: 1e-6)
+        XCTAssertEqual(r5[16], Float(Foundation.cos(1.0)), accuracy: 1e-6)
+    }
+
+    func testRotaryPreservesNormAndIsInvertible() {
+        let x = randomTensor([1, 18, 2, 128], seed: 6)
+        let (c, s) = RoPE3D.frequencies(grid: (2, 3, 3), dims: [16, 56, 56])
+        let y = x.applyRotary(cos: c, sin: s)
+        XCTAssertEqual(y.square().sum().item, x.square().sum().item, accuracy: 1e-2)
+        let back = y.applyRotary(cos: c, sin: s.neg())
+        XCTAssertLessThan(maxAbsDiff(back, x), 1e-5)
+    }
+
+    func testBroadcastErrorsAreCaughtByShape() {
+        XCTAssertNil(broadcastShapes([2, 3], [4]))
+        XCTAssertEqual(broadcastShapes([2, 1, 3], [4, 1]), [2, 4, 3])
+    }
+}

@@ -1,0 +1,125 @@
+import HVTensor
+import XCTest
+import _HVTestSupport
+
+/// Finite-difference gradient checks, one per op (fp32; small shapes).
+final class GradientTests: XCTestCase {
+    func check(_ inputs: [Tensor], eps: Float = 1e-2, rtol: Double = 2e-2, atol: Double = 2e-3,
+               file: StaticString = #filePath, line: UInt = #line, _ f: @escaping ([Tensor]) -> Tensor) {
+        let failures = gradCheck(inputs, eps: eps, rtol: rtol, atol: atol, f)
+        XCTAssert(failures.isEmpty, "gradient mismatches: \(failures.prefix(5))", file: file, line: line)
+    }
+
+    func testBroadcastArithmetic() {
+        let a = randomTensor([3, 4, 5], seed: 1), b = randomTensor([4, 1], seed: 2)
+        check([a, b]) { $0[0] + $0[1] }
+        check([a, b]) { $0[0] - $0[1] }
+        check([a, b]) { $0[0] * $0[1] }
+        let c = randomTensor([5], seed: 3)
+        let d = Tensor((0..<5).map { Float($0) * 0.3 + 1.5 }, shape: [5])
+        check([a, d]) { $0[0] / $0[1] }
+        check([c, a]) { $0[0] * $0[1] + $0[0] }
+        check([a]) { ($0[0] * 2 + 1) / 3 - 0.5 }
+    }
+
+    func testReductions() {
+        let a = randomTensor([2, 3, 4], seed: 4)
+        check([a]) { $0[0].sum(axes: [0, 2]) }
+        check([a]) { $0[0].sum(axis: 1, keepDims: true) }
+        check([a]) { $0[0].mean(axis: -1) }
+        check([a]) { $0[0].mean() }
+        check([a]) { $0[0].softmax(axis: -1) }
+        check([a]) { $0[0].softmax(axis: 1) }
+        let b = randomTensor([2, 3, 4], seed: 5)
+        check([a, b]) { $0[0].mseLoss($0[1]) }
+    }
+
+    func testUnary() {
+        let a = randomTensor([3, 7], seed: 6)
+        check([a]) { $0[0].gelu() }
+        check([a]) { $0[0].silu() }
+        check([a]) { $0[0].tanh() }
+        check([a]) { $0[0].sigmoid() }
+        check([a]) { $0[0].exp() }
+        check([a]) { $0[0].neg() }
+        let p = Tensor((0..<21).map { 0.5 + Float($0) * 0.1 }, shape: [3, 7])
+        check([p]) { $0[0].log() }
+        check([p]) { $0[0].sqrt() }
+        check([a]) { $0[0].square() }
+    }
+
+    func testNorms() {
+        let x = randomTensor([2, 3, 8], seed: 8), w = randomTensor([8], seed: 9), b = randomTensor([8], seed: 10)
+        check([x]) { $0[0].layerNorm() }
+        check([x, w, b]) { $0[0].layerNorm(weight: $0[1], bias: $0[2]) }
+        check([x, w]) { $0[0].rmsNorm(weight: $0[1]) }
+        check([x]) { $0[0].rmsNorm() }
+        let g = randomTensor([2, 4, 2, 3, 3], seed: 11), gw = randomTensor([4], seed: 12), gb = randomTensor([4], seed: 13)
+        check([g, gw, gb]) { $0[0].groupNorm(groups: 2, weight: $0[1], bias: $0[2]) }
+        check([g]) { $0[0].groupNorm(groups: 4) }
+    }
+
+    func testLinearAndMatmul() {
+        let x = randomTensor([2, 3, 5], seed: 14), w = randomTensor([4, 5], seed: 15), b = randomTensor([4], seed: 16)
+        check([x, w, b]) { $0[0].linear($0[1], $0[2]) }
+        check([x, w]) { $0[0].linear($0[1]) }
+        let m = randomTensor([5, 6], seed: 17)
+        check([x, m]) { $0[0].matmul($0[1]) }
+        let p = randomTensor([2, 3, 5, 4], seed: 18), q = randomTensor([2, 3, 4, 6], seed: 19)
+        check([p, q]) { $0[0].matmul($0[1]) }
+        check([p, q]) { $0[0].matmul($0[1].transpose(2, 3).contiguous().transpose(2, 3)) }
+    }
+
+    func testShapeOps() {
+        let a = randomTensor([2, 3, 4], seed: 20), b = randomTensor([2, 2, 4], seed: 21)
+        check([a, b]) { Tensor.concat([$0[0], $0[1]], axis: 1) * 1.5 }
+        check([a]) { let p = $0[0].split([1, 2], axis: 1); return p[1] * p[1].sum() + p[0].sum() }
+        check([a]) { let c = $0[0].chunk(2, axis: 2); return c[0] * c[1] }
+        check([a]) { $0[0].permute([2, 0, 1]).reshape([4, 6]) * Tensor((0..<6).map(Float.init), shape: [6]) }
+        check([a]) { $0[0].transpose(0, 2).slice(axis: 1, start: 1, length: 2).contiguous() }
+        check([a]) { $0[0].reshape([6, -1]).unsqueeze(0).squeeze(0) }
+        let table = randomTensor([5, 3], seed: 22)
+        check([table]) { Tensor.embedding($0[0], indices: [1, 4, 1, 0], indicesShape: [2, 2]) }
+        let v = randomTensor([1, 2, 2, 2, 3], seed: 23)
+        check([v]) { $0[0].upsampleNearest(scale: (2, 2, 2)) }
+        check([v]) { $0[0].upsampleNearest(scale: (1, 3, 2)) }
+    }
+
+    func testRotary() {
+        let x = randomTensor([2, 6, 2, 8], seed: 24)
+        let (c, s) = RoPE3D.frequencies(grid: (1, 2, 3), dims: [2, 2, 4])
+        check([x]) { $0[0].applyRotary(cos: c, sin: s) }
+    }
+
+    func testAttention() {
+        FlashAttention.blockQ = 3; FlashAttention.blockK = 4
+        defer { FlashAttention.blockQ = 256; FlashAttention.blockK = 256 }
+        let q = randomTensor([2, 2, 7, 4], seed: 25), k = randomTensor([2, 2, 9, 4], seed: 26), v = randomTensor([2, 2, 9, 4], seed: 27)
+        check([q, k, v]) { Tensor.scaledDotProductAttention($0[0], $0[1], $0[2]) }
+        // Batch 0 keeps 6 of 9 keys (a whole block of 4 masked in the middle), batch 1 keeps 2.
+        let mask = Tensor([1, 1, 0, 0, 0, 0, 1, 1, 1,  0, 1, 0, 0, 0, 0, 0, 0, 1], shape: [2, 9])
+        check([q, k, v]) { Tensor.scaledDotProductAttention($0[0], $0[1], $0[2], keyMask: mask) }
+    }
+
+    func testConv3d() {
+        let x = randomTensor([1, 2, 4, 5, 4], seed: 28), w = randomTensor([3, 2, 3, 3, 3], seed: 29, std: 0.3)
+        let b = randomTensor([3], seed: 30)
+        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: .causal(kernel: (3, 3, 3))) }
+        check([x, w]) { $0[0].conv3d($0[1], padding: .causal(kernel: (3, 3, 3), mode: .zeros)) }
+        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], stride: (1, 2, 2), padding: Conv3dPadding(front: 2, height: 1, width: 1)) }
+        let pw = randomTensor([3, 2, 1, 2, 2], seed: 31)
+        check([x, pw, b]) { $0[0].slice(axis: 3, start: 0, length: 4).conv3d($0[1], bias: $0[2], stride: (1, 2, 2)) }
+        check([x]) { $0[0].pad3d(Conv3dPadding(front: 2, back: 1, height: 1, width: 2, mode: .replicate)) }
+    }
+
+    /// The checker itself must be able to fail: a gradient scaled by a wrong factor is caught.
+    func testGradCheckDetectsWrongGradient() {
+        let a = randomTensor([4], seed: 32)
+        let failures = gradCheck([a]) { t in
+            // d/dx of 3*x is 3; present it as x*3 computed outside the graph plus a graph of x*2.
+            let wrong = t[0] * 2
+            return wrong + GradMode.withoutGrad { t[0].detached() * 1 }
+        }
+        XCTAssertFalse(failures.isEmpty, "gradCheck accepted a gradient that is off by a third")
+    }
+}
