@@ -20,7 +20,9 @@ let package = Package(
         .systemLibrary(name: "CHVHDF5", path: "Sources/CHVHDF5", pkgConfig: "hdf5-serial"),
         .systemLibrary(name: "CHVAV", path: "Sources/CHVAV", pkgConfig: "libavformat libavcodec libswscale libavutil"),
 
-        .target(name: "HVTensor", dependencies: ["CHVBLAS"]),
+        // Vectorised elementwise kernels (C, compiled per ISA with target_clones).
+        .target(name: "CHVKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "HVTensor", dependencies: ["CHVBLAS", "CHVKernels"]),
         .target(name: "HVNN", dependencies: ["HVTensor"]),
         .target(name: "HVComm", dependencies: ["CHVZeroMQ"]),
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5"]),
@@ -29,7 +31,7 @@ let package = Package(
             "HVTensor", "HVNN",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "hv-bench", dependencies: ["HVCommands"]),
+        .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 

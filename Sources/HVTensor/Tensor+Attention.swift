@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 
 /// Memory-efficient scaled-dot-product attention (FlashAttention-2 style, on the CPU).
@@ -36,8 +37,7 @@ public enum FlashAttention {
                 }
                 for r in 0..<nq {
                     let row = scores + r * nk
-                    var mx = -Float.infinity
-                    for j in 0..<nk { mx = max(mx, row[j]) }
+                    let mx = rowMax(row, nk)
                     let mNew = max(m[r], mx)
                     if mNew == -.infinity { for j in 0..<nk { row[j] = 0 }; continue }
                     var sum: Float = 0
@@ -107,11 +107,7 @@ public enum FlashAttention {
                 // dP = dO_i V_j^T
                 BLAS.sgemm(transB: true, m: nq, n: nk, k: d, a: dout + qs * d, lda: d, b: v + ks * d, ldb: d, c: dp, ldc: nk)
                 // dS = P * (dP - delta)
-                for r in 0..<nq {
-                    let dr = delta[qs + r]
-                    let pr = p + r * nk, dpr = dp + r * nk
-                    for j in 0..<nk { dpr[j] = pr[j] * (dpr[j] - dr) }
-                }
+                for r in 0..<nq { hv_softmax_grad_row(p + r * nk, dp + r * nk, nk, delta[qs + r]) }
                 BLAS.sgemm(m: nq, n: d, k: nk, alpha: scale, a: dp, lda: nk, b: k + ks * d, ldb: d, beta: 1, c: dq + qs * d, ldc: d)
                 BLAS.sgemm(transA: true, m: nk, n: d, k: nq, alpha: scale, a: dp, lda: nk, b: q + qs * d, ldb: d, beta: 1,
                            c: dk + ks * d, ldc: d)
@@ -124,14 +120,11 @@ public enum FlashAttention {
     /// row[j] = exp(row[j] - shift); sum += row[j]. -inf entries become 0.
     @inline(__always)
     static func expShifted(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ shift: Float, _ sum: inout Float) {
-        var s: Float = 0
-        for j in 0..<n {
-            let e = fastExp(row[j] - shift)
-            row[j] = e
-            s += e
-        }
-        sum += s
+        sum += hv_exp_shift_sum(row, n, shift)
     }
+
+    @inline(__always)
+    static func rowMax(_ row: UnsafePointer<Float>, _ n: Int) -> Float { hv_row_max(row, n) }
 }
 
 /// exp(x) for x <= 0-ish ranges used by softmax, accurate to ~2 ulp; -inf -> 0.
@@ -153,9 +146,39 @@ public func fastExp(_ x: Float) -> Float {
     return p * Float(bitPattern: bits)
 }
 
+/// Pointers handed to worker threads; each work item touches disjoint memory.
+struct SendablePointers: @unchecked Sendable {
+    let q, k, v, out, lse: UnsafeMutablePointer<Float>
+    let mask: UnsafeMutablePointer<Float>?
+    var g: UnsafeMutablePointer<Float>? = nil
+    var dq: UnsafeMutablePointer<Float>? = nil, dk: UnsafeMutablePointer<Float>? = nil, dv: UnsafeMutablePointer<Float>? = nil
+    var dqPartials: UnsafeMutablePointer<Float>? = nil
+}
+
+/// Runs `body(i)` for i in 0..<n on up to `threads` threads with single-threaded BLAS inside
+/// (OpenBLAS's own threading is inefficient on the small tiles of blocked attention).
+func parallelFor(_ n: Int, threads: Int, _ body: @Sendable (Int) -> Void) {
+    if threads <= 1 || n <= 1 { for i in 0..<n { body(i) }; return }
+    let saved = BLAS.threads
+    BLAS.threads = 1
+    defer { BLAS.threads = saved }
+    let workers = min(threads, n)
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        var i = w
+        while i < n { body(i); i += workers }
+    }
+}
+
+extension FlashAttention {
+    /// Worker threads for attention (default: all cores).
+    nonisolated(unsafe) public static var threads = ProcessInfo.processInfo.activeProcessorCount
+}
+
 extension Tensor {
     /// softmax(q k^T / sqrt(D) + mask) v for q [B, H, Sq, D], k/v [B, H, Sk, D]; `keyMask`
     /// [B, Sk] (nonzero = attend; padded text tokens are 0). Blocked: never forms Sq x Sk.
+    /// Work is split over (batch, head) and, when there are fewer heads than threads, over
+    /// query rows (forward) or key ranges (backward, with per-range dQ partials summed after).
     public static func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor? = nil,
                                                  scale: Float? = nil) -> Tensor {
         precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
@@ -167,25 +190,51 @@ extension Tensor {
         let mc = keyMask?.contiguous()
         let out = Tensor(uninitialized: [B, H, Sq, D])
         let lse = Tensor(uninitialized: [B, H, Sq])
-        for b in 0..<B {
-            for h in 0..<H {
-                let i = b * H + h
-                FlashAttention.forwardHead(q: qc.pointer + i * Sq * D, k: kc.pointer + i * Sk * D, v: vc.pointer + i * Sk * D,
-                                           keyMask: mc.map { $0.pointer + b * Sk }, sq: Sq, sk: Sk, d: D, scale: sc,
-                                           out: out.pointer + i * Sq * D, lse: lse.pointer + i * Sq)
-            }
+        let threads = FlashAttention.threads
+        let heads = B * H
+        let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
+        let ptr = SendablePointers(q: qc.pointer, k: kc.pointer, v: vc.pointer, out: out.pointer, lse: lse.pointer, mask: mc?.pointer)
+        let qSplit = (Sq + splits - 1) / splits
+        parallelFor(heads * splits, threads: threads) { item in
+            let i = item / splits, part = item % splits
+            let b = i / H
+            let r0 = min(Sq, part * qSplit), r1 = min(Sq, r0 + qSplit)
+            if r1 <= r0 { return }
+            FlashAttention.forwardHead(q: ptr.q + i * Sq * D + r0 * D, k: ptr.k + i * Sk * D, v: ptr.v + i * Sk * D,
+                                       keyMask: ptr.mask.map { UnsafePointer($0 + b * Sk) }, sq: r1 - r0, sk: Sk, d: D, scale: sc,
+                                       out: ptr.out + i * Sq * D + r0 * D, lse: ptr.lse + i * Sq + r0)
         }
         return record("attention", out, [q, k, v]) { g in
+            // `ptr` holds raw pointers: keep the tensors that own them alive for this closure.
+            withExtendedLifetime((qc, kc, vc, mc, out, lse)) {}
             let gc = g.contiguous()
             let dq = Tensor(uninitialized: qc.shape), dk = Tensor(uninitialized: kc.shape), dv = Tensor(uninitialized: vc.shape)
-            for b in 0..<B {
-                for h in 0..<H {
-                    let i = b * H + h
-                    FlashAttention.backwardHead(
-                        q: qc.pointer + i * Sq * D, k: kc.pointer + i * Sk * D, v: vc.pointer + i * Sk * D,
-                        keyMask: mc.map { $0.pointer + b * Sk }, out: out.pointer + i * Sq * D, lse: lse.pointer + i * Sq,
-                        dout: gc.pointer + i * Sq * D, sq: Sq, sk: Sk, d: D, scale: sc,
-                        dq: dq.pointer + i * Sq * D, dk: dk.pointer + i * Sk * D, dv: dv.pointer + i * Sk * D)
+            let kSplit = (Sk + splits - 1) / splits
+            let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: heads * splits * Sq * D) : nil
+            defer { partials?.deallocate() }
+            var p = ptr
+            p.g = gc.pointer; p.dq = dq.pointer; p.dk = dk.pointer; p.dv = dv.pointer; p.dqPartials = partials
+            let bp = p
+            parallelFor(heads * splits, threads: threads) { item in
+                let i = item / splits, part = item % splits
+                let b = i / H
+                let k0 = min(Sk, part * kSplit), k1 = min(Sk, k0 + kSplit)
+                let dqOut = bp.dqPartials.map { $0 + item * Sq * D } ?? (bp.dq! + i * Sq * D)
+                if k1 <= k0 { dqOut.update(repeating: 0, count: Sq * D); return }
+                FlashAttention.backwardHead(
+                    q: bp.q + i * Sq * D, k: bp.k + i * Sk * D + k0 * D, v: bp.v + i * Sk * D + k0 * D,
+                    keyMask: bp.mask.map { UnsafePointer($0 + b * Sk + k0) }, out: bp.out + i * Sq * D, lse: bp.lse + i * Sq,
+                    dout: bp.g! + i * Sq * D, sq: Sq, sk: k1 - k0, d: D, scale: sc,
+                    dq: dqOut, dk: bp.dk! + i * Sk * D + k0 * D, dv: bp.dv! + i * Sk * D + k0 * D)
+            }
+            if let partials {
+                for i in 0..<heads {
+                    let dst = dq.pointer + i * Sq * D
+                    dst.update(from: partials + i * splits * Sq * D, count: Sq * D)
+                    for part in 1..<splits {
+                        let src = partials + (i * splits + part) * Sq * D
+                        for j in 0..<(Sq * D) { dst[j] += src[j] }
+                    }
                 }
             }
             return [dq, dk, dv]

@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 
 extension Tensor {
@@ -57,11 +58,9 @@ extension Tensor {
         let p = x.pointer, o = out.pointer
         for r in 0..<rows {
             let a = p + r * n, y = o + r * n
-            var m = -Float.infinity
-            for i in 0..<n { m = max(m, a[i]) }
-            var s: Float = 0
-            for i in 0..<n { let e = Foundation.exp(a[i] - m); y[i] = e; s += e }
-            let inv = 1 / s
+            y.update(from: a, count: n)
+            let m = hv_row_max(y, n)
+            let inv = 1 / hv_exp_shift_sum(y, n, m)
             for i in 0..<n { y[i] *= inv }
         }
         return Tensor.record("softmax", out, [self]) { g in

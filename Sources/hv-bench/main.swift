@@ -1,1 +1,5 @@
-print("hv-bench: not yet")
+import HVCommands
+import HVTensor
+
+BLASEnvironment.reexecIfNeeded()
+BenchCommand.main()

@@ -126,6 +126,22 @@ final class CoreTests: XCTestCase {
         XCTAssertLessThan(maxAbsDiff(back, x), 1e-5)
     }
 
+    /// softmax (and so blocked attention) uses the vectorised exp kernel: check it against float64.
+    func testSoftmaxMatchesFloat64() {
+        let x = randomTensor([7, 300], seed: 11, std: 8)
+        let y = x.softmax(axis: -1).scalars, xs = x.scalars
+        var worst = 0.0
+        for r in 0..<7 {
+            let row = xs[(r * 300)..<((r + 1) * 300)].map(Double.init)
+            let m = row.max()!
+            let e = row.map { Foundation.exp($0 - m) }
+            let s = e.reduce(0, +)
+            for j in 0..<300 { worst = max(worst, abs(e[j] / s - Double(y[r * 300 + j]))) }
+        }
+        XCTAssertLessThan(worst, 1e-6)
+        XCTAssertEqual(Tensor([0, -Float.infinity, 0], shape: [3]).softmax().scalars, [0.5, 0, 0.5])
+    }
+
     func testBroadcastErrorsAreCaughtByShape() {
         XCTAssertNil(broadcastShapes([2, 3], [4]))
         XCTAssertEqual(broadcastShapes([2, 1, 3], [4, 1]), [2, 4, 3])

@@ -1,0 +1,19 @@
+#ifndef HV_KERNELS_H
+#define HV_KERNELS_H
+#include <stddef.h>
+
+/// Hot elementwise loops of the tensor core, in C so that clang vectorises them
+/// (Swift does not vectorise float reductions, and its SIMD types are slow here).
+/// Each is compiled for AVX-512, AVX2+FMA and baseline x86-64 and chosen at load (target_clones).
+
+/// row[j] = exp(row[j] - shift) for j < n (inputs at or below -87 after the shift, including
+/// -inf, give 0); returns the sum of the new values. Max relative error ~3e-7.
+float hv_exp_shift_sum(float *row, size_t n, float shift);
+
+/// max over row[0..n) (-inf for n == 0).
+float hv_row_max(const float *row, size_t n);
+
+/// ds[j] = p[j] * (dp[j] - delta) (softmax backward inside blocked attention).
+void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
+
+#endif
