@@ -11,7 +11,7 @@ open class Module {
     public init() {}
 
     /// Every parameter under this module, depth first in declaration order, with its path.
-    public func namedParameters(prefix: String = "") -> [(String, Tensor)] {
+    open func namedParameters(prefix: String = "") -> [(String, Tensor)] {
         var out: [(String, Tensor)] = []
         visit(Mirror(reflecting: self), prefix: prefix, into: &out)
         return out
@@ -62,6 +62,20 @@ open class Module {
             for (i, m) in ms.enumerated() { out.append(contentsOf: m.namedParameters(prefix: "\(path).\(i)")) }
         }
     }
+}
+
+/// torch.nn.Sequential with only the parameterised layers kept: `Sequential([(0, linA), (2, linB)])`
+/// names its parameters `0.weight`, `2.weight` as torch does when index 1 is an activation.
+public final class Sequential: Module {
+    public let layers: [(index: Int, module: Module)]
+
+    public init(_ layers: [(Int, Module)]) { self.layers = layers.map { (index: $0.0, module: $0.1) } }
+
+    public override func namedParameters(prefix: String = "") -> [(String, Tensor)] {
+        layers.flatMap { $0.module.namedParameters(prefix: prefix.isEmpty ? "\($0.index)" : "\(prefix).\($0.index)") }
+    }
+
+    public subscript(index: Int) -> Module { layers.first { $0.index == index }!.module }
 }
 
 /// Parameter initialisers (torch's defaults, drawn from an `HVRandom` stream).

@@ -1,0 +1,115 @@
+import HVNN
+import HVTensor
+
+/// Inputs of one DiT evaluation. Timesteps are sigma x 1000; guidance is the embedded
+/// guidance scale x 1000 (distilled variant only).
+public struct DiTInputs {
+    public var x: Tensor              // [B, C, T, H, W] latents
+    public var t: [Float]             // [B]
+    public var text_states: Tensor    // [B, L, text_states_dim]
+    public var text_mask: Tensor?     // [B, L], 1 = real token
+    public var text_states_2: Tensor  // [B, text_states_dim_2]
+    public var guidance: [Float]?     // [B]
+
+    public init(x: Tensor, t: [Float], text_states: Tensor, text_mask: Tensor?, text_states_2: Tensor, guidance: [Float]? = nil) {
+        self.x = x; self.t = t; self.text_states = text_states; self.text_mask = text_mask
+        self.text_states_2 = text_states_2; self.guidance = guidance
+    }
+}
+
+/// HunyuanVideo's diffusion transformer (official `HYVideoDiffusionTransformer`).
+/// Parameter paths equal the official state-dict keys.
+public final class HunyuanDiT: Module {
+    public let config: DiTConfig
+    public let img_in: PatchEmbed
+    public let txt_in: SingleTokenRefiner
+    public let time_in: TimestepEmbedder
+    public let vector_in: MLPEmbedder
+    public let guidance_in: TimestepEmbedder?
+    public let double_blocks: [MMDoubleStreamBlock]
+    public let single_blocks: [MMSingleStreamBlock]
+    public let final_layer: FinalLayer
+    /// Recompute each block's forward during backward instead of storing its activations.
+    public var recomputeBlocks = false
+
+    public init(config c: DiTConfig, seed: UInt64) {
+        config = c
+        var rng = HVRandom(seed: seed).split("dit-init")
+        let H = c.hidden_size
+        img_in = PatchEmbed(patch: c.patch_size, inChannels: c.in_channels, hidden: H, rng: &rng)
+        txt_in = SingleTokenRefiner(inDim: c.text_states_dim, hidden: H, heads: c.heads_num, depth: c.refiner_depth, rng: &rng)
+        time_in = TimestepEmbedder(hidden: H, rng: &rng)
+        vector_in = MLPEmbedder(inDim: c.text_states_dim_2, hidden: H, rng: &rng)
+        guidance_in = c.guidance_embed ? TimestepEmbedder(hidden: H, rng: &rng) : nil
+        var d: [MMDoubleStreamBlock] = []
+        for _ in 0..<c.mm_double_blocks_depth { d.append(MMDoubleStreamBlock(config: c, rng: &rng)) }
+        double_blocks = d
+        var s: [MMSingleStreamBlock] = []
+        for _ in 0..<c.mm_single_blocks_depth { s.append(MMSingleStreamBlock(config: c, rng: &rng)) }
+        single_blocks = s
+        final_layer = FinalLayer(hidden: H, patchVolume: c.patchVolume, outChannels: c.out_channels)
+        super.init()
+        nameParameters()
+    }
+
+    /// Latent grid after patching, (t, h, w).
+    public func tokenGrid(_ xShape: [Int]) -> (t: Int, h: Int, w: Int) {
+        let p = config.patch_size
+        return (xShape[2] / p[0], xShape[3] / p[1], xShape[4] / p[2])
+    }
+
+    /// Predicted velocity [B, C_out, T, H, W].
+    public func callAsFunction(_ inp: DiTInputs) -> Tensor {
+        let c = config
+        let xs = inp.x.shape
+        precondition(xs.count == 5 && xs[1] == c.in_channels, "DiT input must be [B, \(c.in_channels), T, H, W], got \(xs)")
+        precondition(xs[2] % c.patch_size[0] == 0 && xs[3] % c.patch_size[1] == 0 && xs[4] % c.patch_size[2] == 0,
+                     "latent size \(Array(xs[2...])) is not a multiple of the patch size \(c.patch_size)")
+        let B = xs[0]
+        let grid = tokenGrid(xs)
+        let rope = RoPE3D.frequencies(grid: grid, dims: c.rope_dim_list, theta: c.rope_theta)
+
+        var img = img_in(inp.x)                                        // [B, N, H]
+        var vec = time_in(inp.t) + vector_in(inp.text_states_2)       // [B, H]
+        if let g = guidance_in {
+            precondition(inp.guidance != nil, "this model has a guidance embedder: pass guidance (scale x 1000)")
+            vec = vec + g(inp.guidance!)
+        }
+        var txt = txt_in(inp.text_states, t: inp.t, mask: inp.text_mask)  // [B, L, H]
+        let N = img.shape[1], L = txt.shape[1]
+        // Key mask over [img | txt]: video tokens always attend, padded text never.
+        var keyMask: Tensor? = nil
+        if let m = inp.text_mask { keyMask = Tensor.concat([Tensor(repeating: 1, shape: [B, N]), m], axis: 1) }
+
+        for block in double_blocks {
+            if recomputeBlocks {
+                let both = recompute([img, txt, vec]) { a in
+                    let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask)
+                    return Tensor.concat([i, t], axis: 1)
+                }
+                img = both.slice(axis: 1, start: 0, length: N)
+                txt = both.slice(axis: 1, start: N, length: L)
+            } else {
+                (img, txt) = block(img: img, txt: txt, vec: vec, rope: rope, keyMask: keyMask)
+            }
+        }
+        var x = Tensor.concat([img, txt], axis: 1)
+        for block in single_blocks {
+            if recomputeBlocks {
+                x = recompute([x, vec]) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask) }
+            } else {
+                x = block(x, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask)
+            }
+        }
+        let out = final_layer(x.slice(axis: 1, start: 0, length: N), vec: vec)  // [B, N, pt*ph*pw*C]
+        return unpatchify(out, grid: grid)
+    }
+
+    /// [B, t*h*w, C*pt*ph*pw] -> [B, C, t*pt, h*ph, w*pw]  (official "nthwcopq -> nctohpwq").
+    public func unpatchify(_ x: Tensor, grid: (t: Int, h: Int, w: Int)) -> Tensor {
+        let p = config.patch_size, C = config.out_channels, B = x.shape[0]
+        return x.reshape([B, grid.t, grid.h, grid.w, C, p[0], p[1], p[2]])
+            .permute([0, 4, 1, 5, 2, 6, 3, 7])
+            .reshape([B, C, grid.t * p[0], grid.h * p[1], grid.w * p[2]])
+    }
+}
