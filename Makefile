@@ -16,8 +16,7 @@ demo: build
 	./scripts/demo.sh
 
 test: deps
-	$(SWIFT) build --build-tests $(SWIFT_TEST_FLAGS)
-	$(SWIFT) test --skip-build --disable-swift-testing $(SWIFT_TEST_FLAGS)
+	$(SWIFT) test --disable-swift-testing $(SWIFT_TEST_FLAGS)
 
 bench: build
 	$(SWIFT) run -c release hv-bench kernels

@@ -8,9 +8,12 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "hv-bench", targets: ["hv-bench"]),
+        .executable(name: "hv-coord", targets: ["hv-coord"]),
+        .executable(name: "hv-sample", targets: ["hv-sample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         // System libraries (Debian: libopenblas-dev, libzmq3-dev, libhdf5-dev, libav*-dev).
@@ -26,20 +29,25 @@ let package = Package(
         .target(name: "HVNN", dependencies: ["HVTensor"]),
         .target(name: "HVModel", dependencies: ["HVNN", "HVTensor"]),
         .target(name: "HVComm", dependencies: ["CHVZeroMQ"]),
-        .target(name: "HVCheckpoint", dependencies: ["CHVHDF5"]),
+        .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
         .target(name: "HVData", dependencies: ["CHVAV"]),
+        .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", .product(name: "Yams", package: "Yams")]),
         .target(name: "HVCommands", dependencies: [
-            "HVTensor", "HVNN",
+            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
+        .executableTarget(name: "hv-coord", dependencies: ["HVCommands", "HVTensor"]),
+        .executableTarget(name: "hv-sample", dependencies: ["HVCommands", "HVTensor"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 
         .target(name: "_HVTestSupport", dependencies: ["HVTensor"], path: "Sources/_HVTestSupport"),
         .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
-        .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "_HVTestSupport"]),
+        .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
+                    exclude: ["Fixtures"]),
+        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),

@@ -1,0 +1,25 @@
+import ArgumentParser
+import Foundation
+import HVTensor
+
+/// Writes a line to standard error (progress and diagnostics; stdout stays for results).
+func stderrLine(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+/// Maps library errors to a clean message and exit code (libraries never exit themselves).
+func runOrExit(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch {
+        stderrLine("error: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+struct ThreadOptions: ParsableArguments {
+    @Option(help: "OpenBLAS threads (default: all cores).") var threads: Int?
+
+    func apply() {
+        if let threads {
+            BLAS.threads = threads
+            FlashAttention.threads = threads
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import HVNN
+import HVTensor
+
+/// What the DiT needs from text: per-token states [B, L, D], a mask [B, L] (1 = real token) and
+/// a pooled vector [B, D2]. HunyuanVideo uses a frozen multimodal LLM (D = 4096) and CLIP-L
+/// (D2 = 768); a frozen pretrained encoder can implement this protocol later.
+public protocol TextEncoder: AnyObject {
+    var stateDim: Int { get }
+    var pooledDim: Int { get }
+    var maxTokens: Int { get }
+    /// Parameters to train with the DiT (empty for a frozen encoder).
+    func trainableParameters() -> [(String, Tensor)]
+    func encode(_ prompts: [String]) -> (states: Tensor, mask: Tensor, pooled: Tensor)
+}
+
+/// Lower-cases and splits on anything that is not a letter or digit.
+public struct WordTokenizer: Sendable {
+    public let vocabularySize: Int
+    public let maxTokens: Int
+    public init(vocabularySize: Int, maxTokens: Int) {
+        precondition(vocabularySize > 1, "vocabulary needs at least 2 entries (0 is padding)")
+        self.vocabularySize = vocabularySize
+        self.maxTokens = maxTokens
+    }
+
+    public func words(_ text: String) -> [String] {
+        text.lowercased().split { !($0.isLetter || $0.isNumber) }.map(String.init)
+    }
+
+    /// Token ids in 1..<vocabularySize by a stable hash (FNV-1a) of each word; 0 is padding.
+    /// Returns ids padded/truncated to `maxTokens` and the count of real tokens.
+    public func encode(_ text: String) -> (ids: [Int], count: Int) {
+        var ids = words(text).prefix(maxTokens).map { w -> Int in
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in w.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            return 1 + Int(h % UInt64(vocabularySize - 1))
+        }
+        let n = ids.count
+        ids += [Int](repeating: 0, count: maxTokens - n)
+        return (ids, n)
+    }
+}
+
+/// A small trainable stand-in for the LLM + CLIP encoders: token and position embeddings, one
+/// SiLU MLP layer with LayerNorm for the token states, and a masked-mean projection for the
+/// pooled vector. Parameter paths are `text_encoder.*` in checkpoints.
+public final class HashTextEncoder: Module, TextEncoder {
+    public let token_embedding: Embedding
+    public let position_embedding: Tensor   // [maxTokens, D]
+    public let mlp: MLP
+    public let norm: LayerNorm
+    public let pooled_proj: Linear
+    public let tokenizer: WordTokenizer
+    public let stateDim: Int, pooledDim: Int
+
+    public init(vocabularySize: Int = 4096, maxTokens: Int = 16, stateDim: Int, pooledDim: Int, seed: UInt64) {
+        var rng = HVRandom(seed: seed).split("text-encoder-init")
+        tokenizer = WordTokenizer(vocabularySize: vocabularySize, maxTokens: maxTokens)
+        self.stateDim = stateDim; self.pooledDim = pooledDim
+        token_embedding = Embedding(vocabularySize, stateDim, rng: &rng)
+        position_embedding = Tensor.randn([maxTokens, stateDim], std: 0.02, rng: &rng)
+        mlp = MLP(hidden: stateDim, inner: 2 * stateDim, activation: .silu, rng: &rng)
+        norm = LayerNorm(stateDim)
+        pooled_proj = Linear(stateDim, pooledDim, rng: &rng)
+        super.init()
+        for (path, p) in namedParameters() { p.name = "text_encoder." + path; p.requiresGrad = true }
+    }
+
+    public var maxTokens: Int { tokenizer.maxTokens }
+
+    public func trainableParameters() -> [(String, Tensor)] { namedParameters(prefix: "text_encoder") }
+
+    public func encode(_ prompts: [String]) -> (states: Tensor, mask: Tensor, pooled: Tensor) {
+        let B = prompts.count, L = tokenizer.maxTokens
+        var ids: [Int] = [], mask: [Float] = []
+        for p in prompts {
+            let (t, n) = tokenizer.encode(p)
+            ids += t
+            // An empty prompt keeps one (padding) token unmasked so attention has a key.
+            mask += (0..<L).map { $0 < max(n, 1) ? 1 : 0 }
+        }
+        let m = Tensor(mask, shape: [B, L])
+        var x = token_embedding(ids, shape: [B, L]) + position_embedding
+        x = norm(x + mlp(x))
+        let mm = m.unsqueeze(-1)
+        let pooled = pooled_proj((x * mm).sum(axis: 1) / mm.sum(axis: 1))
+        return (x, m, pooled)
+    }
+}

@@ -1,0 +1,249 @@
+import Foundation
+import HVModel
+import HVNN
+import Yams
+
+/// A training run's configuration (YAML). Omitted keys take the defaults below; `validate()`
+/// errors name the file and the field. `version` guards future format changes.
+public struct RunConfig: Codable, Sendable, Equatable {
+    public static let currentVersion = 1
+
+    public var version = RunConfig.currentVersion
+    /// The DiT architecture (in a run file: a path to a model YAML, or the fields inline).
+    public var model = DiTConfig()
+    public var text_encoder = TextEncoderConfig()
+    public var data = DataConfig()
+    public var train = TrainConfig()
+    public var flow = FlowConfig()
+
+    public init() {}
+
+    public struct TextEncoderConfig: Codable, Sendable, Equatable {
+        public var vocab_size = 4096
+        public var max_tokens = 16
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Self()
+            vocab_size = try c.decodeIfPresent(Int.self, forKey: .vocab_size) ?? d.vocab_size
+            max_tokens = try c.decodeIfPresent(Int.self, forKey: .max_tokens) ?? d.max_tokens
+        }
+    }
+
+    public struct DataConfig: Codable, Sendable, Equatable {
+        /// `synthetic-latents`: coloured shapes moving in latent space (see SyntheticLatents).
+        public var kind = "synthetic-latents"
+        public var count = 256
+        /// Latent frames, height, width of video samples (images are 1 frame).
+        public var frames = 3
+        public var height = 8
+        public var width = 8
+        /// Fraction of batches made of single-frame (image) samples.
+        public var image_ratio = 0.0
+        public var seed: UInt64 = 0
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Self()
+            kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? d.kind
+            count = try c.decodeIfPresent(Int.self, forKey: .count) ?? d.count
+            frames = try c.decodeIfPresent(Int.self, forKey: .frames) ?? d.frames
+            height = try c.decodeIfPresent(Int.self, forKey: .height) ?? d.height
+            width = try c.decodeIfPresent(Int.self, forKey: .width) ?? d.width
+            image_ratio = try c.decodeIfPresent(Double.self, forKey: .image_ratio) ?? d.image_ratio
+            seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
+        }
+    }
+
+    public struct TrainConfig: Codable, Sendable, Equatable {
+        public var steps = 100
+        /// Samples per optimizer step (across all data-parallel ranks and micro-batches).
+        public var batch_size = 4
+        /// Micro-batches per optimizer step (gradient accumulation).
+        public var grad_accum = 1
+        public var lr = 1e-3
+        public var schedule = LRSchedule.Kind.constant
+        public var warmup_steps = 0
+        public var min_lr_ratio = 0.1
+        public var weight_decay = 0.0
+        public var beta1 = 0.9
+        public var beta2 = 0.999
+        /// Clip the global gradient norm to this (0 = off). Official fine-tuning: 1.0.
+        public var clip_grad = 1.0
+        public var seed: UInt64 = 0
+        /// Recompute each block's activations in backward.
+        public var recompute = false
+        public var log_every = 10
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Self()
+            steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
+            batch_size = try c.decodeIfPresent(Int.self, forKey: .batch_size) ?? d.batch_size
+            grad_accum = try c.decodeIfPresent(Int.self, forKey: .grad_accum) ?? d.grad_accum
+            lr = try c.decodeIfPresent(Double.self, forKey: .lr) ?? d.lr
+            schedule = try c.decodeIfPresent(LRSchedule.Kind.self, forKey: .schedule) ?? d.schedule
+            warmup_steps = try c.decodeIfPresent(Int.self, forKey: .warmup_steps) ?? d.warmup_steps
+            min_lr_ratio = try c.decodeIfPresent(Double.self, forKey: .min_lr_ratio) ?? d.min_lr_ratio
+            weight_decay = try c.decodeIfPresent(Double.self, forKey: .weight_decay) ?? d.weight_decay
+            beta1 = try c.decodeIfPresent(Double.self, forKey: .beta1) ?? d.beta1
+            beta2 = try c.decodeIfPresent(Double.self, forKey: .beta2) ?? d.beta2
+            clip_grad = try c.decodeIfPresent(Double.self, forKey: .clip_grad) ?? d.clip_grad
+            seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
+            recompute = try c.decodeIfPresent(Bool.self, forKey: .recompute) ?? d.recompute
+            log_every = try c.decodeIfPresent(Int.self, forKey: .log_every) ?? d.log_every
+        }
+    }
+
+    public struct FlowConfig: Codable, Sendable, Equatable {
+        /// Time-step shift s: sigma' = s*sigma / (1 + (s-1)*sigma). 1 = none; the I2V release used 7.
+        public var time_shift = 1.0
+        /// Draw sigma = sigmoid(N(0,1)) (logit-normal) instead of uniform.
+        public var logit_normal = true
+        /// Guidance scales for the CFG-distilled variant are drawn uniformly from this range.
+        public var guidance_min = 1.0
+        public var guidance_max = 8.0
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Self()
+            time_shift = try c.decodeIfPresent(Double.self, forKey: .time_shift) ?? d.time_shift
+            logit_normal = try c.decodeIfPresent(Bool.self, forKey: .logit_normal) ?? d.logit_normal
+            guidance_min = try c.decodeIfPresent(Double.self, forKey: .guidance_min) ?? d.guidance_min
+            guidance_max = try c.decodeIfPresent(Double.self, forKey: .guidance_max) ?? d.guidance_max
+        }
+    }
+
+    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? RunConfig.currentVersion
+        model = try c.decodeIfPresent(DiTConfig.self, forKey: .model) ?? DiTConfig()
+        text_encoder = try c.decodeIfPresent(TextEncoderConfig.self, forKey: .text_encoder) ?? TextEncoderConfig()
+        data = try c.decodeIfPresent(DataConfig.self, forKey: .data) ?? DataConfig()
+        train = try c.decodeIfPresent(TrainConfig.self, forKey: .train) ?? TrainConfig()
+        flow = try c.decodeIfPresent(FlowConfig.self, forKey: .flow) ?? FlowConfig()
+    }
+
+    public func validate(file: String = "<config>") throws {
+        func fail(_ field: String, _ message: String) throws -> Never { throw ConfigError.invalid(file: file, field: field, message: message) }
+        if version != RunConfig.currentVersion { try fail("version", "unsupported version \(version) (this hv reads \(RunConfig.currentVersion))") }
+        do { try model.validate() } catch let DiTConfig.ValidationError.invalid(field, message) { try fail("model.\(field)", message) }
+        if data.kind != "synthetic-latents" { try fail("data.kind", "unknown kind '\(data.kind)' (known: synthetic-latents)") }
+        if data.count < 1 { try fail("data.count", "must be >= 1") }
+        let p = model.patch_size
+        if data.frames < 1 || data.frames % p[0] != 0 { try fail("data.frames", "\(data.frames) must be a positive multiple of patch t \(p[0])") }
+        if data.height < 1 || data.height % p[1] != 0 { try fail("data.height", "\(data.height) must be a positive multiple of patch h \(p[1])") }
+        if data.width < 1 || data.width % p[2] != 0 { try fail("data.width", "\(data.width) must be a positive multiple of patch w \(p[2])") }
+        if !(0...1).contains(data.image_ratio) { try fail("data.image_ratio", "must be in [0, 1]") }
+        if train.steps < 0 { try fail("train.steps", "must be >= 0") }
+        if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
+        if train.grad_accum < 1 || train.batch_size % train.grad_accum != 0 {
+            try fail("train.grad_accum", "\(train.grad_accum) must divide batch_size \(train.batch_size)")
+        }
+        if !(train.lr > 0) { try fail("train.lr", "must be > 0") }
+        if train.log_every < 1 { try fail("train.log_every", "must be >= 1") }
+        if text_encoder.max_tokens < 1 { try fail("text_encoder.max_tokens", "must be >= 1") }
+        if text_encoder.vocab_size < 2 { try fail("text_encoder.vocab_size", "must be >= 2") }
+        if !(flow.time_shift > 0) { try fail("flow.time_shift", "must be > 0") }
+        if flow.guidance_min > flow.guidance_max { try fail("flow.guidance_min", "must not exceed guidance_max") }
+    }
+
+    /// Reads a run config; a string `model:` value is a path to a model YAML (relative to the
+    /// run file's directory, then to the working directory).
+    public static func load(path: String) throws -> RunConfig {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigError.unreadable(file: path, reason: error.localizedDescription)
+        }
+        let yaml: Any?
+        do { yaml = try Yams.load(yaml: text) } catch { throw ConfigError.syntax(file: path, reason: "\(error)") }
+        guard var dict = yaml as? [String: Any] else { throw ConfigError.syntax(file: path, reason: "top level must be a mapping") }
+        if let modelPath = dict["model"] as? String {
+            let dir = (path as NSString).deletingLastPathComponent
+            let candidates = [(dir as NSString).appendingPathComponent(modelPath), modelPath]
+            guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+                throw ConfigError.invalid(file: path, field: "model", message: "model file '\(modelPath)' not found (looked in \(candidates))")
+            }
+            let modelText = try String(contentsOfFile: found, encoding: .utf8)
+            do { dict["model"] = try Yams.load(yaml: modelText) } catch { throw ConfigError.syntax(file: found, reason: "\(error)") }
+        }
+        try checkUnknownKeys(dict, file: path)
+        let config: RunConfig
+        do {
+            let normalized = try Yams.dump(object: dict)
+            config = try YAMLDecoder().decode(RunConfig.self, from: normalized)
+        } catch let e as DecodingError {
+            throw ConfigError.from(e, file: path)
+        }
+        try config.validate(file: path)
+        return config
+    }
+
+    /// The effective configuration as YAML (what `dump-config` prints and checkpoints store).
+    public func yaml() -> String { (try? YAMLEncoder().encode(self)) ?? "" }
+    public func json() -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? enc.encode(self)) ?? Data(), as: UTF8.self)
+    }
+}
+
+/// Rejects keys that no field reads (typos would otherwise be silently ignored).
+func checkUnknownKeys(_ user: [String: Any], file: String) throws {
+    guard let data = try? JSONEncoder().encode(RunConfig()),
+          let known = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return }
+    func walk(_ u: [String: Any], _ k: [String: Any], _ prefix: String) throws {
+        for (key, value) in u {
+            guard let kv = k[key] else {
+                throw ConfigError.invalid(file: file, field: prefix + key, message: "unknown key (known here: \(k.keys.sorted().joined(separator: ", ")))")
+            }
+            if let uSub = value as? [String: Any], let kSub = kv as? [String: Any] { try walk(uSub, kSub, prefix + key + ".") }
+        }
+    }
+    try walk(user, known, "")
+}
+
+/// Loads a bare model YAML (DiTConfig fields).
+public func loadModelConfig(path: String) throws -> DiTConfig {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        throw ConfigError.unreadable(file: path, reason: error.localizedDescription)
+    }
+    do {
+        let c = try YAMLDecoder().decode(DiTConfig.self, from: text)
+        do { try c.validate() } catch let DiTConfig.ValidationError.invalid(field, message) {
+            throw ConfigError.invalid(file: path, field: field, message: message)
+        }
+        return c
+    } catch let e as DecodingError { throw ConfigError.from(e, file: path) }
+}
+
+public enum ConfigError: Error, CustomStringConvertible {
+    case unreadable(file: String, reason: String)
+    case syntax(file: String, reason: String)
+    case invalid(file: String, field: String, message: String)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let f, let r): "cannot read config \(f): \(r)"
+        case .syntax(let f, let r): "\(f): not valid YAML: \(r)"
+        case .invalid(let f, let field, let m): "\(f): field '\(field)': \(m)"
+        }
+    }
+
+    static func from(_ e: DecodingError, file: String) -> ConfigError {
+        func path(_ ctx: DecodingError.Context) -> String { ctx.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") }
+        switch e {
+        case .typeMismatch(_, let ctx), .dataCorrupted(let ctx):
+            return .invalid(file: file, field: path(ctx), message: ctx.debugDescription)
+        case .keyNotFound(let key, let ctx):
+            return .invalid(file: file, field: (path(ctx).isEmpty ? "" : path(ctx) + ".") + key.stringValue, message: "missing")
+        case .valueNotFound(_, let ctx):
+            return .invalid(file: file, field: path(ctx), message: "missing value")
+        @unknown default:
+            return .syntax(file: file, reason: "\(e)")
+        }
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import HVModel
+import HVNN
+import HVTensor
+
+/// Flow-matching training of the DiT (and the stand-in text encoder) in one process.
+///
+/// Every random draw is a pure function of (seed, step, global sample index) — noise, sigma,
+/// guidance — and the data order is a pure function of (data seed, epoch), so a run resumed
+/// from (step, data position, parameters, optimizer state) continues bit for bit, and a
+/// data-parallel run that splits the same global batch computes the same update.
+public final class Trainer {
+    public let config: RunConfig
+    public let model: HunyuanDiT
+    public let textEncoder: HashTextEncoder
+    public let optimizer: AdamW
+    public let dataset: SyntheticLatents
+    public var order: DataOrder
+    public private(set) var step = 0
+    public private(set) var samplesSeen = 0
+
+    public struct StepStats: Sendable {
+        public var step: Int
+        public var loss: Float
+        public var gradNorm: Float
+        public var lr: Float
+        public var samples: Int
+        public var videoTokens: Int
+        public var seconds: Double
+    }
+
+    public init(config: RunConfig) {
+        self.config = config
+        model = HunyuanDiT(config: config.model, seed: config.train.seed)
+        model.recomputeBlocks = config.train.recompute
+        textEncoder = HashTextEncoder(vocabularySize: config.text_encoder.vocab_size, maxTokens: config.text_encoder.max_tokens,
+                                      stateDim: config.model.text_states_dim, pooledDim: config.model.text_states_dim_2,
+                                      seed: config.train.seed)
+        let t = config.train
+        optimizer = AdamW(lr: Float(t.lr), beta1: Float(t.beta1), beta2: Float(t.beta2), weightDecay: Float(t.weight_decay))
+        let d = config.data
+        dataset = SyntheticLatents(count: d.count, channels: config.model.in_channels, frames: d.frames, height: d.height,
+                                   width: d.width, seed: d.seed)
+        order = DataOrder(count: d.count, seed: d.seed)
+    }
+
+    /// Every trainable tensor with its checkpoint name: the DiT's official names, then `text_encoder.*`.
+    public lazy var parameters: [(String, Tensor)] = model.namedParameters() + textEncoder.trainableParameters()
+
+    public var schedule: LRSchedule {
+        let t = config.train
+        return LRSchedule(kind: t.schedule, base: Float(t.lr), warmupSteps: t.warmup_steps, totalSteps: t.steps, minRatio: Float(t.min_lr_ratio))
+    }
+
+    /// Latent frames for `step`'s batch: 1 (an image batch) with probability `image_ratio`.
+    public func frames(forStep s: Int) -> Int {
+        guard config.data.image_ratio > 0 else { return config.data.frames }
+        var rng = HVRandom(seed: config.train.seed).split("batch-kind").split(UInt64(s))
+        return rng.uniformDouble() < config.data.image_ratio ? 1 : config.data.frames
+    }
+
+    /// Forward + backward on the samples at `positions` (indices within the global batch of
+    /// `step`), accumulating gradients of (loss x positions.count / batch_size) into `.grad`.
+    /// Returns the mean loss over these samples.
+    @discardableResult
+    public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> Float {
+        let cfg = config
+        let (x0, captions) = dataset.batch(sampleIndices, frames: T)
+        let B = sampleIndices.count
+        // Per-sample random draws keyed by (seed, step, position in the global batch).
+        var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
+        let perSample = Array(x0.shape.dropFirst())
+        for p in positions {
+            var rng = HVRandom(seed: cfg.train.seed).split("flow").split(UInt64(s)).split(UInt64(p))
+            sigmas += FlowMatching.sampleSigmas(1, logitNormal: cfg.flow.logit_normal, shift: cfg.flow.time_shift, rng: &rng)
+            guidance.append(Float(cfg.flow.guidance_min + (cfg.flow.guidance_max - cfg.flow.guidance_min) * rng.uniformDouble()) * 1000)
+            noiseParts.append(Tensor.randn([1] + perSample, rng: &rng))
+        }
+        let noise = Tensor.concat(noiseParts, axis: 0)
+        let (xt, target) = FlowMatching.noisedInputs(x0: x0, noise: noise, sigmas: sigmas)
+        let text = textEncoder.encode(captions)
+        let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
+                               text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
+        let v = model(inputs)
+        let loss = v.mseLoss(target)
+        (loss * (Float(B) / Float(cfg.train.batch_size))).backward()
+        return loss.item
+    }
+
+    /// Clips, applies AdamW at the scheduled LR, clears gradients, advances the step.
+    /// Returns (grad norm before clipping, lr).
+    public func applyUpdate() -> (Float, Float) {
+        let params = parameters
+        let norm = clipGradNorm(params.map(\.1), maxNorm: Float(config.train.clip_grad))
+        let lr = schedule.lr(at: step)
+        optimizer.lr = lr
+        GradMode.withoutGrad { optimizer.update(params) }
+        for (_, p) in params { p.zeroGrad() }
+        step += 1
+        return (norm, lr)
+    }
+
+    /// One optimizer step over the next global batch (split into grad_accum micro-batches).
+    public func trainStep() -> StepStats {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let B = config.train.batch_size, micro = B / config.train.grad_accum
+        let indices = order.next(B)
+        let T = frames(forStep: step)
+        var lossSum: Float = 0
+        for m in 0..<config.train.grad_accum {
+            let pos = Array((m * micro)..<((m + 1) * micro))
+            lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
+        }
+        let s = step
+        let (norm, lr) = applyUpdate()
+        samplesSeen += B
+        let tokens = B * config.model.videoTokens(latentT: T, latentH: config.data.height, latentW: config.data.width)
+        return StepStats(step: s, loss: lossSum / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
+                         seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    }
+
+    /// Restores counters after loading a checkpoint.
+    public func restore(step: Int, samplesSeen: Int, order: DataOrder) {
+        self.step = step
+        self.samplesSeen = samplesSeen
+        self.order = order
+        optimizer.setStep(step)
+    }
+}

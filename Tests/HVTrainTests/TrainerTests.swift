@@ -1,0 +1,124 @@
+import Foundation
+import HVModel
+import HVNN
+import HVTensor
+import HVTrain
+import XCTest
+import _HVTestSupport
+
+/// The repository root (tests run from a source checkout).
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+final class TrainerTests: XCTestCase {
+    func tinyRun(steps: Int, seed: UInt64 = 0) throws -> RunConfig {
+        var cfg = try RunConfig.load(path: repoRoot.appendingPathComponent("configs/runs/tiny.yaml").path)
+        cfg.train.steps = steps
+        cfg.train.seed = seed
+        return cfg
+    }
+
+    /// The quick-start config learns: mean loss of the last 20 steps is at most half of the first 20's.
+    func testLossHalvesOnSyntheticLatents() throws {
+        let cfg = try tinyRun(steps: 150)
+        let trainer = Trainer(config: cfg)
+        let losses = (0..<150).map { _ in trainer.trainStep().loss }
+        let first = losses.prefix(20).reduce(0, +) / 20, last = losses.suffix(20).reduce(0, +) / 20
+        XCTAssertLessThan(last, first / 2, "loss went from \(first) to \(last)")
+        XCTAssert(losses.allSatisfy { $0.isFinite })
+    }
+
+    /// Same seed, same losses and parameters, bit for bit; another seed differs.
+    func testSameSeedIsBitExact() throws {
+        let cfg = try tinyRun(steps: 6)
+        let a = Trainer(config: cfg), b = Trainer(config: cfg)
+        let la = (0..<6).map { _ in a.trainStep().loss }, lb = (0..<6).map { _ in b.trainStep().loss }
+        XCTAssertEqual(la, lb)
+        for ((n, p), (_, q)) in zip(a.parameters, b.parameters) { XCTAssertEqual(p.scalars, q.scalars, n) }
+        let c = Trainer(config: try tinyRun(steps: 6, seed: 1))
+        XCTAssertNotEqual((0..<6).map { _ in c.trainStep().loss }, la)
+    }
+
+    /// Gradient accumulation: 1 x 8 samples and 4 x 2 samples give the same update (up to fp32 rounding).
+    func testGradientAccumulationMatchesFullBatch() throws {
+        var cfg = try tinyRun(steps: 2)
+        cfg.data.image_ratio = 0
+        let full = Trainer(config: cfg)
+        cfg.train.grad_accum = 4
+        let acc = Trainer(config: cfg)
+        for _ in 0..<2 {
+            let l1 = full.trainStep().loss, l2 = acc.trainStep().loss
+            XCTAssertEqual(l1, l2, accuracy: 1e-5)
+        }
+        var worst: Float = 0
+        for ((_, p), (_, q)) in zip(full.parameters, acc.parameters) { worst = max(worst, maxAbsDiff(p, q)) }
+        XCTAssertLessThan(worst, 1e-5)
+    }
+
+    func testDataOrderIsAPermutationPerEpochAndResumable() {
+        var o = DataOrder(count: 10, seed: 3)
+        let epoch0 = o.next(10)
+        XCTAssertEqual(epoch0.sorted(), Array(0..<10))
+        let next = o.next(4)
+        var resumed = DataOrder(count: 10, seed: 3, epoch: o.epoch, offset: o.offset)
+        XCTAssertEqual(o.next(7), resumed.next(7))
+        XCTAssertEqual(next.count, 4)
+    }
+
+    func testSyntheticCaptionsDescribeTheClip() {
+        let ds = SyntheticLatents(count: 10, channels: 16, frames: 3, height: 8, width: 8, seed: 1)
+        for i in 0..<10 {
+            let item = ds.item(i)
+            XCTAssertEqual(item.caption, "a \(SyntheticLatents.colors[item.color]) \(SyntheticLatents.shapes[item.shape]) moving \(SyntheticLatents.directions[item.direction])")
+            // The shape's centre of mass moves in the captioned direction.
+            func centroid(_ t: Int) -> (Float, Float) {
+                var sx: Float = 0, sy: Float = 0, sw: Float = 0
+                let col = ds.palette[item.color]
+                for y in 0..<8 { for x in 0..<8 {
+                    var a: Float = 0
+                    for c in 0..<16 { a += item.latent.pointer[((c * 3 + t) * 8 + y) * 8 + x] * col[c] }
+                    let w: Float = a > 4 ? a : 0  // object pixels: a ~ 0.8..1 x |colour|^2 = 10.24; background ~ 0
+                    sx += w * Float(x); sy += w * Float(y); sw += w
+                }}
+                return (sx / sw, sy / sw)
+            }
+            let (x0, y0) = centroid(0), (x2, y2) = centroid(2)
+            switch item.direction {
+            case 0: XCTAssertLessThan(x2, x0 - 0.5)
+            case 1: XCTAssertGreaterThan(x2, x0 + 0.5)
+            case 2: XCTAssertLessThan(y2, y0 - 0.5)
+            default: XCTAssertGreaterThan(y2, y0 + 0.5)
+            }
+        }
+    }
+
+    func testFlowMatchingShiftAndInterpolation() {
+        XCTAssertEqual(FlowMatching.shift(0.5, 7), 7 * 0.5 / (1 + 6 * 0.5), accuracy: 1e-12)
+        XCTAssertEqual(FlowMatching.shift(1, 7), 1)
+        let s = FlowMatching.samplingSigmas(steps: 4, shift: 1)
+        XCTAssertEqual(s, [1, 0.75, 0.5, 0.25, 0])
+        let x0 = Tensor([1, 2], shape: [1, 2]), n = Tensor([3, -1], shape: [1, 2])
+        let (xt, v) = FlowMatching.noisedInputs(x0: x0, noise: n, sigmas: [0.25])
+        XCTAssertEqual(xt.scalars, [0.25 * 3 + 0.75 * 1, 0.25 * -1 + 0.75 * 2])
+        XCTAssertEqual(v.scalars, [2, -3])
+    }
+
+    func testConfigErrorsNameFileAndField() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-config-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func expectError(_ yaml: String, _ fragment: String, line: UInt = #line) {
+            let p = dir.appendingPathComponent("run.yaml").path
+            try? yaml.write(toFile: p, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try RunConfig.load(path: p), line: line) { e in
+                let text = "\(e)"
+                XCTAssert(text.contains(p) && text.contains(fragment), "error '\(text)' should name the file and '\(fragment)'", line: line)
+            }
+        }
+        expectError("train:\n  stepz: 3\n", "train.stepz")
+        expectError("train:\n  batch_size: 8\n  grad_accum: 3\n", "train.grad_accum")
+        expectError("model:\n  hidden_size: 64\n  heads_num: 3\n", "model.heads_num")
+        expectError("train:\n  steps: many\n", "train.steps")
+        expectError("train: [1, 2\n", "not valid YAML")
+        expectError("model: nowhere.yaml\n", "model")
+    }
+}
