@@ -3,16 +3,19 @@ import HVNN
 import HVTensor
 
 /// Sinusoidal timestep features [B, dim]: cos half first, then sin; frequencies
-/// exp(-ln(maxPeriod) * k / (dim/2)) (official `timestep_embedding`).
+/// exp(-ln(maxPeriod) * k / (dim/2)). Computed in fp32 exactly as the official
+/// `timestep_embedding` does (fp32 frequencies and products): at t ~ 1000 the fp32 rounding of
+/// t * freq is visible in the output, so a double-precision version would not match the release.
 public func timestepEmbedding(_ t: [Float], dim: Int, maxPeriod: Double = 10000) -> Tensor {
     let half = dim / 2
     let out = Tensor(zeros: [t.count, dim])
+    let logPeriod = Float(-Foundation.log(maxPeriod))
+    let freqs = (0..<half).map { k in Foundation.exp(logPeriod * Float(k) / Float(half)) }
     for (b, tv) in t.enumerated() {
         for k in 0..<half {
-            let freq = Foundation.exp(-Foundation.log(maxPeriod) * Double(k) / Double(half))
-            let arg = Double(tv) * freq
-            out.pointer[b * dim + k] = Float(Foundation.cos(arg))
-            out.pointer[b * dim + half + k] = Float(Foundation.sin(arg))
+            let arg = tv * freqs[k]
+            out.pointer[b * dim + k] = Foundation.cos(arg)
+            out.pointer[b * dim + half + k] = Foundation.sin(arg)
         }
     }
     return out
