@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "HVTensor", dependencies: ["CHVBLAS", "CHVKernels"]),
         .target(name: "HVNN", dependencies: ["HVTensor"]),
         .target(name: "HVModel", dependencies: ["HVNN", "HVTensor"]),
-        .target(name: "HVComm", dependencies: ["CHVZeroMQ"]),
+        .target(name: "HVComm", dependencies: ["CHVZeroMQ", "HVTensor"]),
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
         .target(name: "HVData", dependencies: ["CHVAV"]),
         .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", .product(name: "Yams", package: "Yams")]),
@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "_HVTestSupport"]),
-        .testTarget(name: "HVCommTests", dependencies: ["HVComm"]),
+        .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
     ]

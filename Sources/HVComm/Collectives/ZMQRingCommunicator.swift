@@ -1,0 +1,258 @@
+import CHVZeroMQ
+import Foundation
+import HVTensor
+
+/// Ring collectives directly between workers over ZeroMQ PUSH/PULL links (PAIR does not
+/// reconnect over TCP). Each rank binds one PULL inbox and connects a PUSH to each peer it
+/// sends to. Large buffers travel in chunks of `chunkElements` (1 MiB of fp32 by default),
+/// each sent before the matching one is received, so transfer and reduction overlap.
+///
+/// Ring all-reduce = reduce-scatter + all-gather: 2(n-1)/n x bytes per rank.
+public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
+    public let rank: Int
+    public let worldSize: Int
+    public var step = 0
+    public var timeoutSeconds: Double
+    /// Wire precision: `.bfloat16` halves traffic (all-gathered values are rounded to bf16 on
+    /// every rank, the owner included, so all ranks stay identical).
+    public var wireDType: WireHeader.DType = .float32
+    public var chunkElements = 262_144
+
+    private let context: ZMQContext
+    private let ownsContext: Bool
+    private let inbox: ZMQSocket
+    private var outboxes: [Int: ZMQSocket] = [:]
+    private var peerEndpoints: [String] = []
+    private var sequence: UInt64 = 0
+    private var stash: [Int: [(WireHeader, ZMQMessage)]] = [:]
+    /// The endpoint peers connect to (resolved port for `tcp://host:*`).
+    public let endpoint: String
+
+    public init(rank: Int, worldSize: Int, bind: String, context: ZMQContext? = nil, timeoutSeconds: Double = 120) throws {
+        precondition(rank >= 0 && rank < worldSize, "rank \(rank) outside world of \(worldSize)")
+        self.rank = rank
+        self.worldSize = worldSize
+        self.timeoutSeconds = timeoutSeconds
+        ownsContext = context == nil
+        self.context = try context ?? ZMQContext(ioThreads: 1)
+        inbox = try self.context.makeSocket(.pull)
+        try inbox.setReceiveHighWaterMark(0)
+        try inbox.setReceiveTimeout(milliseconds: Int(timeoutSeconds * 1000))
+        try inbox.setLinger(milliseconds: 0)
+        try inbox.bind(bind)
+        endpoint = try inbox.lastEndpoint
+    }
+
+    /// Records every rank's inbox endpoint (index = rank); links are opened on first use.
+    public func connect(peers: [String]) throws {
+        precondition(peers.count == worldSize, "\(peers.count) endpoints for a world of \(worldSize)")
+        peerEndpoints = peers
+    }
+
+    public func close() {
+        for (_, s) in outboxes { s.close() }
+        outboxes.removeAll()
+        inbox.close()
+        if ownsContext { context.close() }
+    }
+
+    deinit { close() }
+
+    private func outbox(_ peer: Int) throws -> ZMQSocket {
+        if let s = outboxes[peer] { return s }
+        let s = try context.makeSocket(.push)
+        try s.setSendHighWaterMark(0)
+        try s.setSendTimeout(milliseconds: Int(timeoutSeconds * 1000))
+        try s.setLinger(milliseconds: 2000)
+        try s.connect(peerEndpoints[peer])
+        outboxes[peer] = s
+        return s
+    }
+
+    // MARK: Framing
+
+    private func sendChunk(_ src: UnsafePointer<Float>, count: Int, to peer: Int, kind: WireHeader.Kind, seq: UInt64,
+                           chunk: Int, collective: String) throws {
+        let header = WireHeader(source: rank, kind: kind, dtype: wireDType, sequence: seq, chunk: chunk, count: count)
+        do {
+            let s = try outbox(peer)
+            try s.send(header.bytes, more: true)
+            if wireDType == .float32 {
+                try s.send(UnsafeRawBufferPointer(start: src, count: count * 4))
+            } else {
+                var tmp = [UInt16](repeating: 0, count: count)
+                tmp.withUnsafeMutableBufferPointer { BFloat16Conversion.encode(src, $0.baseAddress!, count: count) }
+                try tmp.withUnsafeBytes { try s.send($0) }
+            }
+        } catch ZMQError.timedOut {
+            throw CommError.timeout(collective: collective, step: step, rank: rank, waitingFor: [peer], seconds: timeoutSeconds)
+        } catch let e as CommError { throw e } catch {
+            throw CommError.transport(collective: collective, step: step, rank: rank, underlying: error)
+        }
+    }
+
+    /// Receives the expected chunk from `peer`, validated; calls `consume` with its elements.
+    private func receiveChunk(from peer: Int, kind: WireHeader.Kind, seq: UInt64, chunk: Int, count: Int, collective: String,
+                              _ consume: (UnsafeRawBufferPointer, WireHeader.DType) -> Void) throws {
+        func violation(_ d: String, _ p: Int = peer) -> CommError {
+            .protocolViolation(collective: collective, step: step, rank: rank, peer: p, detail: d)
+        }
+        while true {
+            let header: WireHeader, payload: ZMQMessage
+            if var queued = stash[peer], !queued.isEmpty {
+                (header, payload) = queued.removeFirst()
+                stash[peer] = queued
+            } else {
+                let frames: [ZMQMessage]
+                do { frames = try inbox.receiveMultipartMessages() } catch ZMQError.timedOut {
+                    throw CommError.timeout(collective: collective, step: step, rank: rank, waitingFor: [peer], seconds: timeoutSeconds)
+                } catch { throw CommError.transport(collective: collective, step: step, rank: rank, underlying: error) }
+                guard frames.count == 2 else { throw violation("\(frames.count) frames, expected header + payload", -1) }
+                let parsed = frames[0].withUnsafeBytes { WireHeader.parse($0) }
+                switch parsed {
+                case .failure(let e): throw violation("\(e)", -1)
+                case .success(let h):
+                    guard Int(h.source) < worldSize else { throw violation("claims source rank \(h.source) in a world of \(worldSize)", -1) }
+                    guard frames[1].count == Int(h.count) * h.dtype.bytes else {
+                        throw violation("payload of \(frames[1].count) bytes for \(h.count) elements", Int(h.source))
+                    }
+                    header = h
+                    payload = frames[1]
+                }
+                if Int(header.source) != peer {
+                    stash[Int(header.source), default: []].append((header, payload))
+                    continue
+                }
+            }
+            guard header.kind == kind, header.sequence == seq, header.chunk == UInt32(chunk) else {
+                throw violation("got \(header.kind) #\(header.sequence) chunk \(header.chunk), expected \(kind) #\(seq) chunk \(chunk) — ranks are running different collectives")
+            }
+            guard Int(header.count) == count else { throw violation("\(header.count) elements, expected \(count) — buffer sizes differ between ranks") }
+            payload.withUnsafeBytes { consume($0, header.dtype) }
+            return
+        }
+    }
+
+    private func nextSequence() -> UInt64 { sequence += 1; return sequence }
+
+    /// Splits `range` into chunks of at most `chunkElements`.
+    private func chunks(_ range: Range<Int>) -> [Range<Int>] {
+        if range.isEmpty { return [range] }
+        return stride(from: range.lowerBound, to: range.upperBound, by: chunkElements).map { $0..<min($0 + chunkElements, range.upperBound) }
+    }
+
+    // MARK: Collectives
+
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        let W = worldSize
+        if W == 1 { return }
+        let seq = nextSequence(), next = (rank + 1) % W, prev = (rank + W - 1) % W
+        for s in 0..<(W - 1) {
+            let sendChunks = chunks(shardRange(count: count, rank: (rank - s - 1 + 2 * W) % W, world: W))
+            let recvChunks = chunks(shardRange(count: count, rank: (rank - s - 2 + 2 * W) % W, world: W))
+            for i in 0..<max(sendChunks.count, recvChunks.count) {
+                if i < sendChunks.count {
+                    let c = sendChunks[i]
+                    try sendChunk(buffer + c.lowerBound, count: c.count, to: next, kind: .reduceScatter, seq: seq, chunk: s << 16 | i,
+                                  collective: "reduce-scatter")
+                }
+                if i < recvChunks.count {
+                    let c = recvChunks[i]
+                    let dst = buffer + c.lowerBound
+                    try receiveChunk(from: prev, kind: .reduceScatter, seq: seq, chunk: s << 16 | i, count: c.count, collective: "reduce-scatter") { raw, dt in
+                        if dt == .float32 {
+                            let src = raw.bindMemory(to: Float.self)
+                            for j in 0..<c.count { dst[j] += src[j] }
+                        } else {
+                            let src = raw.bindMemory(to: UInt16.self)
+                            for j in 0..<c.count { dst[j] += Float(bitPattern: UInt32(src[j]) << 16) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        let W = worldSize
+        if W == 1 { return }
+        if wireDType == .bfloat16 {
+            let own = shardRange(count: count, rank: rank, world: W)
+            for j in own { buffer[j] = BFloat16(buffer[j]).float }
+        }
+        let seq = nextSequence(), next = (rank + 1) % W, prev = (rank + W - 1) % W
+        for s in 0..<(W - 1) {
+            let sendChunks = chunks(shardRange(count: count, rank: (rank - s + W) % W, world: W))
+            let recvChunks = chunks(shardRange(count: count, rank: (rank - s - 1 + 2 * W) % W, world: W))
+            for i in 0..<max(sendChunks.count, recvChunks.count) {
+                if i < sendChunks.count {
+                    let c = sendChunks[i]
+                    try sendChunk(buffer + c.lowerBound, count: c.count, to: next, kind: .allGather, seq: seq, chunk: s << 16 | i,
+                                  collective: "all-gather")
+                }
+                if i < recvChunks.count {
+                    let c = recvChunks[i]
+                    let dst = buffer + c.lowerBound
+                    try receiveChunk(from: prev, kind: .allGather, seq: seq, chunk: s << 16 | i, count: c.count, collective: "all-gather") { raw, dt in
+                        if dt == .float32 {
+                            dst.update(from: raw.bindMemory(to: Float.self).baseAddress!, count: c.count)
+                        } else {
+                            BFloat16Conversion.decode(raw.bindMemory(to: UInt16.self).baseAddress!, dst, count: c.count)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try reduceScatter(buffer, count: count)
+        try allGather(buffer, count: count)
+    }
+
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
+        let W = worldSize
+        if W == 1 { return }
+        let seq = nextSequence(), next = (rank + 1) % W, prev = (rank + W - 1) % W
+        let parts = chunks(0..<count)
+        if wireDType == .bfloat16 && rank == root { for j in 0..<count { buffer[j] = BFloat16(buffer[j]).float } }
+        for (i, c) in parts.enumerated() {
+            if rank != root {
+                let dst = buffer + c.lowerBound
+                try receiveChunk(from: prev, kind: .broadcast, seq: seq, chunk: i, count: c.count, collective: "broadcast") { raw, dt in
+                    if dt == .float32 { dst.update(from: raw.bindMemory(to: Float.self).baseAddress!, count: c.count) } else {
+                        BFloat16Conversion.decode(raw.bindMemory(to: UInt16.self).baseAddress!, dst, count: c.count)
+                    }
+                }
+            }
+            if next != root {
+                try sendChunk(buffer + c.lowerBound, count: c.count, to: next, kind: .broadcast, seq: seq, chunk: i, collective: "broadcast")
+            }
+        }
+    }
+
+    public func barrier() throws {
+        var token = [Float](repeating: 1, count: worldSize)
+        try token.withUnsafeMutableBufferPointer { try allReduce($0.baseAddress!, count: worldSize) }
+        guard token.allSatisfy({ $0 == Float(worldSize) }) else {
+            throw CommError.protocolViolation(collective: "barrier", step: step, rank: rank, peer: -1, detail: "token sum \(token) != \(worldSize)")
+        }
+    }
+
+    public func send(_ buffer: UnsafePointer<Float>, count: Int, to peer: Int, tag: UInt64) throws {
+        for (i, c) in chunks(0..<count).enumerated() {
+            try sendChunk(buffer + c.lowerBound, count: c.count, to: peer, kind: .pointToPoint, seq: tag, chunk: i, collective: "send")
+        }
+    }
+
+    public func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws {
+        for (i, c) in chunks(0..<count).enumerated() {
+            let dst = buffer + c.lowerBound
+            try receiveChunk(from: peer, kind: .pointToPoint, seq: tag, chunk: i, count: c.count, collective: "receive") { raw, dt in
+                if dt == .float32 { dst.update(from: raw.bindMemory(to: Float.self).baseAddress!, count: c.count) } else {
+                    BFloat16Conversion.decode(raw.bindMemory(to: UInt16.self).baseAddress!, dst, count: c.count)
+                }
+            }
+        }
+    }
+}
