@@ -31,7 +31,9 @@ let package = Package(
         .target(name: "HVComm", dependencies: ["CHVZeroMQ", "HVTensor"]),
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
         .target(name: "HVData", dependencies: ["CHVAV"]),
-        .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", .product(name: "Yams", package: "Yams")]),
+        .target(name: "HVParallel", dependencies: ["HVComm", "HVModel", "HVNN", "HVTensor"]),
+        .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", "HVComm", "HVParallel",
+                                                .product(name: "Yams", package: "Yams")]),
         .target(name: "HVCommands", dependencies: [
             "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -48,6 +50,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "_HVTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),

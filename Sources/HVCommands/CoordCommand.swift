@@ -10,10 +10,11 @@ public struct CoordCommand: ParsableCommand {
         commandName: "hv-coord",
         abstract: "Plan and run HunyuanVideo DiT training.",
         discussion: """
-        Quick start:  hv-coord train --config configs/runs/tiny.yaml
+        Quick start:  hv-coord launch --nodes cluster/hosts.local --config configs/runs/tiny.yaml
+        One process:  hv-coord train --config configs/runs/tiny.yaml
         Model sizes:  hv-coord plan --config configs/models/hyvideo-t2-13b.yaml
         """,
-        subcommands: [TrainCommand.self, PlanCommand.self, DumpConfigCommand.self])
+        subcommands: [LaunchCommand.self, TrainCommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
     public init() {}
 }
 
@@ -46,13 +47,13 @@ struct TrainCommand: ParsableCommand {
             if let steps { cfg.train.steps = steps }
             if let seed { cfg.train.seed = seed }
             try cfg.validate(file: config)
-            let trainer = Trainer(config: cfg)
+            let trainer = try Trainer(config: cfg)
             stderrLine("hv: training \(cfg.model.parameterCount.formatted()) DiT parameters + \(trainer.textEncoder.parameterCount) text-encoder parameters for \(cfg.train.steps) steps (batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName) x\(BLAS.threads))")
             var csv = "step,loss,grad_norm,lr\n"
             var window: [Trainer.StepStats] = []
             let start = Date()
             for _ in 0..<cfg.train.steps {
-                let s = trainer.trainStep()
+                let s = try trainer.trainStep()
                 csv += "\(s.step),\(s.loss),\(s.gradNorm),\(s.lr)\n"
                 window.append(s)
                 if (s.step + 1) % cfg.train.log_every == 0 || s.step + 1 == cfg.train.steps {
@@ -119,5 +120,84 @@ struct DumpConfigCommand: ParsableCommand {
 
     func run() throws {
         try runOrExit { print(try RunConfig.load(path: config).yaml()) }
+    }
+}
+
+struct LaunchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Start one worker per slot of a hosts file and train together (data parallel, ZeRO 0-3).",
+        discussion: """
+        Hosts file (DeepSpeed format): one `HOST slots=N` per line, `#` comments. localhost/127.0.0.1 workers
+        start as local processes; other hosts over ssh (hv built at the same path), or through --template,
+        e.g. --template 'ip netns exec {host} {cmd}' for the network-namespace rig in cluster/.
+        Worker logs: RUN_DIR/logs/rank-N.log; metrics: RUN_DIR/metrics.jsonl (one JSON object per step).
+        """)
+
+    @Option(help: "Hosts file (`HOST slots=N` per line).") var nodes: String
+    @Option(help: "Run config (YAML).") var config: String
+    @Option(help: "Run directory (logs, metrics, checkpoints). Default: checkpoints/<config name>.") var runDir: String?
+    @Option(help: "Override train.steps.") var steps: Int?
+    @Option(help: "ZeRO stage: 0 replicated, 1 optimizer state, 2 + gradients, 3 + parameters sharded.") var zero = 0
+    @Option(help: "Only these hosts/slots, e.g. worker-2:0,1@worker-3.") var include: String?
+    @Option(help: "All but these hosts/slots.") var exclude: String?
+    @Option(help: "auto (local for this machine, ssh otherwise), local, ssh or template.") var launcher = "auto"
+    @Option(help: "Command template for every worker, with {host} and {cmd}.") var template: String?
+    @Option(help: "Address to bind the control socket; workers connect to it (default 127.0.0.1 when all hosts are local).")
+    var coordAddress: String?
+    @Option(help: "Control port (0 = any free port).") var port = 0
+    @Option(help: "Seconds to wait for every worker to join.") var rendezvousTimeout = 60.0
+    @Option(help: "Seconds a collective may wait for a peer before failing.") var collectiveTimeout = 120.0
+    @Flag(help: "Send gradients/parameters as bf16 on the wire (half the traffic; rounding).") var bf16Wire = false
+    @Flag(help: "Do not echo worker logs to the terminal (they are still written to RUN_DIR/logs).") var quiet = false
+
+    func run() throws {
+        try runOrExit {
+            guard (0...3).contains(zero) else { throw ValidationError("--zero must be 0, 1, 2 or 3") }
+            guard let mode = LaunchOptions.Launcher(rawValue: launcher) else { throw ValidationError("--launcher must be auto, local, ssh or template") }
+            let hosts = try HostsFile.load(path: nodes).filtered(include: include, exclude: exclude)
+            var cfg = try RunConfig.load(path: config)
+            if let steps { cfg.train.steps = steps }
+            let world = hosts.worldSize
+            guard cfg.train.batch_size % (world * cfg.train.grad_accum) == 0 else {
+                throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(world) workers x grad_accum \(cfg.train.grad_accum)")
+            }
+            let allLocal = hosts.hosts.allSatisfy(HostsFile.isLocal)
+            let addr = coordAddress ?? (allLocal ? "127.0.0.1" : ProcessInfo.processInfo.hostName)
+            let name = ((config as NSString).lastPathComponent as NSString).deletingPathExtension
+            let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            let options = LaunchOptions(hosts: hosts, configPath: config, runDir: runDir ?? "checkpoints/\(name)", steps: steps, zeroStage: zero,
+                                        launcher: mode, template: template, coordinatorAddress: addr, port: port,
+                                        rendezvousTimeout: rendezvousTimeout, collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire,
+                                        workerExecutable: exe, quiet: quiet)
+            try Coordinator(options: options).run()
+        }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "A training worker (started by `hv-coord launch`).", shouldDisplay: false)
+
+    @Option var coordinator: String
+    @Option var rank: Int
+    @Option var world: Int
+    @Option var config: String
+    @Option var zero = 0
+    @Option var steps: Int?
+    @Option var runDir = "checkpoints/run"
+    @Option var bindHost: String?
+    @Option var rendezvousTimeout = 60.0
+    @Option var collectiveTimeout = 120.0
+    @Flag var bf16Wire = false
+
+    func run() throws {
+        try runOrExit {
+            let o = WorkerOptions(coordinator: coordinator, rank: rank, worldSize: world, configPath: config, zeroStage: zero, steps: steps,
+                                  runDir: runDir, bindHost: bindHost, rendezvousTimeout: rendezvousTimeout,
+                                  collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire)
+            // Unbuffered writes: lines reach the coordinator as they are logged.
+            try runWorker(o) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+        }
     }
 }

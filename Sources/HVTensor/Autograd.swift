@@ -108,10 +108,21 @@ extension Tensor {
     }
 }
 
+/// Called around the recomputed forward + backward of a `recompute` region (ZeRO-3 gathers the
+/// region's parameters before and reduce-scatters their gradients after).
+public struct RecomputeHooks {
+    public var willBackward: () -> Void
+    public var didBackward: () -> Void
+    public init(willBackward: @escaping () -> Void, didBackward: @escaping () -> Void) {
+        self.willBackward = willBackward
+        self.didBackward = didBackward
+    }
+}
+
 /// Activation recomputation: runs `body` without storing its activations; during backward the
 /// forward is run again with recording on and differentiated. Parameters used inside `body`
 /// receive their gradients as usual. `body` must be deterministic.
-public func recompute(_ inputs: [Tensor], _ body: @escaping ([Tensor]) -> Tensor) -> Tensor {
+public func recompute(_ inputs: [Tensor], hooks: RecomputeHooks? = nil, _ body: @escaping ([Tensor]) -> Tensor) -> Tensor {
     guard GradMode.isEnabled else { return body(inputs) }
     let out = GradMode.withoutGrad { body(inputs) }
     // The recomputed output may require grad through parameters even when no input does.
@@ -122,10 +133,12 @@ public func recompute(_ inputs: [Tensor], _ body: @escaping ([Tensor]) -> Tensor
             d.requiresGrad = t.requiresGrad
             return d
         }
+        hooks?.willBackward()
         GradMode.withGrad {
             let y = body(detachedInputs)
             y.backward(g)
         }
+        hooks?.didBackward()
         return detachedInputs.map { $0.grad }
     }
     return out

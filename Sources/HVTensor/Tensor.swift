@@ -10,7 +10,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public let shape: [Int]
     public let strides: [Int]
     public let offset: Int
-    public let storage: Storage
+    /// Replaceable only through `materialize`/`release` (ZeRO-3 parameter sharding).
+    public private(set) var storage: Storage
 
     /// Leaves with `requiresGrad` accumulate into `grad` on every `backward()` (gradient accumulation).
     public var requiresGrad: Bool
@@ -101,6 +102,20 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         let p = pointer, q = o.pointer
         for i in 0..<count { p[i] += scale * q[i] }
     }
+
+    /// ZeRO-3: gives a released parameter fresh full-size storage (contents to be written).
+    public func materialize() {
+        if storage.count < count { storage = Storage(uninitialized: count) }
+    }
+
+    /// ZeRO-3: drops this parameter's storage until the next `materialize`. Only for contiguous,
+    /// offset-0 leaves (parameters); views of it must not outlive the release.
+    public func release() {
+        precondition(offset == 0 && isContiguous && isLeaf, "release() is for parameters only")
+        storage = Storage(uninitialized: 0)
+    }
+
+    public var isMaterialized: Bool { storage.count >= count }
 
     public func fill(_ value: Float) {
         precondition(isContiguous)

@@ -1,5 +1,7 @@
 import Foundation
+import HVComm
 import HVModel
+import HVParallel
 import HVNN
 import HVTensor
 
@@ -14,6 +16,9 @@ public final class Trainer {
     public let model: HunyuanDiT
     public let textEncoder: HashTextEncoder
     public let optimizer: AdamW
+    /// Data parallelism with ZeRO (a one-rank engine when training alone).
+    public let engine: ZeroEngine
+    public let comm: Communicator
     public let dataset: SyntheticLatents
     public var order: DataOrder
     public private(set) var step = 0
@@ -27,9 +32,26 @@ public final class Trainer {
         public var samples: Int
         public var videoTokens: Int
         public var seconds: Double
+        public var commSeconds: Double
     }
 
-    public init(config: RunConfig) {
+    public enum SetupError: Error, CustomStringConvertible {
+        case batchNotDivisible(batch: Int, world: Int, accum: Int)
+        public var description: String {
+            switch self {
+            case .batchNotDivisible(let b, let w, let a):
+                "train.batch_size \(b) must be divisible by workers (\(w)) x grad_accum (\(a)) so every rank gets equal micro-batches"
+            }
+        }
+    }
+
+    /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
+    public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
+        let w = comm.worldSize
+        guard config.train.batch_size % (w * config.train.grad_accum) == 0 else {
+            throw SetupError.batchNotDivisible(batch: config.train.batch_size, world: w, accum: config.train.grad_accum)
+        }
+        self.comm = comm
         self.config = config
         model = HunyuanDiT(config: config.model, seed: config.train.seed)
         model.recomputeBlocks = config.train.recompute
@@ -42,6 +64,8 @@ public final class Trainer {
         dataset = SyntheticLatents(count: d.count, channels: config.model.in_channels, frames: d.frames, height: d.height,
                                    width: d.width, seed: d.seed)
         order = DataOrder(count: d.count, seed: d.seed)
+        engine = try ZeroEngine(stage: zeroStage, comm: comm, model: model, extraOuter: textEncoder.trainableParameters(),
+                                optimizer: optimizer)
     }
 
     /// Every trainable tensor with its checkpoint name: the DiT's official names, then `text_encoder.*`.
@@ -87,36 +111,32 @@ public final class Trainer {
         return loss.item
     }
 
-    /// Clips, applies AdamW at the scheduled LR, clears gradients, advances the step.
-    /// Returns (grad norm before clipping, lr).
-    public func applyUpdate() -> (Float, Float) {
-        let params = parameters
-        let norm = clipGradNorm(params.map(\.1), maxNorm: Float(config.train.clip_grad))
-        let lr = schedule.lr(at: step)
-        optimizer.lr = lr
-        GradMode.withoutGrad { optimizer.update(params) }
-        for (_, p) in params { p.zeroGrad() }
-        step += 1
-        return (norm, lr)
-    }
-
-    /// One optimizer step over the next global batch (split into grad_accum micro-batches).
-    public func trainStep() -> StepStats {
+    /// One optimizer step over the next global batch: this rank takes its contiguous slice of
+    /// the batch, split into grad_accum micro-batches; gradients are reduced and the update
+    /// applied by the ZeRO engine. The reported loss is the global batch mean.
+    public func trainStep() throws -> StepStats {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let B = config.train.batch_size, micro = B / config.train.grad_accum
+        let B = config.train.batch_size, W = comm.worldSize
+        let local = B / W, micro = local / config.train.grad_accum
         let indices = order.next(B)
         let T = frames(forStep: step)
+        comm.step = step
+        try engine.beginStep()
         var lossSum: Float = 0
         for m in 0..<config.train.grad_accum {
-            let pos = Array((m * micro)..<((m + 1) * micro))
+            let pos = Array((comm.rank * local + m * micro)..<(comm.rank * local + (m + 1) * micro))
             lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
         }
+        let lr = schedule.lr(at: step)
+        let norm = try engine.finishStep(lr: lr, clip: Float(config.train.clip_grad))
+        var total = [lossSum]
+        try total.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
         let s = step
-        let (norm, lr) = applyUpdate()
+        step += 1
         samplesSeen += B
         let tokens = B * config.model.videoTokens(latentT: T, latentH: config.data.height, latentW: config.data.width)
-        return StepStats(step: s, loss: lossSum / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
-                         seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        return StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
+                         seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
     }
 
     /// Restores counters after loading a checkpoint.

@@ -20,8 +20,8 @@ final class TrainerTests: XCTestCase {
     /// The quick-start config learns: mean loss of the last 20 steps is at most half of the first 20's.
     func testLossHalvesOnSyntheticLatents() throws {
         let cfg = try tinyRun(steps: 150)
-        let trainer = Trainer(config: cfg)
-        let losses = (0..<150).map { _ in trainer.trainStep().loss }
+        let trainer = try Trainer(config: cfg)
+        let losses = (0..<150).map { _ in try! trainer.trainStep().loss }
         let first = losses.prefix(20).reduce(0, +) / 20, last = losses.suffix(20).reduce(0, +) / 20
         XCTAssertLessThan(last, first / 2, "loss went from \(first) to \(last)")
         XCTAssert(losses.allSatisfy { $0.isFinite })
@@ -30,23 +30,23 @@ final class TrainerTests: XCTestCase {
     /// Same seed, same losses and parameters, bit for bit; another seed differs.
     func testSameSeedIsBitExact() throws {
         let cfg = try tinyRun(steps: 6)
-        let a = Trainer(config: cfg), b = Trainer(config: cfg)
-        let la = (0..<6).map { _ in a.trainStep().loss }, lb = (0..<6).map { _ in b.trainStep().loss }
+        let a = try Trainer(config: cfg), b = try Trainer(config: cfg)
+        let la = try (0..<6).map { _ in try a.trainStep().loss }, lb = try (0..<6).map { _ in try b.trainStep().loss }
         XCTAssertEqual(la, lb)
         for ((n, p), (_, q)) in zip(a.parameters, b.parameters) { XCTAssertEqual(p.scalars, q.scalars, n) }
-        let c = Trainer(config: try tinyRun(steps: 6, seed: 1))
-        XCTAssertNotEqual((0..<6).map { _ in c.trainStep().loss }, la)
+        let c = try Trainer(config: try tinyRun(steps: 6, seed: 1))
+        XCTAssertNotEqual(try (0..<6).map { _ in try c.trainStep().loss }, la)
     }
 
     /// Gradient accumulation: 1 x 8 samples and 4 x 2 samples give the same update (up to fp32 rounding).
     func testGradientAccumulationMatchesFullBatch() throws {
         var cfg = try tinyRun(steps: 2)
         cfg.data.image_ratio = 0
-        let full = Trainer(config: cfg)
+        let full = try Trainer(config: cfg)
         cfg.train.grad_accum = 4
-        let acc = Trainer(config: cfg)
+        let acc = try Trainer(config: cfg)
         for _ in 0..<2 {
-            let l1 = full.trainStep().loss, l2 = acc.trainStep().loss
+            let l1 = try full.trainStep().loss, l2 = try acc.trainStep().loss
             XCTAssertEqual(l1, l2, accuracy: 1e-5)
         }
         var worst: Float = 0

@@ -1,6 +1,13 @@
 import HVNN
 import HVTensor
 
+/// Per-block callbacks (index into `blockModules`).
+public protocol BlockHooks: AnyObject {
+    func willForward(_ block: Int)
+    func didForward(_ block: Int)
+    func recomputeHooks(_ block: Int) -> RecomputeHooks?
+}
+
 /// Inputs of one DiT evaluation. Timesteps are sigma x 1000; guidance is the embedded
 /// guidance scale x 1000 (distilled variant only).
 public struct DiTInputs {
@@ -31,6 +38,13 @@ public final class HunyuanDiT: Module {
     public let final_layer: FinalLayer
     /// Recompute each block's forward during backward instead of storing its activations.
     public var recomputeBlocks = false
+    /// Called around every block's forward and (with recomputation) backward; ZeRO-3 uses it
+    /// to gather a block's parameters just before use and release them after.
+    public var blockHooks: BlockHooks?
+
+    /// The parameter groups that are gathered/released together under ZeRO-3: one per block,
+    /// and one `outer` group of everything else (embeddings, refiner, final layer).
+    public var blockModules: [Module] { double_blocks + single_blocks }
 
     public init(config c: DiTConfig, seed: UInt64) {
         config = c
@@ -81,9 +95,11 @@ public final class HunyuanDiT: Module {
         var keyMask: Tensor? = nil
         if let m = inp.text_mask { keyMask = Tensor.concat([Tensor(repeating: 1, shape: [B, N]), m], axis: 1) }
 
-        for block in double_blocks {
+        for (i, block) in double_blocks.enumerated() {
+            blockHooks?.willForward(i)
+            defer { blockHooks?.didForward(i) }
             if recomputeBlocks {
-                let both = recompute([img, txt, vec]) { a in
+                let both = recompute([img, txt, vec], hooks: blockHooks?.recomputeHooks(i)) { a in
                     let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask)
                     return Tensor.concat([i, t], axis: 1)
                 }
@@ -94,9 +110,12 @@ public final class HunyuanDiT: Module {
             }
         }
         var x = Tensor.concat([img, txt], axis: 1)
-        for block in single_blocks {
+        for (j, block) in single_blocks.enumerated() {
+            let i = double_blocks.count + j
+            blockHooks?.willForward(i)
+            defer { blockHooks?.didForward(i) }
             if recomputeBlocks {
-                x = recompute([x, vec]) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask) }
+                x = recompute([x, vec], hooks: blockHooks?.recomputeHooks(i)) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask) }
             } else {
                 x = block(x, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask)
             }

@@ -1,0 +1,240 @@
+import Foundation
+import HVComm
+import HVModel
+import HVNN
+import HVTensor
+
+/// ZeRO data parallelism (Rajbhandari et al.) over a `Communicator`, fp32 throughout.
+///
+/// Parameters are grouped into units — one per DiT block plus an `outer` unit (embeddings,
+/// token refiner, final layer, text encoder). Each unit's parameters, flattened in name order,
+/// are split into `worldSize` contiguous shards (`shardRange`); rank r owns shard r of every unit.
+///
+/// | stage | weights | grads | Adam m, v | per step traffic |
+/// |---|---|---|---|---|
+/// | 0 | full | full, all-reduced | full | all-reduce (2Ψ) |
+/// | 1 | full | full, all-reduced | shard | all-reduce + all-gather of updated shards |
+/// | 2 | full | reduce-scattered to the shard | shard | reduce-scatter + all-gather (2Ψ) |
+/// | 3 | shard; a unit is gathered just before use and released after | shard | shard | all-gather in forward and again in backward + reduce-scatter (3Ψ) |
+///
+/// Model-state bytes per rank for Ψ parameters on N ranks (4 weights + 4 grads + 8 Adam):
+/// stage 0: 16Ψ; stage 1: 8Ψ + 8Ψ/N; stage 2: 4Ψ + 12Ψ/N (full grads live only until the
+/// unit's reduce-scatter); stage 3: 16Ψ/N plus the gathered unit in use.
+/// Stage 3 needs block recomputation (a block's backward re-gathers its weights), which it
+/// switches on. Gradients are reduced unit by unit ("buckets"); under stage 3 each block's
+/// bucket is reduce-scattered as soon as its backward has run.
+public final class ZeroEngine: BlockHooks {
+    public struct Unit {
+        public let name: String
+        public let params: [(String, Tensor)]
+        public let offsets: [Int]
+        public let count: Int
+        public let shard: Range<Int>
+    }
+
+    public let stage: Int
+    public let comm: Communicator
+    public private(set) var units: [Unit] = []
+    public let optimizer: AdamW
+    /// Adam moments per unit: the whole unit (stage 0) or this rank's shard.
+    public var exp_avg: [[Float]] = []
+    public var exp_avg_sq: [[Float]] = []
+    /// Stage 3: this rank's shard of each unit's weights (the only persistent copy).
+    public var shardWeights: [[Float]] = []
+    /// Reduced gradients: the whole unit (stages 0-1) or this rank's shard (stages 2-3).
+    var reducedGrads: [[Float]] = []
+    /// Seconds spent in collectives since the last `takeCommSeconds()`.
+    public private(set) var commSeconds = 0.0
+    private var deferredError: Error?
+
+    public init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
+        precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
+        self.stage = stage
+        self.comm = comm
+        self.optimizer = optimizer
+        let blockNames = Set(model.blockModules.flatMap { $0.parameters().map { ObjectIdentifier($0) } })
+        let outer = model.namedParameters().filter { !blockNames.contains(ObjectIdentifier($0.1)) } + extraOuter
+        var groups: [(String, [(String, Tensor)])] = [("outer", outer)]
+        let all = Dictionary(uniqueKeysWithValues: model.namedParameters().map { (ObjectIdentifier($0.1), $0.0) })
+        for (i, m) in model.blockModules.enumerated() {
+            let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
+            groups.append((i < model.double_blocks.count ? "double_blocks.\(i)" : "single_blocks.\(i - model.double_blocks.count)", ps))
+        }
+        for (name, ps) in groups {
+            var offsets: [Int] = [], n = 0
+            for (_, t) in ps { offsets.append(n); n += t.count }
+            units.append(Unit(name: name, params: ps, offsets: offsets, count: n,
+                              shard: shardRange(count: n, rank: comm.rank, world: comm.worldSize)))
+        }
+        for u in units {
+            let stateCount = stage == 0 ? u.count : u.shard.count
+            exp_avg.append([Float](repeating: 0, count: stateCount))
+            exp_avg_sq.append([Float](repeating: 0, count: stateCount))
+            reducedGrads.append([])
+        }
+        if stage == 3 {
+            model.recomputeBlocks = true
+            model.blockHooks = self
+            for u in units {
+                let flat = flatWeights(u)
+                shardWeights.append(Array(flat[u.shard]))
+                for (_, t) in u.params { t.release() }
+            }
+        }
+    }
+
+    // MARK: Flat views
+
+    func flatWeights(_ u: Unit) -> [Float] {
+        var out = [Float](repeating: 0, count: u.count)
+        out.withUnsafeMutableBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() { (buf.baseAddress! + u.offsets[k]).update(from: t.pointer, count: t.count) }
+        }
+        return out
+    }
+
+    func scatterWeights(_ u: Unit, _ flat: [Float]) {
+        flat.withUnsafeBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() { t.pointer.update(from: buf.baseAddress! + u.offsets[k], count: t.count) }
+        }
+    }
+
+    func flatGrads(_ u: Unit) -> [Float] {
+        var out = [Float](repeating: 0, count: u.count)
+        out.withUnsafeMutableBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() {
+                if let g = t.grad?.contiguous() { (buf.baseAddress! + u.offsets[k]).update(from: g.pointer, count: t.count) }
+            }
+        }
+        return out
+    }
+
+    private func timed<R>(_ body: () throws -> R) rethrows -> R {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { commSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+        return try body()
+    }
+
+    public func takeCommSeconds() -> Double { defer { commSeconds = 0 }; return commSeconds }
+
+    // MARK: Stage 3 gather / release
+
+    /// All-gathers unit `i`'s weights into full tensors.
+    func gather(_ i: Int) throws {
+        let u = units[i]
+        var flat = [Float](repeating: 0, count: u.count)
+        flat.replaceSubrange(u.shard, with: shardWeights[i])
+        try timed { try flat.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+        for (_, t) in u.params { t.materialize() }
+        scatterWeights(u, flat)
+    }
+
+    func release(_ i: Int) { for (_, t) in units[i].params { t.release() } }
+
+    /// Reduce-scatters unit `i`'s gradients, adding this rank's shard into `reducedGrads[i]`,
+    /// and drops the full gradients.
+    func reduceScatterGrads(_ i: Int) throws {
+        let u = units[i]
+        var flat = flatGrads(u)
+        try timed { try flat.withUnsafeMutableBufferPointer { try comm.reduceScatter($0.baseAddress!, count: u.count) } }
+        let part = Array(flat[u.shard])
+        if reducedGrads[i].isEmpty { reducedGrads[i] = part } else { for k in 0..<part.count { reducedGrads[i][k] += part[k] } }
+        for (_, t) in u.params { t.zeroGrad() }
+    }
+
+    private func deferring(_ body: () throws -> Void) {
+        guard deferredError == nil else { return }
+        do { try body() } catch { deferredError = error }
+    }
+
+    public func willForward(_ block: Int) { if stage == 3 { deferring { try gather(block + 1) } } }
+    public func didForward(_ block: Int) { if stage == 3 { release(block + 1) } }
+    public func recomputeHooks(_ block: Int) -> RecomputeHooks? {
+        guard stage == 3 else { return nil }
+        return RecomputeHooks(
+            willBackward: { [unowned self] in deferring { try gather(block + 1) } },
+            didBackward: { [unowned self] in
+                deferring { try reduceScatterGrads(block + 1) }
+                release(block + 1)
+            })
+    }
+
+    /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
+    public func beginStep() throws {
+        if stage == 3 { try gather(0) }
+    }
+
+    /// After the last micro-batch's backward: reduces gradients, clips them to `clip` (global
+    /// L2 norm, 0 = off), applies AdamW at `lr` to this rank's part and re-assembles weights.
+    /// Returns the global gradient norm before clipping.
+    public func finishStep(lr: Float, clip: Float) throws -> Float {
+        if let e = deferredError { deferredError = nil; throw e }
+        switch stage {
+        case 0, 1:
+            for i in units.indices {
+                var flat = flatGrads(units[i])
+                try timed { try flat.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: units[i].count) } }
+                reducedGrads[i] = flat
+                for (_, t) in units[i].params { t.zeroGrad() }
+            }
+        case 2:
+            for i in units.indices { try reduceScatterGrads(i) }
+        default:
+            try reduceScatterGrads(0)
+            release(0)
+        }
+        // Global norm: stages 0-1 hold full reduced grads (identical on every rank).
+        var sumsq = 0.0
+        for i in units.indices { for g in reducedGrads[i] { sumsq += Double(g) * Double(g) } }
+        if stage >= 2 {
+            var s = [Float(sumsq)]
+            try timed { try s.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) } }
+            sumsq = Double(s[0])
+        }
+        let norm = Float(sumsq.squareRoot())
+        let scale: Float = clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1
+        optimizer.lr = lr
+        let step = optimizer.step + 1
+        optimizer.setStep(step)
+        let bc1 = 1 - Foundation.pow(optimizer.beta1, Float(step)), bc2 = 1 - Foundation.pow(optimizer.beta2, Float(step))
+        for i in units.indices {
+            let u = units[i]
+            // The gradient slice this rank updates, scaled by the clip factor.
+            var g: [Float] = stage <= 1 ? (stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])) : reducedGrads[i]
+            if scale != 1 { for k in g.indices { g[k] *= scale } }
+            switch stage {
+            case 0:
+                var w = flatWeights(u)
+                adam(&w, g, i)
+                scatterWeights(u, w)
+            case 1, 2:
+                var w = flatWeights(u)
+                var part = Array(w[u.shard])
+                adam(&part, g, i)
+                w.replaceSubrange(u.shard, with: part)
+                try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+                scatterWeights(u, w)
+            default:
+                adam(&shardWeights[i], g, i)
+            }
+            reducedGrads[i] = []
+        }
+
+        func adam(_ w: inout [Float], _ g: [Float], _ i: Int) {
+            precondition(w.count == g.count && w.count == exp_avg[i].count)
+            let n = w.count
+            w.withUnsafeMutableBufferPointer { wp in g.withUnsafeBufferPointer { gp in
+                exp_avg[i].withUnsafeMutableBufferPointer { mp in exp_avg_sq[i].withUnsafeMutableBufferPointer { vp in
+                    AdamW.kernel(p: wp.baseAddress!, g: gp.baseAddress!, m: mp.baseAddress!, v: vp.baseAddress!, n: n, lr: lr,
+                                 beta1: optimizer.beta1, beta2: optimizer.beta2, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
+                                 bc1: bc1, bc2: bc2)
+                }}
+            }}
+        }
+        return norm
+    }
+
+    /// Stage 3: materialises every unit's full weights (for evaluation or saving); `releaseAll` undoes it.
+    public func gatherAll() throws { if stage == 3 { for i in units.indices { try gather(i) } } }
+    public func releaseAll() { if stage == 3 { for i in units.indices { release(i) } } }
+}

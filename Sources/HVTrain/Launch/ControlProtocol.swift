@@ -1,0 +1,78 @@
+import Foundation
+
+/// Control-plane messages between the coordinator and workers: one JSON object per ZeroMQ
+/// message (DEALER on workers, ROUTER on the coordinator). Every field is validated on receipt.
+public struct ControlMessage: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Sendable { case hello, start, metrics, done, failed, abort }
+    public var type: Kind
+    public var rank: Int?
+    public var endpoint: String?
+    public var host: String?
+    public var pid: Int?
+    public var peers: [String]?
+    public var error: String?
+    // metrics
+    public var step: Int?
+    public var loss: Double?
+    public var lr: Double?
+    public var grad_norm: Double?
+    public var tokens_per_s: Double?
+    public var step_s: Double?
+    public var comm_s: Double?
+    public var samples: Int?
+
+    public init(type: Kind) { self.type = type }
+
+    /// Largest control message accepted (bytes); larger ones are rejected unread.
+    public static let maxBytes = 1 << 20
+
+    public func encoded() -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return Array((try? enc.encode(self)) ?? Data())
+    }
+
+    public static func decode(_ bytes: [UInt8], worldSize: Int) throws -> ControlMessage {
+        guard bytes.count <= maxBytes else { throw ControlError.malformed("control message of \(bytes.count) bytes (limit \(maxBytes))") }
+        let m: ControlMessage
+        do { m = try JSONDecoder().decode(ControlMessage.self, from: Data(bytes)) } catch {
+            throw ControlError.malformed("not a control message: \(error)")
+        }
+        if let r = m.rank, r < 0 || r >= worldSize { throw ControlError.malformed("rank \(r) outside 0..<\(worldSize)") }
+        switch m.type {
+        case .hello: guard m.rank != nil, m.endpoint != nil else { throw ControlError.malformed("hello without rank/endpoint") }
+        case .start: guard let p = m.peers, p.count == worldSize else { throw ControlError.malformed("start without \(worldSize) peers") }
+        case .metrics, .done, .failed: guard m.rank != nil else { throw ControlError.malformed("\(m.type) without rank") }
+        case .abort: break
+        }
+        return m
+    }
+}
+
+public enum ControlError: Error, CustomStringConvertible {
+    case malformed(String)
+    public var description: String { switch self { case .malformed(let m): "control plane: \(m)" } }
+}
+
+/// The local address a process would use to reach `host` (UDP connect + getsockname; no packet
+/// is sent). This is what a worker advertises to its peers.
+public func localAddress(reaching host: String) -> String? {
+    var hints = addrinfo()
+    hints.ai_family = AF_INET
+    hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+    var res: UnsafeMutablePointer<addrinfo>?
+    guard getaddrinfo(host, "9", &hints, &res) == 0, let ai = res else { return nil }
+    defer { freeaddrinfo(res) }
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    guard connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 else { return nil }
+    var addr = sockaddr_in()
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    guard ok == 0 else { return nil }
+    var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+    var a = addr.sin_addr
+    guard inet_ntop(AF_INET, &a, &buf, socklen_t(INET_ADDRSTRLEN)) != nil else { return nil }
+    return String(cString: buf)
+}

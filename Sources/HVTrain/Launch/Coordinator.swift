@@ -1,0 +1,283 @@
+import Foundation
+import HVComm
+import HVTensor
+
+/// `hv-coord launch`: starts one worker per slot of a hosts file, does the rendezvous, streams
+/// worker logs with a rank prefix, prints progress, writes RUN_DIR/metrics.jsonl and fails fast
+/// (all workers stopped, non-zero exit, the failing rank and host named) on any worker failure.
+public struct LaunchOptions: Sendable {
+    public enum Launcher: String, Sendable { case auto, local, ssh, template }
+    public var hosts: HostsFile
+    public var configPath: String
+    public var runDir: String
+    public var steps: Int?
+    public var zeroStage: Int
+    public var launcher: Launcher
+    /// e.g. `ip netns exec {host} {cmd}`; `{cmd}` is the shell-quoted worker command, `{rank}`
+    /// the rank. Run as `/bin/sh -c "exec TEMPLATE"`, so the worker replaces the shell.
+    public var template: String?
+    /// Address the coordinator binds and workers connect to.
+    public var coordinatorAddress: String
+    public var port: Int
+    public var rendezvousTimeout: Double
+    public var collectiveTimeout: Double
+    public var bf16Wire: Bool
+    /// The worker executable (this binary) and the argument that selects the worker mode.
+    public var workerExecutable: String
+    public var quiet: Bool
+
+    public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
+                coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
+                workerExecutable: String, quiet: Bool) {
+        self.hosts = hosts; self.configPath = configPath; self.runDir = runDir; self.steps = steps; self.zeroStage = zeroStage
+        self.launcher = launcher; self.template = template; self.coordinatorAddress = coordinatorAddress; self.port = port
+        self.rendezvousTimeout = rendezvousTimeout; self.collectiveTimeout = collectiveTimeout; self.bf16Wire = bf16Wire
+        self.workerExecutable = workerExecutable; self.quiet = quiet
+    }
+}
+
+public enum LaunchError: Error, CustomStringConvertible {
+    case spawn(rank: Int, host: String, reason: String)
+    case rendezvous(seconds: Double, missing: [(rank: Int, host: String)])
+    case workerFailed(rank: Int, host: String, detail: String, lastStep: Int)
+    case interrupted
+
+    public var description: String {
+        switch self {
+        case .spawn(let r, let h, let why): "could not start rank \(r) on \(h): \(why)"
+        case .rendezvous(let s, let m):
+            "rendezvous timed out after \(s)s: " + m.map { "rank \($0.rank) on \($0.host)" }.joined(separator: ", ")
+                + " never joined (is the host reachable, is hv built there, did the worker crash at start? see its log)"
+        case .workerFailed(let r, let h, let d, let s): "rank \(r) on \(h) failed after step \(s): \(d)"
+        case .interrupted: "interrupted; all workers stopped"
+        }
+    }
+}
+
+/// Shell-quotes one argument.
+func shellQuote(_ s: String) -> String {
+    if !s.isEmpty && s.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=@%+,".contains($0) }) { return s }
+    return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// Splits a byte stream into lines (one per pipe; called from that pipe's handler only).
+final class LineBuffer: @unchecked Sendable {
+    var pending = Data()
+    func append(_ chunk: Data) -> [String] {
+        pending.append(chunk)
+        var lines: [String] = []
+        while let nl = pending.firstIndex(of: 0x0A) {
+            lines.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
+            pending.removeSubrange(pending.startIndex...nl)
+        }
+        return lines
+    }
+}
+
+final class WorkerProcess: @unchecked Sendable {
+    let rank: Int, host: String
+    let process = Process()
+    var done = false
+    var exitReported = false
+    init(rank: Int, host: String) { self.rank = rank; self.host = host }
+}
+
+public final class Coordinator: @unchecked Sendable {
+    let o: LaunchOptions
+    let outputLock = NSLock()
+    var logFiles: [Int: FileHandle] = [:]
+    var workers: [WorkerProcess] = []
+    var lastStep = 0
+    var metricsFile: FileHandle?
+    nonisolated(unsafe) static var interrupted = false
+
+    public init(options: LaunchOptions) { o = options }
+
+    func emit(_ line: String, rank: Int? = nil) {
+        outputLock.withLock {
+            if let rank, let f = logFiles[rank] { f.write(Data((line + "\n").utf8)) }
+            if !o.quiet || rank == nil {
+                let prefix = rank.map { r in "[rank \(r)] " } ?? ""
+                FileHandle.standardError.write(Data((prefix + line + "\n").utf8))
+            }
+        }
+    }
+
+    func workerCommand(rank: Int, coordinator: String) -> [String] {
+        var args = [o.workerExecutable, "worker", "--coordinator", coordinator, "--rank", "\(rank)", "--world", "\(o.hosts.worldSize)",
+                    "--config", o.configPath, "--zero", "\(o.zeroStage)", "--run-dir", o.runDir,
+                    "--rendezvous-timeout", "\(o.rendezvousTimeout)", "--collective-timeout", "\(o.collectiveTimeout)"]
+        if let steps = o.steps { args += ["--steps", "\(steps)"] }
+        if o.bf16Wire { args.append("--bf16-wire") }
+        return args
+    }
+
+    func spawn(_ w: WorkerProcess, command: [String]) throws {
+        var env = BLASEnvironment.childEnvironment()
+        env[BLASEnvironment.markerVariable] = "1"   // kernels already chosen here; no re-exec in workers
+        env["HV_RANK"] = "\(w.rank)"
+        env["HV_WORLD_SIZE"] = "\(o.hosts.worldSize)"
+        let envPrefix = ["env"] + ["HV_RANK", "HV_WORLD_SIZE", BLASEnvironment.markerVariable].map { "\($0)=\(env[$0]!)" }
+        let mode: LaunchOptions.Launcher = o.template != nil ? .template : (o.launcher == .auto ? (HostsFile.isLocal(w.host) ? .local : .ssh) : o.launcher)
+        switch mode {
+        case .local, .auto:
+            w.process.executableURL = URL(fileURLWithPath: command[0])
+            w.process.arguments = Array(command.dropFirst())
+        case .ssh:
+            let cwd = FileManager.default.currentDirectoryPath
+            w.process.executableURL = URL(fileURLWithPath: "/usr/bin/ssh")
+            w.process.arguments = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", w.host,
+                                   "cd \(shellQuote(cwd)) && exec " + (envPrefix + command).map(shellQuote).joined(separator: " ")]
+        case .template:
+            let cmd = (envPrefix + command).map(shellQuote).joined(separator: " ")
+            let line = (o.template ?? "{cmd}").replacingOccurrences(of: "{host}", with: shellQuote(w.host)).replacingOccurrences(of: "{cmd}", with: cmd)
+                .replacingOccurrences(of: "{rank}", with: "\(w.rank)")
+            w.process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            w.process.arguments = ["-c", "exec " + line]
+        }
+        w.process.environment = env
+        let out = Pipe(), err = Pipe()
+        w.process.standardOutput = out
+        w.process.standardError = err
+        w.process.standardInput = FileHandle.nullDevice
+        for pipe in [out, err] {
+            let rank = w.rank
+            let pending = LineBuffer()
+            pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
+                let chunk = h.availableData
+                if chunk.isEmpty { h.readabilityHandler = nil; return }
+                for line in pending.append(chunk) { self?.emit(line, rank: rank) }
+            }
+        }
+        do { try w.process.run() } catch { throw LaunchError.spawn(rank: w.rank, host: w.host, reason: "\(error)") }
+    }
+
+    /// Stops every worker still running: abort message, then SIGTERM, then SIGKILL.
+    func stopAll(_ router: ZMQSocket?) {
+        if let router {
+            for w in workers where w.process.isRunning {
+                try? router.send(Array("rank-\(w.rank)".utf8), more: true, dontWait: true)
+                try? router.send(ControlMessage(type: .abort).encoded(), dontWait: true)
+            }
+        }
+        let deadline = Date().addingTimeInterval(3)
+        while workers.contains(where: { $0.process.isRunning }) && Date() < deadline { usleep(50_000) }
+        for w in workers where w.process.isRunning { w.process.terminate() }
+        let killAt = Date().addingTimeInterval(3)
+        while workers.contains(where: { $0.process.isRunning }) && Date() < killAt { usleep(50_000) }
+        for w in workers where w.process.isRunning { kill(w.process.processIdentifier, SIGKILL) }
+        for w in workers { w.process.waitUntilExit() }
+    }
+
+    func describeExit(_ p: Process) -> String {
+        p.terminationReason == .uncaughtSignal ? "killed by signal \(p.terminationStatus)" : "exited with status \(p.terminationStatus)"
+    }
+
+    public func run() throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: o.runDir + "/logs", withIntermediateDirectories: true)
+        for s in 0..<o.hosts.worldSize {
+            let path = o.runDir + "/logs/rank-\(s).log"
+            fm.createFile(atPath: path, contents: nil)
+            logFiles[s] = FileHandle(forWritingAtPath: path)
+        }
+        fm.createFile(atPath: o.runDir + "/metrics.jsonl", contents: nil)
+        metricsFile = FileHandle(forWritingAtPath: o.runDir + "/metrics.jsonl")
+        defer { for (_, f) in logFiles { try? f.close() }; try? metricsFile?.close() }
+
+        let ctx = try ZMQContext(ioThreads: 1)
+        defer { ctx.close() }
+        let router = try ctx.makeSocket(.router)
+        defer { router.close() }
+        try router.setRouterMandatory(true)
+        try router.setLinger(milliseconds: 500)
+        try router.setReceiveTimeout(milliseconds: 200)
+        // Bind all interfaces unless a specific address was given; advertise a name workers can reach.
+        let bindAddress = o.coordinatorAddress.first?.isNumber == true ? o.coordinatorAddress : "*"
+        try router.bind("tcp://\(bindAddress):\(o.port == 0 ? "*" : String(o.port))")
+        let port = try router.lastEndpoint.split(separator: ":").last.map(String.init) ?? "0"
+        let endpoint = "tcp://\(o.coordinatorAddress):\(port)"
+        let W = o.hosts.worldSize
+        emit("hv-coord: \(W) worker(s) on \(o.hosts.hosts.joined(separator: ", ")); control \(endpoint); run dir \(o.runDir)")
+
+        signal(SIGINT) { _ in Coordinator.interrupted = true }
+        signal(SIGTERM) { _ in Coordinator.interrupted = true }
+        defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
+
+        workers = o.hosts.slots.enumerated().map { WorkerProcess(rank: $0.offset, host: $0.element.host) }
+        do {
+            for w in workers { try spawn(w, command: workerCommand(rank: w.rank, coordinator: endpoint)) }
+        } catch { stopAll(nil); throw error }
+
+        func fail(_ e: Error) -> Error { stopAll(router); return e }
+        func checkExits() throws {
+            for w in workers where !w.process.isRunning && !w.exitReported {
+                w.exitReported = true
+                if !(w.done && w.process.terminationStatus == 0 && w.process.terminationReason == .exit) {
+                    usleep(200_000)  // let the last log lines arrive
+                    throw fail(LaunchError.workerFailed(rank: w.rank, host: w.host, detail: describeExit(w.process) + " (log: \(o.runDir)/logs/rank-\(w.rank).log)", lastStep: lastStep))
+                }
+            }
+        }
+        func receive() throws -> (Int, ControlMessage)? {
+            guard let frames = try? router.receiveMultipart(), frames.count == 2 else { return nil }
+            let id = String(decoding: frames[0], as: UTF8.self)
+            do {
+                let m = try ControlMessage.decode(frames[1], worldSize: W)
+                guard id == "rank-\(m.rank ?? -1)" else { emit("hv-coord: ignoring a message from \(id) that claims rank \(m.rank ?? -1)"); return nil }
+                return (m.rank!, m)
+            } catch {
+                emit("hv-coord: ignoring a bad control message from \(id): \(error)")
+                return nil
+            }
+        }
+
+        // Rendezvous.
+        var endpoints = [String?](repeating: nil, count: W)
+        let deadline = Date().addingTimeInterval(o.rendezvousTimeout)
+        while endpoints.contains(where: { $0 == nil }) {
+            if Coordinator.interrupted { throw fail(LaunchError.interrupted) }
+            if Date() > deadline {
+                let missing = endpoints.indices.filter { endpoints[$0] == nil }.map { (rank: $0, host: workers[$0].host) }
+                throw fail(LaunchError.rendezvous(seconds: o.rendezvousTimeout, missing: missing))
+            }
+            try checkExits()
+            if let (r, m) = try receive(), m.type == .hello { endpoints[r] = m.endpoint }
+        }
+        var start = ControlMessage(type: .start)
+        start.peers = endpoints.map { $0! }
+        for r in 0..<W {
+            try router.send(Array("rank-\(r)".utf8), more: true)
+            try router.send(start.encoded())
+        }
+        emit("hv-coord: all \(W) workers joined")
+
+        // Supervise.
+        let t0 = Date()
+        var totalSteps = o.steps
+        if totalSteps == nil, let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
+        while workers.contains(where: { !$0.done }) || workers.contains(where: { $0.process.isRunning }) {
+            if Coordinator.interrupted { throw fail(LaunchError.interrupted) }
+            if let (r, m) = try receive() {
+                switch m.type {
+                case .metrics:
+                    lastStep = m.step ?? lastStep
+                    if let data = try? JSONEncoder().encode(m) { metricsFile?.write(data + Data("\n".utf8)) }
+                    let total = totalSteps ?? 0
+                    let elapsed = Date().timeIntervalSince(t0)
+                    let eta = total > 0 && lastStep > 0 ? elapsed / Double(lastStep) * Double(total - lastStep) : 0
+                    emit(String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  comm %.0f%%  eta %.0fs", lastStep, total,
+                                m.loss ?? 0, m.grad_norm ?? 0, m.lr ?? 0, m.tokens_per_s ?? 0,
+                                100 * (m.comm_s ?? 0) / max(m.step_s ?? 1, 1e-9), eta))
+                case .done: workers[r].done = true
+                case .failed:
+                    throw fail(LaunchError.workerFailed(rank: r, host: workers[r].host, detail: m.error ?? "unknown error", lastStep: lastStep))
+                default: break
+                }
+            }
+            try checkExits()
+        }
+        emit(String(format: "hv-coord: finished %d steps on %d worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,
+                    Date().timeIntervalSince(t0), o.runDir as NSString))
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import HVComm
+import HVTensor
+
+/// A training worker: joins the coordinator, connects the ring to its peers, trains its share
+/// of every global batch and reports metrics (rank 0) until done or told to abort.
+public struct WorkerOptions: Sendable {
+    public var coordinator: String       // tcp://host:port
+    public var rank: Int
+    public var worldSize: Int
+    public var configPath: String
+    public var zeroStage: Int
+    public var steps: Int?
+    public var runDir: String
+    public var bindHost: String?
+    public var rendezvousTimeout: Double
+    public var collectiveTimeout: Double
+    public var bf16Wire: Bool
+
+    public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
+                bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
+        self.coordinator = coordinator; self.rank = rank; self.worldSize = worldSize; self.configPath = configPath
+        self.zeroStage = zeroStage; self.steps = steps; self.runDir = runDir; self.bindHost = bindHost
+        self.rendezvousTimeout = rendezvousTimeout; self.collectiveTimeout = collectiveTimeout; self.bf16Wire = bf16Wire
+    }
+}
+
+public enum WorkerError: Error, CustomStringConvertible {
+    case rendezvous(String)
+    case aborted
+    public var description: String {
+        switch self {
+        case .rendezvous(let m): "rendezvous failed: \(m)"
+        case .aborted: "aborted by the coordinator"
+        }
+    }
+}
+
+public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
+    let ctx = try ZMQContext(ioThreads: 1)
+    defer { ctx.close() }
+    let control = try ctx.makeSocket(.dealer)
+    defer { control.close() }
+    try control.setRoutingID(Array("rank-\(o.rank)".utf8))
+    try control.setLinger(milliseconds: 1000)
+    try control.setSendTimeout(milliseconds: Int(o.rendezvousTimeout * 1000))
+    try control.connect(o.coordinator)
+
+    // Advertise the address this host uses to reach the coordinator (works across namespaces).
+    let coordHost = o.coordinator.replacingOccurrences(of: "tcp://", with: "").split(separator: ":").dropLast().joined(separator: ":")
+    let host = o.bindHost ?? localAddress(reaching: coordHost) ?? "127.0.0.1"
+    let comm = try ZMQRingCommunicator(rank: o.rank, worldSize: o.worldSize, bind: "tcp://\(host):*", context: ctx,
+                                       timeoutSeconds: o.collectiveTimeout)
+    defer { comm.close() }
+    comm.wireDType = o.bf16Wire ? .bfloat16 : .float32
+
+    func send(_ m: ControlMessage) { try? control.send(m.encoded()) }
+    var hello = ControlMessage(type: .hello)
+    hello.rank = o.rank; hello.endpoint = comm.endpoint; hello.host = ProcessInfo.processInfo.hostName; hello.pid = Int(getpid())
+    send(hello)
+
+    try control.setReceiveTimeout(milliseconds: Int(o.rendezvousTimeout * 1000))
+    let start: ControlMessage
+    do {
+        start = try ControlMessage.decode(try control.receive(), worldSize: o.worldSize)
+    } catch ZMQError.timedOut {
+        throw WorkerError.rendezvous("no start from the coordinator \(o.coordinator) within \(o.rendezvousTimeout)s")
+    }
+    if start.type == .abort { throw WorkerError.aborted }
+    guard start.type == .start, let peers = start.peers else { throw WorkerError.rendezvous("expected start, got \(start.type)") }
+    try comm.connect(peers: peers)
+
+    do {
+        var cfg = try RunConfig.load(path: o.configPath)
+        if let steps = o.steps { cfg.train.steps = steps }
+        let trainer = try Trainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
+        if o.rank == 0 {
+            log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
+        }
+        for _ in 0..<cfg.train.steps {
+            // Abort requests from the coordinator (non-blocking).
+            if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: o.worldSize),
+               m.type == .abort { throw WorkerError.aborted }
+            let s = try trainer.trainStep()
+            if o.rank == 0 {
+                var m = ControlMessage(type: .metrics)
+                m.rank = 0; m.step = s.step + 1; m.loss = Double(s.loss); m.lr = Double(s.lr); m.grad_norm = Double(s.gradNorm)
+                m.tokens_per_s = Double(s.videoTokens) / s.seconds; m.step_s = s.seconds; m.comm_s = s.commSeconds; m.samples = s.samples
+                send(m)
+            }
+        }
+        try comm.barrier()
+        var done = ControlMessage(type: .done)
+        done.rank = o.rank
+        send(done)
+    } catch {
+        var failed = ControlMessage(type: .failed)
+        failed.rank = o.rank
+        failed.error = "\(error)"
+        send(failed)
+        throw error
+    }
+}
