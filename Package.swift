@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "hv-bench", targets: ["hv-bench"]),
         .executable(name: "hv-coord", targets: ["hv-coord"]),
         .executable(name: "hv-sample", targets: ["hv-sample"]),
+        .executable(name: "hv-ckpt", targets: ["hv-ckpt"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -41,6 +42,7 @@ let package = Package(
         .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-coord", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-sample", dependencies: ["HVCommands", "HVTensor"]),
+        .executableTarget(name: "hv-ckpt", dependencies: ["HVCommands"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 
@@ -50,7 +52,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "_HVTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVTrain"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),

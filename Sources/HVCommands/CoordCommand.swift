@@ -150,6 +150,8 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Seconds a collective may wait for a peer before failing.") var collectiveTimeout = 120.0
     @Flag(help: "Send gradients/parameters as bf16 on the wire (half the traffic; rounding).") var bf16Wire = false
     @Flag(help: "Do not echo worker logs to the terminal (they are still written to RUN_DIR/logs).") var quiet = false
+    @Option(help: "Resume: `auto` (latest good checkpoint in RUN_DIR/checkpoints, else start fresh) or a checkpoint directory.")
+    var resume: String?
 
     func run() throws {
         try runOrExit {
@@ -170,7 +172,9 @@ struct LaunchCommand: ParsableCommand {
                                         launcher: mode, template: template, coordinatorAddress: addr, port: port,
                                         rendezvousTimeout: rendezvousTimeout, collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire,
                                         workerExecutable: exe, quiet: quiet)
-            try Coordinator(options: options).run()
+            var opts = options
+            opts.resume = resume
+            try Coordinator(options: opts).run()
         }
     }
 }
@@ -190,14 +194,17 @@ struct WorkerCommand: ParsableCommand {
     @Option var rendezvousTimeout = 60.0
     @Option var collectiveTimeout = 120.0
     @Flag var bf16Wire = false
+    @Option var resume: String?
 
     func run() throws {
         try runOrExit {
             let o = WorkerOptions(coordinator: coordinator, rank: rank, worldSize: world, configPath: config, zeroStage: zero, steps: steps,
                                   runDir: runDir, bindHost: bindHost, rendezvousTimeout: rendezvousTimeout,
                                   collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire)
+            var opts = o
+            opts.resume = resume
             // Unbuffered writes: lines reach the coordinator as they are logged.
-            try runWorker(o) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+            try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         }
     }
 }

@@ -234,6 +234,31 @@ public final class ZeroEngine: BlockHooks {
         return norm
     }
 
+    // MARK: Checkpoint state
+
+    /// This rank's shard of unit `i`: weights, Adam m and v over `units[i].shard`.
+    public func shardState(_ i: Int) -> (weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
+        let u = units[i]
+        let w = stage == 3 ? shardWeights[i] : Array(flatWeights(u)[u.shard])
+        if stage == 0 {
+            return (w, Array(exp_avg[i][u.shard]), Array(exp_avg_sq[i][u.shard]))
+        }
+        return (w, exp_avg[i], exp_avg_sq[i])
+    }
+
+    /// Restores unit `i` from its full flat weights and Adam moments (any world size / stage).
+    public func loadFull(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
+        let u = units[i]
+        precondition(weights.count == u.count && expAvg.count == u.count && expAvgSq.count == u.count, "unit \(u.name): size mismatch")
+        if stage == 3 {
+            shardWeights[i] = Array(weights[u.shard])
+        } else {
+            scatterWeights(u, weights)
+        }
+        exp_avg[i] = stage == 0 ? expAvg : Array(expAvg[u.shard])
+        exp_avg_sq[i] = stage == 0 ? expAvgSq : Array(expAvgSq[u.shard])
+    }
+
     /// Stage 3: materialises every unit's full weights (for evaluation or saving); `releaseAll` undoes it.
     public func gatherAll() throws { if stage == 3 { for i in units.indices { try gather(i) } } }
     public func releaseAll() { if stage == 3 { for i in units.indices { release(i) } } }

@@ -15,8 +15,22 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var data = DataConfig()
     public var train = TrainConfig()
     public var flow = FlowConfig()
+    public var checkpoint = CheckpointConfig()
 
     public init() {}
+
+    public struct CheckpointConfig: Codable, Sendable, Equatable {
+        /// Save every N steps (0 = only at the end and on a graceful stop).
+        public var every = 0
+        /// Keep the newest K checkpoints.
+        public var keep = 3
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            every = try c.decodeIfPresent(Int.self, forKey: .every) ?? 0
+            keep = try c.decodeIfPresent(Int.self, forKey: .keep) ?? 3
+        }
+    }
 
     public struct TextEncoderConfig: Codable, Sendable, Equatable {
         public var vocab_size = 4096
@@ -114,7 +128,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
     }
 
-    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow }
+    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow, checkpoint }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -124,6 +138,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         data = try c.decodeIfPresent(DataConfig.self, forKey: .data) ?? DataConfig()
         train = try c.decodeIfPresent(TrainConfig.self, forKey: .train) ?? TrainConfig()
         flow = try c.decodeIfPresent(FlowConfig.self, forKey: .flow) ?? FlowConfig()
+        checkpoint = try c.decodeIfPresent(CheckpointConfig.self, forKey: .checkpoint) ?? CheckpointConfig()
     }
 
     public func validate(file: String = "<config>") throws {
@@ -147,6 +162,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if text_encoder.max_tokens < 1 { try fail("text_encoder.max_tokens", "must be >= 1") }
         if text_encoder.vocab_size < 2 { try fail("text_encoder.vocab_size", "must be >= 2") }
         if !(flow.time_shift > 0) { try fail("flow.time_shift", "must be > 0") }
+        if checkpoint.every < 0 { try fail("checkpoint.every", "must be >= 0") }
+        if checkpoint.keep < 1 { try fail("checkpoint.keep", "must be >= 1") }
         if flow.guidance_min > flow.guidance_max { try fail("flow.guidance_min", "must not exceed guidance_max") }
     }
 

@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 import _HVTestSupport
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let repoRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 /// Multi-process runs through `hv-coord launch`: real worker processes on loopback TCP.
 final class LaunchTests: XCTestCase {

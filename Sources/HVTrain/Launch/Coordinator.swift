@@ -25,6 +25,8 @@ public struct LaunchOptions: Sendable {
     /// The worker executable (this binary) and the argument that selects the worker mode.
     public var workerExecutable: String
     public var quiet: Bool
+    /// `auto` (latest good checkpoint of the run directory, if any) or a checkpoint directory.
+    public var resume: String? = nil
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -49,7 +51,7 @@ public enum LaunchError: Error, CustomStringConvertible {
             "rendezvous timed out after \(s)s: " + m.map { "rank \($0.rank) on \($0.host)" }.joined(separator: ", ")
                 + " never joined (is the host reachable, is hv built there, did the worker crash at start? see its log)"
         case .workerFailed(let r, let h, let d, let s): "rank \(r) on \(h) failed after step \(s): \(d)"
-        case .interrupted: "interrupted; all workers stopped"
+        case .interrupted: "interrupted; workers stopped (after saving a checkpoint if they could)"
         }
     }
 }
@@ -89,6 +91,7 @@ public final class Coordinator: @unchecked Sendable {
     var workers: [WorkerProcess] = []
     var lastStep = 0
     var metricsFile: FileHandle?
+    var resolvedResume: String?
     nonisolated(unsafe) static var interrupted = false
 
     public init(options: LaunchOptions) { o = options }
@@ -109,6 +112,7 @@ public final class Coordinator: @unchecked Sendable {
                     "--rendezvous-timeout", "\(o.rendezvousTimeout)", "--collective-timeout", "\(o.collectiveTimeout)"]
         if let steps = o.steps { args += ["--steps", "\(steps)"] }
         if o.bf16Wire { args.append("--bf16-wire") }
+        if let r = resolvedResume { args += ["--resume", r] }
         return args
     }
 
@@ -176,13 +180,15 @@ public final class Coordinator: @unchecked Sendable {
     public func run() throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: o.runDir + "/logs", withIntermediateDirectories: true)
-        for s in 0..<o.hosts.worldSize {
-            let path = o.runDir + "/logs/rank-\(s).log"
-            fm.createFile(atPath: path, contents: nil)
-            logFiles[s] = FileHandle(forWritingAtPath: path)
+        // Append: a resumed run continues the same logs and metrics.
+        func appending(_ path: String) -> FileHandle? {
+            if !fm.fileExists(atPath: path) { fm.createFile(atPath: path, contents: nil) }
+            let h = FileHandle(forWritingAtPath: path)
+            h?.seekToEndOfFile()
+            return h
         }
-        fm.createFile(atPath: o.runDir + "/metrics.jsonl", contents: nil)
-        metricsFile = FileHandle(forWritingAtPath: o.runDir + "/metrics.jsonl")
+        for s in 0..<o.hosts.worldSize { logFiles[s] = appending(o.runDir + "/logs/rank-\(s).log") }
+        metricsFile = appending(o.runDir + "/metrics.jsonl")
         defer { for (_, f) in logFiles { try? f.close() }; try? metricsFile?.close() }
 
         let ctx = try ZMQContext(ioThreads: 1)
@@ -204,6 +210,10 @@ public final class Coordinator: @unchecked Sendable {
         signal(SIGTERM) { _ in Coordinator.interrupted = true }
         defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
 
+        if let r = o.resume {
+            resolvedResume = try Checkpointing.resolve(r, runDir: o.runDir) { emit($0) }
+            emit(resolvedResume.map { "hv-coord: resuming from \($0)" } ?? "hv-coord: no checkpoint in \(o.runDir)/checkpoints; starting fresh")
+        }
         workers = o.hosts.slots.enumerated().map { WorkerProcess(rank: $0.offset, host: $0.element.host) }
         do {
             for w in workers { try spawn(w, command: workerCommand(rank: w.rank, coordinator: endpoint)) }
@@ -256,8 +266,19 @@ public final class Coordinator: @unchecked Sendable {
         let t0 = Date()
         var totalSteps = o.steps
         if totalSteps == nil, let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
+        var stopSent: Date? = nil
         while workers.contains(where: { !$0.done }) || workers.contains(where: { $0.process.isRunning }) {
-            if Coordinator.interrupted { throw fail(LaunchError.interrupted) }
+            if Coordinator.interrupted && stopSent == nil {
+                emit("hv-coord: interrupted — asking workers to save a checkpoint and stop (interrupt again to kill)")
+                for w in workers {
+                    try? router.send(Array("rank-\(w.rank)".utf8), more: true, dontWait: true)
+                    try? router.send(ControlMessage(type: .stop).encoded(), dontWait: true)
+                }
+                stopSent = Date()
+                Coordinator.interrupted = false
+            } else if Coordinator.interrupted || (stopSent.map { Date().timeIntervalSince($0) > 120 } ?? false) {
+                throw fail(LaunchError.interrupted)
+            }
             if let (r, m) = try receive() {
                 switch m.type {
                 case .metrics:
@@ -270,6 +291,7 @@ public final class Coordinator: @unchecked Sendable {
                                 m.loss ?? 0, m.grad_norm ?? 0, m.lr ?? 0, m.tokens_per_s ?? 0,
                                 100 * (m.comm_s ?? 0) / max(m.step_s ?? 1, 1e-9), eta))
                 case .done: workers[r].done = true
+                case .saved: if let p = m.path { emit("hv-coord: checkpoint \(p) saved at step \(m.step ?? 0)") }
                 case .failed:
                     throw fail(LaunchError.workerFailed(rank: r, host: workers[r].host, detail: m.error ?? "unknown error", lastStep: lastStep))
                 default: break
@@ -277,6 +299,7 @@ public final class Coordinator: @unchecked Sendable {
             }
             try checkExits()
         }
+        if stopSent != nil { throw LaunchError.interrupted }
         emit(String(format: "hv-coord: finished %d steps on %d worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,
                     Date().timeIntervalSince(t0), o.runDir as NSString))
     }

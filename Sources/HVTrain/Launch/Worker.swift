@@ -16,6 +16,8 @@ public struct WorkerOptions: Sendable {
     public var rendezvousTimeout: Double
     public var collectiveTimeout: Double
     public var bf16Wire: Bool
+    /// A checkpoint directory to resume from (resolved by the coordinator).
+    public var resume: String? = nil
 
     public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
                 bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
@@ -74,13 +76,35 @@ public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
         var cfg = try RunConfig.load(path: o.configPath)
         if let steps = o.steps { cfg.train.steps = steps }
         let trainer = try Trainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
+        if let dir = o.resume {
+            try Checkpointing.load(trainer, from: dir)
+            if o.rank == 0 { log("resumed from \(dir) at step \(trainer.step)") }
+        }
         if o.rank == 0 {
             log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
         }
-        for _ in 0..<cfg.train.steps {
-            // Abort requests from the coordinator (non-blocking).
-            if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: o.worldSize),
-               m.type == .abort { throw WorkerError.aborted }
+        func save() throws {
+            let t0 = Date()
+            let dir = try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep)
+            if o.rank == 0 {
+                log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
+                var m = ControlMessage(type: .saved)
+                m.rank = 0; m.step = trainer.step; m.path = dir
+                send(m)
+            }
+        }
+        var stopRequested = false
+        var lastSaved = -1
+        while trainer.step < cfg.train.steps {
+            // Requests from the coordinator (non-blocking). A stop is agreed on by all ranks
+            // (an all-reduce of the flag) so that everyone saves at the same step.
+            var flag: [Float] = [0]
+            if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: o.worldSize) {
+                if m.type == .abort { throw WorkerError.aborted }
+                if m.type == .stop { flag[0] = 1 }
+            }
+            try flag.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
+            if flag[0] > 0 { stopRequested = true; break }
             let s = try trainer.trainStep()
             if o.rank == 0 {
                 var m = ControlMessage(type: .metrics)
@@ -88,7 +112,10 @@ public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
                 m.tokens_per_s = Double(s.videoTokens) / s.seconds; m.step_s = s.seconds; m.comm_s = s.commSeconds; m.samples = s.samples
                 send(m)
             }
+            if cfg.checkpoint.every > 0 && trainer.step % cfg.checkpoint.every == 0 { try save(); lastSaved = trainer.step }
         }
+        if lastSaved != trainer.step { try save() }
+        if stopRequested && o.rank == 0 { log("stopped on request at step \(trainer.step)") }
         try comm.barrier()
         var done = ControlMessage(type: .done)
         done.rank = o.rank

@@ -1,0 +1,139 @@
+import Foundation
+
+/// `manifest.json` of a checkpoint directory, written last (after every shard file is durable):
+/// a directory without a readable manifest is not a checkpoint.
+///
+/// Layout: RUN_DIR/checkpoints/step-NNNNNNN/{manifest.json, rank-RRRRR.h5}; each rank file holds,
+/// for every unit (a DiT block, or `outer`), that rank's contiguous shard of the unit's
+/// flattened weights and Adam moments (`units/<unit>/{weights,exp_avg,exp_avg_sq}`, fletcher32).
+/// A tensor's full value is found from `units[].tensors[].offset` in the unit's flat order and the
+/// shard ranges, so any world size and ZeRO stage can read any checkpoint.
+public struct CheckpointManifest: Codable, Equatable, Sendable {
+    public static let formatVersion = 1
+
+    public struct TensorEntry: Codable, Equatable, Sendable {
+        public var name: String      // official state-dict name
+        public var shape: [Int]
+        public var offset: Int       // in the unit's flat order
+        public init(name: String, shape: [Int], offset: Int) { self.name = name; self.shape = shape; self.offset = offset }
+    }
+
+    public struct ShardEntry: Codable, Equatable, Sendable {
+        public var rank: Int
+        public var file: String
+        public var start: Int
+        public var end: Int
+        public init(rank: Int, file: String, start: Int, end: Int) { self.rank = rank; self.file = file; self.start = start; self.end = end }
+    }
+
+    public struct UnitEntry: Codable, Equatable, Sendable {
+        public var name: String
+        public var count: Int
+        public var tensors: [TensorEntry]
+        public var shards: [ShardEntry]
+        public init(name: String, count: Int, tensors: [TensorEntry], shards: [ShardEntry]) {
+            self.name = name; self.count = count; self.tensors = tensors; self.shards = shards
+        }
+    }
+
+    public struct DataPosition: Codable, Equatable, Sendable {
+        public var epoch: Int
+        public var offset: Int
+        public var count: Int
+        public var seed: UInt64
+        public init(epoch: Int, offset: Int, count: Int, seed: UInt64) { self.epoch = epoch; self.offset = offset; self.count = count; self.seed = seed }
+    }
+
+    public var format_version = CheckpointManifest.formatVersion
+    public var step: Int
+    public var samples_seen: Int
+    public var tokens_seen: Int
+    public var world_size: Int
+    public var zero_stage: Int
+    /// The full run config (JSON) the checkpoint was trained with.
+    public var run_config: String
+    /// The model config alone (JSON), for loaders that only need the architecture.
+    public var model_config: String
+    public var data_position: DataPosition
+    public var optimizer_step: Int
+    /// Every random draw is a function of (train.seed, step, sample), so the step is the RNG state.
+    public var rng: String
+    public var units: [UnitEntry]
+    public var created: String
+
+    public init(step: Int, samples_seen: Int, tokens_seen: Int, world_size: Int, zero_stage: Int, run_config: String, model_config: String,
+                data_position: DataPosition, optimizer_step: Int, rng: String, units: [UnitEntry]) {
+        self.step = step; self.samples_seen = samples_seen; self.tokens_seen = tokens_seen; self.world_size = world_size
+        self.zero_stage = zero_stage; self.run_config = run_config; self.model_config = model_config
+        self.data_position = data_position; self.optimizer_step = optimizer_step; self.rng = rng; self.units = units
+        created = ISO8601DateFormatter().string(from: Date())
+    }
+
+    public static func read(directory: String) throws -> CheckpointManifest {
+        let path = directory + "/manifest.json"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CheckpointError.incomplete(directory: directory, detail: "no manifest.json (an interrupted save?)")
+        }
+        let m: CheckpointManifest
+        do { m = try JSONDecoder().decode(CheckpointManifest.self, from: data) } catch {
+            throw CheckpointError.corrupt(file: path, detail: "manifest does not parse: \(error)")
+        }
+        guard m.format_version == formatVersion else {
+            throw CheckpointError.corrupt(file: path, detail: "format version \(m.format_version), this hv reads \(formatVersion)")
+        }
+        return m
+    }
+
+    public func encoded() throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try enc.encode(self)
+    }
+}
+
+public enum CheckpointError: Error, CustomStringConvertible {
+    case incomplete(directory: String, detail: String)
+    case corrupt(file: String, detail: String)
+    case notFound(String)
+    case configMismatch(checkpoint: String, fields: [String])
+    case io(path: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case .incomplete(let d, let m): "checkpoint \(d) is incomplete: \(m)"
+        case .corrupt(let f, let m): "checkpoint file \(f) is corrupt: \(m)"
+        case .notFound(let m): m
+        case .configMismatch(let c, let f):
+            "checkpoint \(c) was trained with a different model config; differing fields: \(f.joined(separator: ", "))"
+        case .io(let p, let m): "\(p): \(m)"
+        }
+    }
+}
+
+/// Durable file-system steps for atomic saves.
+public enum Durable {
+    /// fsync a file or directory by path.
+    public static func sync(_ path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw CheckpointError.io(path: path, detail: "open for fsync: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw CheckpointError.io(path: path, detail: "fsync: \(String(cString: strerror(errno)))") }
+    }
+
+    /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+    public static func write(_ data: Data, to path: String) throws {
+        let tmp = path + ".tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
+            throw CheckpointError.io(path: tmp, detail: "cannot create (\(String(cString: strerror(errno))); disk full or directory not writable?)")
+        }
+        try sync(tmp)
+        try rename(tmp, path)
+        try sync((path as NSString).deletingLastPathComponent)
+    }
+
+    public static func rename(_ from: String, _ to: String) throws {
+        guard Foundation.rename(from, to) == 0 else {
+            throw CheckpointError.io(path: to, detail: "rename from \(from): \(String(cString: strerror(errno)))")
+        }
+    }
+}

@@ -1,0 +1,216 @@
+import Foundation
+import HVCheckpoint
+import HVComm
+import HVModel
+import HVParallel
+
+/// Sharded, atomic HDF5 checkpoints of a (possibly distributed) training run.
+///
+/// Save (collective): rank 0 makes `checkpoints/.tmp-step-N`; every rank writes and fsyncs its
+/// shard file there; rank 0 writes `manifest.json` (atomically), renames the directory to
+/// `step-N`, fsyncs the parent, then atomically replaces `latest`. A crash at any point leaves
+/// the previous checkpoint and `latest` intact: `latest` only ever names a renamed, complete
+/// directory. Load reassembles every unit from all shard files and re-shards it for the
+/// current world size and ZeRO stage.
+public enum Checkpointing {
+    public static func directoryName(step: Int) -> String { String(format: "step-%07d", step) }
+
+    static func rankFile(_ r: Int) -> String { String(format: "rank-%05d.h5", r) }
+
+    /// Saves the trainer's state; every rank must call it at the same step. Returns the directory.
+    @discardableResult
+    public static func save(_ trainer: Trainer, runDir: String, keep: Int) throws -> String {
+        let comm = trainer.comm, engine = trainer.engine
+        let root = runDir + "/checkpoints"
+        let name = directoryName(step: trainer.step)
+        let tmp = root + "/.tmp-" + name, final = root + "/" + name
+        let fm = FileManager.default
+        if comm.rank == 0 {
+            do {
+                try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+                if fm.fileExists(atPath: tmp) { try fm.removeItem(atPath: tmp) }
+                try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+            } catch { throw CheckpointError.io(path: tmp, detail: "cannot create the checkpoint directory: \(error.localizedDescription)") }
+        }
+        try comm.barrier()
+        let path = tmp + "/" + rankFile(comm.rank)
+        do {
+            let f = try H5File(path: path, mode: .create)
+            try f.setAttribute("rank", .int64(Int64(comm.rank)))
+            try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
+            try f.setAttribute("step", .int64(Int64(trainer.step)))
+            for (i, u) in engine.units.enumerated() {
+                let (w, m, v) = engine.shardState(i)
+                let g = try f.createGroup("units/" + u.name)
+                let opts = H5DatasetOptions(fletcher32: !w.isEmpty)
+                try g.write("weights", w, shape: [w.count], options: opts)
+                try g.write("exp_avg", m, shape: [m.count], options: opts)
+                try g.write("exp_avg_sq", v, shape: [v.count], options: opts)
+                try g.setAttribute("start", .int64(Int64(u.shard.lowerBound)))
+                try g.setAttribute("end", .int64(Int64(u.shard.upperBound)))
+            }
+            try f.close()
+            try Durable.sync(path)
+        } catch let e as CheckpointError { throw e } catch {
+            throw CheckpointError.io(path: path, detail: "writing the shard failed (disk full or not writable?): \(error)")
+        }
+        try comm.barrier()
+        if comm.rank == 0 {
+            let W = comm.worldSize
+            let units = engine.units.map { u in
+                CheckpointManifest.UnitEntry(
+                    name: u.name, count: u.count,
+                    tensors: zip(u.params, u.offsets).map { CheckpointManifest.TensorEntry(name: $0.0.0, shape: $0.0.1.shape, offset: $0.1) },
+                    shards: (0..<W).map { r in
+                        let range = shardRange(count: u.count, rank: r, world: W)
+                        return CheckpointManifest.ShardEntry(rank: r, file: rankFile(r), start: range.lowerBound, end: range.upperBound)
+                    })
+            }
+            let cfg = trainer.config
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys]
+            let manifest = CheckpointManifest(
+                step: trainer.step, samples_seen: trainer.samplesSeen,
+                tokens_seen: trainer.samplesSeen * cfg.model.videoTokens(latentT: cfg.data.frames, latentH: cfg.data.height, latentW: cfg.data.width),
+                world_size: W, zero_stage: engine.stage, run_config: cfg.json(),
+                model_config: String(decoding: try enc.encode(cfg.model), as: UTF8.self),
+                data_position: .init(epoch: trainer.order.epoch, offset: trainer.order.offset, count: trainer.order.count, seed: trainer.order.seed),
+                optimizer_step: trainer.optimizer.step, rng: "derived: HVRandom(train.seed).split(purpose).split(step).split(sample)",
+                units: units)
+            try Durable.write(try manifest.encoded(), to: tmp + "/manifest.json")
+            try Durable.sync(tmp)
+            if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
+            try Durable.rename(tmp, final)
+            try Durable.sync(root)
+            try Durable.write(Data((name + "\n").utf8), to: root + "/latest")
+            prune(root: root, keep: keep, current: name)
+        }
+        try comm.barrier()
+        return final
+    }
+
+    /// Deletes all but the newest `keep` step directories (never `current`).
+    static func prune(root: String, keep: Int, current: String) {
+        let fm = FileManager.default
+        let steps = ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step-") }.sorted()
+        for old in steps.dropLast(keep) where old != current { try? fm.removeItem(atPath: root + "/" + old) }
+        for stale in ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter({ $0.hasPrefix(".tmp-") }) where stale != ".tmp-" + current {
+            try? fm.removeItem(atPath: root + "/" + stale)
+        }
+    }
+
+    /// Reads and checks every dataset (HDF5 verifies each chunk's fletcher32) of a checkpoint.
+    public static func verify(_ dir: String) throws -> CheckpointManifest {
+        let m = try CheckpointManifest.read(directory: dir)
+        for r in 0..<m.world_size {
+            let path = dir + "/" + rankFile(r)
+            guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(rankFile(r))") }
+            let f: H5File
+            do { f = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
+            defer { try? f.close() }
+            for u in m.units {
+                let shard = u.shards[r]
+                for ds in ["weights", "exp_avg", "exp_avg_sq"] {
+                    let values: [Float]
+                    do { values = try f.read("units/\(u.name)/\(ds)", as: Float.self) } catch {
+                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds): \(error)")
+                    }
+                    guard values.count == shard.end - shard.start else {
+                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds) has \(values.count) values, manifest says \(shard.end - shard.start)")
+                    }
+                }
+            }
+        }
+        return m
+    }
+
+    /// Full flat weights and Adam moments of every unit, reassembled from the shard files.
+    public static func readUnits(_ dir: String, _ m: CheckpointManifest) throws -> [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] {
+        var files: [Int: H5File] = [:]
+        defer { for (_, f) in files { try? f.close() } }
+        var out: [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] = [:]
+        for u in m.units {
+            var w = [Float](repeating: 0, count: u.count), a = w, b = w
+            for s in u.shards where s.end > s.start {
+                let path = dir + "/" + s.file
+                let f: H5File
+                if let cached = files[s.rank] { f = cached } else {
+                    do { f = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
+                    files[s.rank] = f
+                }
+                for (ds, var target) in [("weights", w), ("exp_avg", a), ("exp_avg_sq", b)] {
+                    let values: [Float]
+                    do { values = try f.read("units/\(u.name)/\(ds)", as: Float.self) } catch {
+                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds): \(error)")
+                    }
+                    guard values.count == s.end - s.start else {
+                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds) has \(values.count) values, expected \(s.end - s.start)")
+                    }
+                    target.replaceSubrange(s.start..<s.end, with: values)
+                    switch ds { case "weights": w = target; case "exp_avg": a = target; default: b = target }
+                }
+            }
+            out[u.name] = (w, a, b)
+        }
+        return out
+    }
+
+    /// Field names whose values differ between two model configs (JSON objects).
+    public static func differingFields(_ a: String, _ b: String) -> [String] {
+        guard let x = try? JSONSerialization.jsonObject(with: Data(a.utf8)) as? [String: Any],
+              let y = try? JSONSerialization.jsonObject(with: Data(b.utf8)) as? [String: Any] else { return ["(unreadable config)"] }
+        return Set(x.keys).union(y.keys).sorted().filter { k in
+            "\(x[k].map { "\($0)" } ?? "-")" != "\(y[k].map { "\($0)" } ?? "-")"
+        }.map { k in "\(k) (checkpoint \(x[k].map { "\($0)" } ?? "absent"), run \(y[k].map { "\($0)" } ?? "absent"))" }
+    }
+
+    /// Restores a trainer (any world size / stage) from a checkpoint directory.
+    public static func load(_ trainer: Trainer, from dir: String) throws {
+        let m = try CheckpointManifest.read(directory: dir)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let mine = String(decoding: try enc.encode(trainer.config.model), as: UTF8.self)
+        let diff = differingFields(m.model_config, mine)
+        if !diff.isEmpty { throw CheckpointError.configMismatch(checkpoint: dir, fields: diff) }
+        let units = try readUnits(dir, m)
+        for (i, u) in trainer.engine.units.enumerated() {
+            guard let entry = m.units.first(where: { $0.name == u.name }), let full = units[u.name] else {
+                throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "no unit \(u.name)")
+            }
+            let expected = zip(u.params, u.offsets).map { CheckpointManifest.TensorEntry(name: $0.0.0, shape: $0.0.1.shape, offset: $0.1) }
+            guard entry.tensors == expected else {
+                throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "unit \(u.name) lists different tensors than this model")
+            }
+            trainer.engine.loadFull(i, weights: full.weights, expAvg: full.expAvg, expAvgSq: full.expAvgSq)
+        }
+        let p = m.data_position
+        trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
+        trainer.optimizer.setStep(m.optimizer_step)
+    }
+
+    /// `auto`: the checkpoint `latest` names, or the newest complete one, skipping (and
+    /// reporting) corrupt ones. Otherwise the given directory, verified. nil when there is none.
+    public static func resolve(_ resume: String, runDir: String, log: (String) -> Void) throws -> String? {
+        if resume != "auto" {
+            _ = try verify(resume)
+            return resume
+        }
+        let root = runDir + "/checkpoints"
+        let fm = FileManager.default
+        var candidates = ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step-") }.sorted().reversed().map { $0 }
+        if let latest = try? String(contentsOfFile: root + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+           let i = candidates.firstIndex(of: latest) {
+            candidates.remove(at: i)
+            candidates.insert(latest, at: 0)
+        }
+        for c in candidates {
+            do {
+                _ = try verify(root + "/" + c)
+                return root + "/" + c
+            } catch {
+                log("hv: skipping checkpoint \(root)/\(c): \(error); falling back to an older one")
+            }
+        }
+        return nil
+    }
+}

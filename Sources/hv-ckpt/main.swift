@@ -1,0 +1,3 @@
+import HVCommands
+
+CkptCommand.main()
