@@ -20,7 +20,7 @@
 #   sudo cluster/netns-rig.sh up 3 > /tmp/hosts.netns     (same as cluster/hosts.netns)
 # The launcher starts each worker with the command template
 #   ip netns exec {host} {cmd}
-# i.e. `hv-coord launch --nodes cluster/hosts.netns --launcher template` with that template;
+# i.e. `hv-coord launch --nodes cluster/hosts.netns --coord-address 10.77.0.1 --template 'ip netns exec {host} {cmd}'`;
 # the coordinator stays in the root namespace and must listen on 10.77.0.1. `ip netns exec`
 # needs root, so workers run as root unless the template adds `sudo -u USER` / `setpriv`.
 #

@@ -60,3 +60,51 @@ HV_CLONES float hv_row_max(const float *row, size_t n) {
 HV_CLONES void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta) {
     for (size_t j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - delta);
 }
+
+#include <malloc.h>
+
+// tanh(u) = 1 - 2 / (exp(2u) + 1); exact enough (~1e-7) and vectorisable with hv_exp_approx.
+static inline float hv_tanh_approx(float u) {
+    float e = hv_exp_approx(2.0f * (u < 15.0f ? (u > -15.0f ? u : -15.0f) : 15.0f));
+    return 1.0f - 2.0f / (e + 1.0f);
+}
+
+#define GELU_C 0.7978845608028654f
+
+HV_CLONES void hv_gelu_forward(const float *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
+        y[i] = 0.5f * v * (1.0f + t);
+    }
+}
+
+HV_CLONES void hv_gelu_backward(const float *x, const float *g, float *dx, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
+        float du = GELU_C * (1.0f + 3.0f * 0.044715f * v * v);
+        dx[i] = g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+}
+
+HV_CLONES void hv_silu_forward(const float *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = v / (1.0f + hv_exp_approx(-v));
+    }
+}
+
+HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float s = 1.0f / (1.0f + hv_exp_approx(-v));
+        dx[i] = g[i] * s * (1.0f + v * (1.0f - s));
+    }
+}
+
+void hv_tune_malloc(void) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_ARENA_MAX, 2);
+}

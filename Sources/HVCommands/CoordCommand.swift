@@ -81,7 +81,9 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Latent frames x height x width per sample (default: the run's data, or 33x90x160 = 129 frames at 720p).")
     var latent: String?
     @Option(help: "Text tokens per sample.") var textTokens = 256
-    @Option(help: "Data-parallel ranks for the per-rank memory table.") var ranks = 8
+    @Option(help: "Data-parallel ranks for the per-rank memory table (default: the hosts file's slots, else 8).") var ranks: Int?
+    @Option(help: "Hosts file of the planned run: per-rank and per-host memory for its layout.") var nodes: String?
+    @Option(help: "ZeRO stage of the planned run (with --nodes).") var zero: Int?
 
     func run() throws {
         try runOrExit {
@@ -104,11 +106,27 @@ struct PlanCommand: ParsableCommand {
             print(String(format: "train FLOPs      %.3e per sample (6·N·tokens alone: %.3e; attention adds %.1fx)", flops, sixND, flops / sixND))
             let gib = 1024.0 * 1024 * 1024
             let P = Double(n)
+            let hosts = try nodes.map { try HostsFile.load(path: $0) }
+            let ranks = self.ranks ?? hosts?.worldSize ?? 8
             let R = Double(ranks)
             // fp32 throughout: 4 bytes weights + 4 grads + 8 Adam moments per parameter.
             print(String(format: "model states     fp32 weights 4 + grads 4 + Adam 8 = 16 bytes/param -> %.1f GiB replicated", 16 * P / gib))
             print(String(format: "per rank (%d)     ZeRO-1 (8 + 8/N)Ψ: %.1f GiB   ZeRO-2 (4 + 12/N)Ψ: %.1f GiB   ZeRO-3 16Ψ/N: %.1f GiB",
                          ranks, (8 + 8 / R) * P / gib, (4 + 12 / R) * P / gib, 16 * P / R / gib))
+            if let hosts {
+                let stage = zero ?? 0
+                guard (0...3).contains(stage) else { throw ValidationError("--zero must be 0-3") }
+                let perRank = [16 * P, (8 + 8 / R) * P, (4 + 12 / R) * P, 16 * P / R][stage]
+                print(String(format: "this run       %d rank(s) on %d host(s), ZeRO %d: %.2f GiB model states per rank (+ activations and gathered units)",
+                             hosts.worldSize, hosts.hosts.count, stage, perRank / gib))
+                let ram = Double(ProcessInfo.processInfo.physicalMemory)
+                for e in hosts.entries {
+                    let need = perRank * Double(e.slots)
+                    let local = HostsFile.isLocal(e.host)
+                    let verdict = local ? (need < 0.8 * ram ? "fits in this machine's \(String(format: "%.0f", ram / gib)) GiB" : "does NOT fit in this machine's \(String(format: "%.0f", ram / gib)) GiB") : "check the host's memory"
+                    print(String(format: "  %@ x%d: %.2f GiB — %@", e.host as NSString, e.slots, need / gib, verdict as NSString))
+                }
+            }
         }
     }
 }
@@ -150,6 +168,7 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Seconds a collective may wait for a peer before failing.") var collectiveTimeout = 120.0
     @Flag(help: "Send gradients/parameters as bf16 on the wire (half the traffic; rounding).") var bf16Wire = false
     @Flag(help: "Do not echo worker logs to the terminal (they are still written to RUN_DIR/logs).") var quiet = false
+    @Option(help: "Override train.batch_size (global batch; must divide by workers x grad_accum).") var batchSize: Int?
     @Option(help: "Resume: `auto` (latest good checkpoint in RUN_DIR/checkpoints, else start fresh) or a checkpoint directory.")
     var resume: String?
 
@@ -160,6 +179,7 @@ struct LaunchCommand: ParsableCommand {
             let hosts = try HostsFile.load(path: nodes).filtered(include: include, exclude: exclude)
             var cfg = try RunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
+            if let batchSize { cfg.train.batch_size = batchSize }
             let world = hosts.worldSize
             guard cfg.train.batch_size % (world * cfg.train.grad_accum) == 0 else {
                 throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(world) workers x grad_accum \(cfg.train.grad_accum)")
@@ -174,6 +194,7 @@ struct LaunchCommand: ParsableCommand {
                                         workerExecutable: exe, quiet: quiet)
             var opts = options
             opts.resume = resume
+            opts.batchSize = batchSize
             try Coordinator(options: opts).run()
         }
     }
@@ -195,6 +216,7 @@ struct WorkerCommand: ParsableCommand {
     @Option var collectiveTimeout = 120.0
     @Flag var bf16Wire = false
     @Option var resume: String?
+    @Option var batchSize: Int?
 
     func run() throws {
         try runOrExit {
@@ -203,6 +225,7 @@ struct WorkerCommand: ParsableCommand {
                                   collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire)
             var opts = o
             opts.resume = resume
+            opts.batchSize = batchSize
             // Unbuffered writes: lines reach the coordinator as they are logged.
             try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         }

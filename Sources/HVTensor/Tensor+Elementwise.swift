@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 
 enum BinaryOp { case add, sub, mul, div }
@@ -155,27 +156,30 @@ extension Tensor {
         map("sigmoid", { 1 / (1 + Foundation.exp(-$0)) }, grad: { g, _, y in Tensor.zipMap(g, y) { $0 * $1 * (1 - $1) } })
     }
 
-    /// x * sigmoid(x).
+    /// x * sigmoid(x) (vectorised C kernel).
     public func silu() -> Tensor {
-        map("silu", { $0 / (1 + Foundation.exp(-$0)) }, grad: { g, x, _ in
-            Tensor.zipMap(g, x) { g, x in
-                let s = 1 / (1 + Foundation.exp(-x))
-                return g * s * (1 + x * (1 - s))
-            }
-        })
+        let x = contiguous()
+        let out = Tensor(uninitialized: shape)
+        hv_silu_forward(x.pointer, out.pointer, count)
+        return Tensor.record("silu", out, [self]) { g in
+            let gc = g.contiguous()
+            let dx = Tensor(uninitialized: x.shape)
+            hv_silu_backward(x.pointer, gc.pointer, dx.pointer, x.count)
+            return [dx]
+        }
     }
 
-    /// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    /// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (vectorised C kernel).
     public func gelu() -> Tensor {
-        let c: Float = 0.7978845608028654
-        return map("gelu", { x in 0.5 * x * (1 + Foundation.tanh(c * (x + 0.044715 * x * x * x))) }, grad: { g, x, _ in
-            Tensor.zipMap(g, x) { g, x in
-                let u = c * (x + 0.044715 * x * x * x)
-                let t = Foundation.tanh(u)
-                let du = c * (1 + 3 * 0.044715 * x * x)
-                return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
-            }
-        })
+        let x = contiguous()
+        let out = Tensor(uninitialized: shape)
+        hv_gelu_forward(x.pointer, out.pointer, count)
+        return Tensor.record("gelu", out, [self]) { g in
+            let gc = g.contiguous()
+            let dx = Tensor(uninitialized: x.shape)
+            hv_gelu_backward(x.pointer, gc.pointer, dx.pointer, x.count)
+            return [dx]
+        }
     }
 
     public func relu() -> Tensor { map("relu", { max($0, 0) }, grad: { g, x, _ in Tensor.zipMap(g, x) { $1 > 0 ? $0 : 0 } }) }

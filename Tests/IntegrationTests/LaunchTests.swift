@@ -88,3 +88,29 @@ final class LaunchTests: XCTestCase {
         XCTAssert(log.contains(h) && log.contains("line 2"), log)
     }
 }
+
+/// A run across three "hosts" — network namespaces with their own interfaces and addresses
+/// (cluster/netns-rig.sh) — with the coordinator in the root namespace.
+final class NetnsLaunchTests: XCTestCase {
+    func testRunAcrossThreeNamespacedHosts() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to create network namespaces (ip netns)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip")
+            || FileManager.default.isExecutableFile(atPath: "/usr/bin/ip") else { throw XCTSkip("iproute2's `ip` is not installed") }
+        let rig = repoRoot.appendingPathComponent("cluster/netns-rig.sh").path
+        let sh = URL(fileURLWithPath: "/bin/bash")
+        let (up, upOut, upErr) = try runProcess(sh, [rig, "up", "3"], timeout: 60)
+        defer { _ = try? runProcess(sh, [rig, "down"], timeout: 60) }
+        guard up == 0 else { throw XCTSkip("could not create the namespace rig here: \(upErr.suffix(400)) \(upOut.suffix(200))") }
+        let run = FileManager.default.temporaryDirectory.appendingPathComponent("hv-netns-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let (status, out, err) = try runProcess(try locateExecutable("hv-coord"),
+            ["launch", "--nodes", "cluster/hosts.netns", "--config", "configs/runs/tiny.yaml", "--steps", "4", "--zero", "2",
+             "--batch-size", "6", "--coord-address", "10.77.0.1", "--template", "ip netns exec {host} {cmd}", "--run-dir", run, "--rendezvous-timeout", "30"],
+            timeout: 120, cwd: repoRoot.path)
+        let log = out + err
+        XCTAssertEqual(status, 0, String(log.suffix(3000)))
+        XCTAssert(log.contains("all 3 workers joined"), log)
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertEqual(metrics.split(separator: "\n").count, 4)
+    }
+}

@@ -17,3 +17,16 @@ float hv_row_max(const float *row, size_t n);
 void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
 
 #endif
+
+#ifndef HV_KERNELS_ACT_H
+#define HV_KERNELS_ACT_H
+/// GELU (tanh approximation) and SiLU, forward and backward (dx = g * f'(x)).
+void hv_gelu_forward(const float *x, float *y, size_t n);
+void hv_gelu_backward(const float *x, const float *g, float *dx, size_t n);
+void hv_silu_forward(const float *x, float *y, size_t n);
+void hv_silu_backward(const float *x, const float *g, float *dx, size_t n);
+
+/// glibc malloc tuning for a tensor workload: large blocks come from the heap and are reused
+/// instead of being mmap-ed (and zero-filled by the kernel) on every allocation.
+void hv_tune_malloc(void);
+#endif

@@ -27,6 +27,8 @@ public struct LaunchOptions: Sendable {
     public var quiet: Bool
     /// `auto` (latest good checkpoint of the run directory, if any) or a checkpoint directory.
     public var resume: String? = nil
+    /// Overrides train.batch_size (the global batch).
+    public var batchSize: Int? = nil
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -113,6 +115,7 @@ public final class Coordinator: @unchecked Sendable {
         if let steps = o.steps { args += ["--steps", "\(steps)"] }
         if o.bf16Wire { args.append("--bf16-wire") }
         if let r = resolvedResume { args += ["--resume", r] }
+        if let b = o.batchSize { args += ["--batch-size", "\(b)"] }
         return args
     }
 

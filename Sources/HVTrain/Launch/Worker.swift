@@ -18,6 +18,7 @@ public struct WorkerOptions: Sendable {
     public var bf16Wire: Bool
     /// A checkpoint directory to resume from (resolved by the coordinator).
     public var resume: String? = nil
+    public var batchSize: Int? = nil
 
     public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
                 bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
@@ -75,6 +76,7 @@ public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
     do {
         var cfg = try RunConfig.load(path: o.configPath)
         if let steps = o.steps { cfg.train.steps = steps }
+        if let b = o.batchSize { cfg.train.batch_size = b }
         let trainer = try Trainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
         if let dir = o.resume {
             try Checkpointing.load(trainer, from: dir)
