@@ -9,8 +9,8 @@ RUN=${HV_DEMO_RUN:-checkpoints/demo}
 rm -rf "$RUN"
 echo "== 1. plan: parameters, FLOPs, memory for the run =="
 "$BIN/hv-coord" plan --config configs/runs/tiny.yaml --nodes cluster/hosts.local --zero 2
-echo "== 2. launch: 2 workers, ZeRO-2, first 150 steps (checkpoint at the end) =="
-"$BIN/hv-coord" launch --nodes cluster/hosts.local --config configs/runs/tiny.yaml --zero 2 --steps 150 --run-dir "$RUN"
+echo "== 2. launch: 2 workers, ZeRO-2; stop after step 150 (a checkpoint is saved) =="
+"$BIN/hv-coord" launch --nodes cluster/hosts.local --config configs/runs/tiny.yaml --zero 2 --stop-at 150 --run-dir "$RUN"
 echo "== 3. resume from the latest checkpoint and finish the run =="
 "$BIN/hv-coord" launch --nodes cluster/hosts.local --config configs/runs/tiny.yaml --zero 2 --run-dir "$RUN" --resume auto
 echo "== 4. inspect and consolidate the checkpoint into one HDF5 file of official tensor names =="

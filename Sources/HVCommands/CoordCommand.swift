@@ -80,7 +80,7 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Model or run config (YAML).") var config: String
     @Option(help: "Latent frames x height x width per sample (default: the run's data, or 33x90x160 = 129 frames at 720p).")
     var latent: String?
-    @Option(help: "Text tokens per sample.") var textTokens = 256
+    @Option(help: "Text tokens per sample (default: the run's text_encoder.max_tokens, else 256 as in the release).") var textTokens: Int?
     @Option(help: "Data-parallel ranks for the per-rank memory table (default: the hosts file's slots, else 8).") var ranks: Int?
     @Option(help: "Hosts file of the planned run: per-rank and per-host memory for its layout.") var nodes: String?
     @Option(help: "ZeRO stage of the planned run (with --nodes).") var zero: Int?
@@ -95,6 +95,7 @@ struct PlanCommand: ParsableCommand {
                 guard parts.count == 3 else { throw ValidationError("--latent must look like 33x90x160") }
                 dims = parts
             }
+            let textTokens = self.textTokens ?? run?.text_encoder.max_tokens ?? 256
             let n = model.parameterCount
             let tokens = model.videoTokens(latentT: dims[0], latentH: dims[1], latentW: dims[2])
             let flops = model.trainingFLOPs(videoTokens: tokens, textTokens: textTokens)
@@ -169,6 +170,7 @@ struct LaunchCommand: ParsableCommand {
     @Flag(help: "Send gradients/parameters as bf16 on the wire (half the traffic; rounding).") var bf16Wire = false
     @Flag(help: "Do not echo worker logs to the terminal (they are still written to RUN_DIR/logs).") var quiet = false
     @Option(help: "Override train.batch_size (global batch; must divide by workers x grad_accum).") var batchSize: Int?
+    @Option(help: "Stop after this step (saving a checkpoint) without changing the LR schedule's length.") var stopAt: Int?
     @Option(help: "Resume: `auto` (latest good checkpoint in RUN_DIR/checkpoints, else start fresh) or a checkpoint directory.")
     var resume: String?
 
@@ -195,6 +197,7 @@ struct LaunchCommand: ParsableCommand {
             var opts = options
             opts.resume = resume
             opts.batchSize = batchSize
+            opts.stopAt = stopAt
             try Coordinator(options: opts).run()
         }
     }
@@ -217,6 +220,7 @@ struct WorkerCommand: ParsableCommand {
     @Flag var bf16Wire = false
     @Option var resume: String?
     @Option var batchSize: Int?
+    @Option var stopAt: Int?
 
     func run() throws {
         try runOrExit {
@@ -226,6 +230,7 @@ struct WorkerCommand: ParsableCommand {
             var opts = o
             opts.resume = resume
             opts.batchSize = batchSize
+            opts.stopAt = stopAt
             // Unbuffered writes: lines reach the coordinator as they are logged.
             try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         }

@@ -29,6 +29,7 @@ public struct LaunchOptions: Sendable {
     public var resume: String? = nil
     /// Overrides train.batch_size (the global batch).
     public var batchSize: Int? = nil
+    public var stopAt: Int? = nil
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -116,6 +117,7 @@ public final class Coordinator: @unchecked Sendable {
         if o.bf16Wire { args.append("--bf16-wire") }
         if let r = resolvedResume { args += ["--resume", r] }
         if let b = o.batchSize { args += ["--batch-size", "\(b)"] }
+        if let s = o.stopAt { args += ["--stop-at", "\(s)"] }
         return args
     }
 
@@ -269,6 +271,7 @@ public final class Coordinator: @unchecked Sendable {
         let t0 = Date()
         var totalSteps = o.steps
         if totalSteps == nil, let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
+        if let s = o.stopAt, let t = totalSteps { totalSteps = min(s, t) }
         var stopSent: Date? = nil
         while workers.contains(where: { !$0.done }) || workers.contains(where: { $0.process.isRunning }) {
             if Coordinator.interrupted && stopSent == nil {

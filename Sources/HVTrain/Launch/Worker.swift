@@ -19,6 +19,8 @@ public struct WorkerOptions: Sendable {
     /// A checkpoint directory to resume from (resolved by the coordinator).
     public var resume: String? = nil
     public var batchSize: Int? = nil
+    /// Stop (and save) after this step without changing the schedule's length.
+    public var stopAt: Int? = nil
 
     public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
                 bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
@@ -97,7 +99,8 @@ public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
         }
         var stopRequested = false
         var lastSaved = -1
-        while trainer.step < cfg.train.steps {
+        let lastStep = min(cfg.train.steps, o.stopAt ?? Int.max)
+        while trainer.step < lastStep {
             // Requests from the coordinator (non-blocking). A stop is agreed on by all ranks
             // (an all-reduce of the flag) so that everyone saves at the same step.
             var flag: [Float] = [0]
