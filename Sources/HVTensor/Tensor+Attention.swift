@@ -15,7 +15,8 @@ public enum FlashAttention {
     /// row whose keys are all masked, whose output is then 0).
     public static func forwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    keyMask: UnsafePointer<Float>?, sq: Int, sk: Int, d: Int, scale: Float,
-                                   out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+                                   out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                                   causalBlock: Int = 0, rowOffset: Int = 0, colOffset: Int = 0) {
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         defer { scores.deallocate() }
@@ -27,13 +28,22 @@ public enum FlashAttention {
             acc.update(repeating: 0, count: nq * d)
             for r in 0..<nq { m[r] = -.infinity; l[r] = 0 }
             var ks = 0
+            // Frame-causal masking: global row R may see global columns < (R / block + 1) * block.
+            let qLimit = causalBlock > 0 ? ((rowOffset + qs + nq - 1) / causalBlock + 1) * causalBlock - colOffset : Int.max
             while ks < sk {
                 let nk = min(bk, sk - ks)
+                if ks >= qLimit { break }
                 if let keyMask, !(0..<nk).contains(where: { keyMask[ks + $0] != 0 }) { ks += nk; continue }
                 BLAS.sgemm(transB: true, m: nq, n: nk, k: d, alpha: scale, a: q + qs * d, lda: d, b: k + ks * d, ldb: d,
                            c: scores, ldc: nk)
                 if let keyMask {
                     for j in 0..<nk where keyMask[ks + j] == 0 { for r in 0..<nq { scores[r * nk + j] = -.infinity } }
+                }
+                if causalBlock > 0 {
+                    for r in 0..<nq {
+                        let lim = ((rowOffset + qs + r) / causalBlock + 1) * causalBlock - colOffset - ks
+                        if lim < nk { for j in max(0, lim)..<nk { scores[r * nk + j] = -.infinity } }
+                    }
                 }
                 for r in 0..<nq {
                     let row = scores + r * nk
@@ -70,7 +80,8 @@ public enum FlashAttention {
     public static func backwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                     keyMask: UnsafePointer<Float>?, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                                     dout: UnsafePointer<Float>, sq: Int, sk: Int, d: Int, scale: Float,
-                                    dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
+                                    dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                                    causalBlock: Int = 0, colOffset: Int = 0) {
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let p = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         let dp = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
@@ -89,7 +100,8 @@ public enum FlashAttention {
         while ks < sk {
             let nk = min(bk, sk - ks)
             if let keyMask, !(0..<nk).contains(where: { keyMask[ks + $0] != 0 }) { ks += nk; continue }
-            var qs = 0
+            // Causal: rows before the first block that can see column colOffset + ks are skipped.
+            var qs = causalBlock > 0 ? min(sq, ((colOffset + ks) / causalBlock) * causalBlock) / bq * bq : 0
             while qs < sq {
                 let nq = min(bq, sq - qs)
                 BLAS.sgemm(transB: true, m: nq, n: nk, k: d, alpha: scale, a: q + qs * d, lda: d, b: k + ks * d, ldb: d,
@@ -101,6 +113,10 @@ public enum FlashAttention {
                     var unused: Float = 0
                     expShifted(row, nk, L, &unused)
                     if let keyMask { for j in 0..<nk where keyMask[ks + j] == 0 { row[j] = 0 } }
+                    if causalBlock > 0 {
+                        let lim = ((qs + r) / causalBlock + 1) * causalBlock - colOffset - ks
+                        if lim < nk { for j in max(0, lim)..<nk { row[j] = 0 } }
+                    }
                 }
                 // dV_j += P^T dO_i
                 BLAS.sgemm(transA: true, m: nk, n: d, k: nq, a: p, lda: nk, b: dout + qs * d, ldb: d, beta: 1, c: dv + ks * d, ldc: d)
@@ -179,12 +195,15 @@ extension Tensor {
     /// [B, Sk] (nonzero = attend; padded text tokens are 0). Blocked: never forms Sq x Sk.
     /// Work is split over (batch, head) and, when there are fewer heads than threads, over
     /// query rows (forward) or key ranges (backward, with per-range dQ partials summed after).
+    /// `causalBlock` b > 0: query i attends key j only if j < (i / b + 1) * b (frame-causal
+    /// attention with b tokens per frame, as in the causal VAE's mid block; needs Sq == Sk).
     public static func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor? = nil,
-                                                 scale: Float? = nil) -> Tensor {
+                                                 scale: Float? = nil, causalBlock: Int = 0) -> Tensor {
         precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
         if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
+        precondition(causalBlock == 0 || Sq == Sk, "causal attention needs as many queries as keys")
         let sc = scale ?? 1 / Float(D).squareRoot()
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
         let mc = keyMask?.contiguous()
@@ -202,7 +221,8 @@ extension Tensor {
             if r1 <= r0 { return }
             FlashAttention.forwardHead(q: ptr.q + i * Sq * D + r0 * D, k: ptr.k + i * Sk * D, v: ptr.v + i * Sk * D,
                                        keyMask: ptr.mask.map { UnsafePointer($0 + b * Sk) }, sq: r1 - r0, sk: Sk, d: D, scale: sc,
-                                       out: ptr.out + i * Sq * D + r0 * D, lse: ptr.lse + i * Sq + r0)
+                                       out: ptr.out + i * Sq * D + r0 * D, lse: ptr.lse + i * Sq + r0,
+                                       causalBlock: causalBlock, rowOffset: r0)
         }
         return record("attention", out, [q, k, v]) { g in
             // `ptr` holds raw pointers: keep the tensors that own them alive for this closure.
@@ -225,7 +245,8 @@ extension Tensor {
                     q: bp.q + i * Sq * D, k: bp.k + i * Sk * D + k0 * D, v: bp.v + i * Sk * D + k0 * D,
                     keyMask: bp.mask.map { UnsafePointer($0 + b * Sk + k0) }, out: bp.out + i * Sq * D, lse: bp.lse + i * Sq,
                     dout: bp.g! + i * Sq * D, sq: Sq, sk: k1 - k0, d: D, scale: sc,
-                    dq: dqOut, dk: bp.dk! + i * Sk * D + k0 * D, dv: bp.dv! + i * Sk * D + k0 * D)
+                    dq: dqOut, dk: bp.dk! + i * Sk * D + k0 * D, dv: bp.dv! + i * Sk * D + k0 * D,
+                    causalBlock: causalBlock, colOffset: k0)
             }
             if let partials {
                 for i in 0..<heads {

@@ -36,6 +36,31 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// Frame-causal attention (the VAE mid block): equals the naive version with a block-causal
+    /// bias, forward and backward, across block boundaries and thread splits.
+    func testFrameCausalMatchesNaive() {
+        for (bq, bk, threads) in [(4, 8, 1), (8, 4, 2), (256, 256, 2)] {
+            FlashAttention.blockQ = bq; FlashAttention.blockK = bk
+            let savedThreads = FlashAttention.threads
+            FlashAttention.threads = threads
+            defer { FlashAttention.blockQ = 256; FlashAttention.blockK = 256; FlashAttention.threads = savedThreads }
+            let S = 30, frame = 6
+            let q = randomTensor([1, 1, S, 8], seed: 21), k = randomTensor([1, 1, S, 8], seed: 22), v = randomTensor([1, 1, S, 8], seed: 23)
+            let g = randomTensor([1, 1, S, 8], seed: 24)
+            for t in [q, k, v] { t.requiresGrad = true; t.zeroGrad() }
+            let fast = Tensor.scaledDotProductAttention(q, k, v, causalBlock: frame)
+            (fast * g).sum().backward()
+            let grads = [q, k, v].map { $0.grad! }
+            for t in [q, k, v] { t.zeroGrad() }
+            var bias = [Float](repeating: 0, count: S * S)
+            for i in 0..<S { for j in 0..<S where j >= (i / frame + 1) * frame { bias[i * S + j] = -1e9 } }
+            let ref = (q.matmul(k.transpose(2, 3)) * (1 / Float(8).squareRoot()) + Tensor(bias, shape: [1, 1, S, S])).softmax().matmul(v)
+            (ref * g).sum().backward()
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward bq \(bq) bk \(bk)")
+            for (i, t) in [q, k, v].enumerated() { XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(i) bq \(bq) bk \(bk) threads \(threads)") }
+        }
+    }
+
     func testMatchesNaiveUnmasked() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 29, masked: false) }
     func testMatchesNaiveMasked() { compare(blockQ: 8, blockK: 16, sq: 40, sk: 45, masked: true) }
     func testMatchesNaiveSingleBlock() { compare(blockQ: 256, blockK: 256, sq: 33, sk: 50, masked: true) }
