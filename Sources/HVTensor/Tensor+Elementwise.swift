@@ -184,3 +184,18 @@ extension Tensor {
 
     public func relu() -> Tensor { map("relu", { max($0, 0) }, grad: { g, x, _ in Tensor.zipMap(g, x) { $1 > 0 ? $0 : 0 } }) }
 }
+
+extension Tensor {
+    /// Elementwise clamp; the gradient passes where min < x < max.
+    public func clamp(min lo: Float, max hi: Float) -> Tensor {
+        let x = contiguous()
+        let out = Tensor(uninitialized: shape)
+        for i in 0..<count { out.pointer[i] = Swift.min(Swift.max(x.pointer[i], lo), hi) }
+        return Tensor.record("clamp", out, [self]) { g in
+            let gc = g.contiguous()
+            let dx = Tensor(uninitialized: x.shape)
+            for i in 0..<x.count { let v = x.pointer[i]; dx.pointer[i] = v > lo && v < hi ? gc.pointer[i] : 0 }
+            return [dx]
+        }
+    }
+}

@@ -264,3 +264,18 @@ public enum ConfigError: Error, CustomStringConvertible {
         }
     }
 }
+
+/// Loads a VAE config YAML.
+public func loadVAEConfig(path: String) throws -> VAEConfig {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        throw ConfigError.unreadable(file: path, reason: error.localizedDescription)
+    }
+    do {
+        let c = try YAMLDecoder().decode(VAEConfig.self, from: text)
+        do { try c.validate() } catch let DiTConfig.ValidationError.invalid(field, message) {
+            throw ConfigError.invalid(file: path, field: field, message: message)
+        }
+        return c
+    } catch let e as DecodingError { throw ConfigError.from(e, file: path) }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import HVModel
+import HVNN
+import HVTensor
+import HVTrain
+import XCTest
+import _HVTestSupport
+
+final class VAETests: XCTestCase {
+    func tinyConfig() throws -> VAEConfig {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try loadVAEConfig(path: root.appendingPathComponent("configs/vae/tiny.yaml").path)
+    }
+
+    /// T frames -> 1 + (T-1)/4 latent frames, H/8 x W/8, 16 channels, and back.
+    func testShapes() throws {
+        let c = try tinyConfig()
+        let vae = CausalVAE(config: c, seed: 1)
+        for T in [1, 5, 17, 33] {
+            let x = randomTensor([1, 3, T, 16, 24], seed: UInt64(T))
+            let (mean, logvar) = GradMode.withoutGrad { vae.encode(x) }
+            XCTAssertEqual(mean.shape, [1, 16, 1 + (T - 1) / 4, 2, 3], "T = \(T)")
+            XCTAssertEqual(logvar.shape, mean.shape)
+            let y = GradMode.withoutGrad { vae.decode(mean) }
+            XCTAssertEqual(y.shape, [1, 3, T, 16, 24], "T = \(T)")
+        }
+        var full = VAEConfig()
+        full.latent_channels = 16
+        XCTAssertEqual(Double(CausalVAE(config: try tinyConfig(), seed: 0).parameterCount) > 0, true)
+        _ = full
+    }
+
+    /// The official VAE's parameter count (REFERENCE: about 246.5M).
+    func testFullConfigParameterCount() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let c = try loadVAEConfig(path: root.appendingPathComponent("configs/vae/hunyuan-vae.yaml").path)
+        let n = Double(CausalVAE(config: c, seed: 0).parameterCount)
+        XCTAssertEqual(n / 246.5e6, 1, accuracy: 0.01, "got \(n / 1e6)M")
+    }
+
+    /// Finite differences on weights of the encoder, mid block and decoder (the mid-block
+    /// attention has its own check in CausalAttention3DTests: through the whole VAE its
+    /// finite differences are too nonlinear at fp32 for a meaningful comparison).
+    func testGradient() throws {
+        let c = try tinyConfig()
+        let vae = CausalVAE(config: c, seed: 2)
+        let x = randomTensor([1, 3, 5, 16, 16], seed: 3)
+        let named = Dictionary(uniqueKeysWithValues: vae.namedParameters())
+        for name in ["encoder.conv_in.conv.weight", "encoder.down_blocks.1.resnets.0.norm1.weight", "encoder.mid_block.resnets.1.conv2.conv.weight",
+                     "quant_conv.weight", "decoder.up_blocks.1.upsamplers.0.conv.conv.weight", "decoder.conv_out.conv.bias"] {
+            let p = try XCTUnwrap(named[name], name)
+            let failures = gradCheck([p], eps: 2e-3, rtol: 5e-2, atol: 5e-3, maxElements: 8) { _ in vae.decode(vae.encode(x).mean) }
+            XCTAssert(failures.isEmpty, "\(name): \(failures.prefix(3))")
+        }
+    }
+
+    /// Causality of the paths that are causal by design: the encoder's causal convolutions and
+    /// stride-2 down-samplers never let latent frame j see input frames after 4j; the mid-block
+    /// attention never lets a frame see a later one. (GroupNorm statistics span all frames, as
+    /// in the official VAE, so the full encoder is causal only up to those statistics.)
+    func testCausalPaths() throws {
+        var rng = HVRandom(seed: 4)
+        let convs = [CausalConv3d(3, 4, rng: &rng), CausalConv3d(4, 4, stride: (2, 2, 2), rng: &rng), CausalConv3d(4, 4, rng: &rng),
+                     CausalConv3d(4, 4, stride: (2, 2, 2), rng: &rng), CausalConv3d(4, 4, rng: &rng)]
+        func encodeConvs(_ x: Tensor) -> Tensor { GradMode.withoutGrad { convs.reduce(x) { $1($0) } } }
+        let x = randomTensor([1, 3, 17, 8, 8], seed: 5)
+        let base = encodeConvs(x)
+        XCTAssertEqual(base.shape[2], 5)
+        for k in 1..<17 {
+            let y = x.copy()
+            for c in 0..<3 { for i in 0..<64 { y.pointer[(c * 17 + k) * 64 + i] += 3 } }
+            let out = encodeConvs(y)
+            let unaffected = (k - 1) / 4 + 1  // latent frames 0..<ceil(k/4) only see input frames < k
+            let a = base.slice(axis: 2, start: 0, length: unaffected).contiguous().scalars
+            let b = out.slice(axis: 2, start: 0, length: unaffected).contiguous().scalars
+            XCTAssertEqual(a, b, "changing frame \(k) changed latent frames < \(unaffected)")
+        }
+        let attn = CausalAttention3D(4, groups: 1, rng: &rng)
+        let h = randomTensor([1, 4, 3, 2, 2], seed: 6)
+        let q = GradMode.withoutGrad { attn.to_q(h.reshape([1, 4, 12]).transpose(1, 2)).unsqueeze(1) }
+        let kv = GradMode.withoutGrad { attn.to_k(h.reshape([1, 4, 12]).transpose(1, 2)).unsqueeze(1) }
+        let o1 = Tensor.scaledDotProductAttention(q, kv, kv, causalBlock: 4)
+        let kv2 = kv.copy()
+        for i in 8..<12 { for d in 0..<4 { kv2.pointer[i * 4 + d] += 5 } }  // change frame 2's keys/values
+        let o2 = Tensor.scaledDotProductAttention(q, kv2, kv2, causalBlock: 4)
+        XCTAssertEqual(Array(o1.scalars.prefix(32)), Array(o2.scalars.prefix(32)), "frames 0-1 must not see frame 2")
+        XCTAssertNotEqual(Array(o1.scalars.suffix(16)), Array(o2.scalars.suffix(16)))
+    }
+
+    /// Tiled decode: identical to the whole decode when one tile covers the input, and — for a
+    /// latent that is constant over space (so every tile sees the same statistics and borders)
+    /// — equal to it through the tiling, blending and assembly. With random weights the
+    /// GroupNorm statistics differ per tile, so general tiles differ from the whole decode (as
+    /// in the official implementation, whose trained weights keep that difference small).
+    func testTiledDecode() throws {
+        let c = try tinyConfig()
+        let vae = CausalVAE(config: c, seed: 7)
+        let z = randomTensor([1, 16, 2, 10, 10], seed: 8)
+        let whole = GradMode.withoutGrad { vae.decode(z) }
+        let same = GradMode.withoutGrad { vae.tiledDecode(z, tile: 10, overlap: 2) }
+        XCTAssertEqual(whole.scalars, same.scalars)
+        let perChannel = randomTensor([1, 16, 2, 1, 1], seed: 9)
+        let flat = perChannel + Tensor(zeros: [1, 16, 2, 10, 10])
+        let wholeFlat = GradMode.withoutGrad { vae.decode(flat) }
+        for (tile, overlap) in [(4, 2), (6, 3), (7, 4)] {
+            let tiled = GradMode.withoutGrad { vae.tiledDecode(flat, tile: tile, overlap: overlap) }
+            XCTAssertEqual(tiled.shape, wholeFlat.shape)
+            XCTAssertLessThan(maxAbsDiff(tiled, wholeFlat), 1e-3, "tile \(tile) overlap \(overlap)")
+        }
+    }
+}
