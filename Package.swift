@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
         .target(name: "HVData", dependencies: ["CHVAV"]),
         .target(name: "HVParallel", dependencies: ["HVComm", "HVModel", "HVNN", "HVTensor"]),
-        .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", "HVComm", "HVParallel",
+        .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", "HVComm", "HVParallel", "HVData",
                                                 .product(name: "Yams", package: "Yams")]),
         .target(name: "HVCommands", dependencies: [
             "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint",

@@ -14,7 +14,7 @@ public struct CoordCommand: ParsableCommand {
         One process:  hv-coord train --config configs/runs/tiny.yaml
         Model sizes:  hv-coord plan --config configs/models/hyvideo-t2-13b.yaml
         """,
-        subcommands: [LaunchCommand.self, TrainCommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
+        subcommands: [LaunchCommand.self, TrainCommand.self, TrainVAECommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
     public init() {}
 }
 

@@ -92,3 +92,20 @@ extension Tensor {
         }
     }
 }
+
+extension Tensor {
+    /// Mean absolute error over all elements (the VAE's reconstruction loss).
+    public func l1Loss(_ target: Tensor) -> Tensor {
+        precondition(shape == target.shape, "l1Loss \(shape) vs \(target.shape)")
+        let a = contiguous(), b = target.contiguous()
+        let n = count
+        var s: Double = 0
+        for i in 0..<n { s += Double(abs(a.pointer[i] - b.pointer[i])) }
+        let out = Tensor(scalar: Float(s / Double(n)))
+        return Tensor.record("l1", out, [self, target]) { g in
+            let scale = g.item / Float(n)
+            let d = Tensor.zipMap(a, b) { $0 > $1 ? scale : ($0 < $1 ? -scale : 0) }
+            return [self.requiresGrad ? d : nil, target.requiresGrad ? d.neg() : nil]
+        }
+    }
+}

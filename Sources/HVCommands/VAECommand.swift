@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import HVCheckpoint
+import HVModel
+import HVTensor
+import HVTrain
+
+struct TrainVAECommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train-vae",
+        abstract: "Train the causal 3D VAE in this process on synthetic clips (L1 + KL); report held-out PSNR; save HDF5 weights.")
+
+    @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
+    @Option(help: "Override train.steps.") var steps: Int?
+    @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file.") var out: String?
+    @OptionGroup var threads: ThreadOptions
+
+    func run() throws {
+        try runOrExit {
+            threads.apply()
+            var cfg = try VAERunConfig.load(path: config)
+            if let steps { cfg.train.steps = steps }
+            let trainer = VAETrainer(config: cfg)
+            stderrLine("hv: training the causal VAE (\(trainer.vae.parameterCount.formatted()) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips for \(cfg.train.steps) steps")
+            let t0 = Date()
+            var window: [Float] = []
+            for s in 0..<cfg.train.steps {
+                let (_, l1, _) = trainer.trainStep()
+                window.append(l1)
+                if (s + 1) % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
+                    print(String(format: "step %5d/%d  L1 %.4f  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
+                                 Date().timeIntervalSince(t0)))
+                    window.removeAll()
+                }
+            }
+            let psnr = trainer.heldOutPSNR()
+            print(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
+            if let out {
+                let f = try H5File(path: out, mode: .create)
+                try ModelWeights.save(trainer.vae.namedParameters(), to: f)
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.sortedKeys]
+                try f.setAttribute("vae_config", .string(String(decoding: try enc.encode(cfg.vae), as: UTF8.self)))
+                try f.close()
+                stderrLine("hv: wrote VAE weights to \(out)")
+            }
+        }
+    }
+}
