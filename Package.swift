@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "hv-coord", targets: ["hv-coord"]),
         .executable(name: "hv-sample", targets: ["hv-sample"]),
         .executable(name: "hv-ckpt", targets: ["hv-ckpt"]),
+        .executable(name: "hv-data", targets: ["hv-data"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -35,14 +36,16 @@ let package = Package(
         .target(name: "HVParallel", dependencies: ["HVComm", "HVModel", "HVNN", "HVTensor"]),
         .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", "HVComm", "HVParallel", "HVData",
                                                 .product(name: "Yams", package: "Yams")]),
+        .target(name: "HVSampling", dependencies: ["HVModel", "HVNN", "HVTensor", "HVTrain", "HVCheckpoint", "HVData"]),
         .target(name: "HVCommands", dependencies: [
-            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint",
+            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint", "HVSampling", "HVData",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-coord", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-sample", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-ckpt", dependencies: ["HVCommands"]),
+        .executableTarget(name: "hv-data", dependencies: ["HVCommands"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 
@@ -51,8 +54,8 @@ let package = Package(
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "_HVTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVTrain"]),
+        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "_HVTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),

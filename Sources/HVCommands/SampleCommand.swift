@@ -10,7 +10,8 @@ public struct SampleCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "hv-sample",
         abstract: "Evaluate or sample a trained HunyuanVideo DiT.",
-        subcommands: [VelocityCommand.self])
+        subcommands: [GenerateCommand.self, VelocityCommand.self],
+        defaultSubcommand: GenerateCommand.self)
     public init() {}
 }
 
