@@ -61,7 +61,7 @@ struct TrainCommand: ParsableCommand {
                     let tokens = window.map(\.videoTokens).reduce(0, +)
                     let meanLoss = window.map(\.loss).reduce(0, +) / Float(window.count)
                     let eta = Double(cfg.train.steps - s.step - 1) * secs / Double(window.count)
-                    print(String(format: "step %5d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  eta %.0fs",
+                    outLine(String(format: "step %5d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  eta %.0fs",
                                  s.step + 1, cfg.train.steps, meanLoss, s.gradNorm, s.lr, Double(tokens) / secs, eta))
                     window.removeAll()
                 }
@@ -171,6 +171,10 @@ struct LaunchCommand: ParsableCommand {
     @Flag(help: "Do not echo worker logs to the terminal (they are still written to RUN_DIR/logs).") var quiet = false
     @Option(help: "Override train.batch_size (global batch; must divide by workers x grad_accum).") var batchSize: Int?
     @Option(help: "Stop after this step (saving a checkpoint) without changing the LR schedule's length.") var stopAt: Int?
+    @Option(help: "Seconds without a heartbeat before a worker (or, seen from a worker, the coordinator) is declared dead.")
+    var heartbeatTimeout = 30.0
+    @Option(help: "Relaunch the run from its latest checkpoint up to N times when a worker fails (torchrun's --max-restarts).")
+    var maxRestarts = 0
     @Option(help: "Resume: `auto` (latest good checkpoint in RUN_DIR/checkpoints, else start fresh) or a checkpoint directory.")
     var resume: String?
 
@@ -198,7 +202,21 @@ struct LaunchCommand: ParsableCommand {
             opts.resume = resume
             opts.batchSize = batchSize
             opts.stopAt = stopAt
-            try Coordinator(options: opts).run()
+            opts.heartbeatTimeout = heartbeatTimeout
+            var attempt = 0
+            while true {
+                do {
+                    try Coordinator(options: opts).run()
+                    return
+                } catch let e as LaunchError {
+                    if case .interrupted = e { throw e }
+                    guard attempt < maxRestarts else { throw e }
+                    attempt += 1
+                    stderrLine("hv-coord: \(e)")
+                    stderrLine("hv-coord: restart \(attempt)/\(maxRestarts): relaunching all workers from the latest checkpoint")
+                    opts.resume = "auto"
+                }
+            }
         }
     }
 }
@@ -221,6 +239,7 @@ struct WorkerCommand: ParsableCommand {
     @Option var resume: String?
     @Option var batchSize: Int?
     @Option var stopAt: Int?
+    @Option var heartbeatTimeout = 30.0
 
     func run() throws {
         try runOrExit {
@@ -231,6 +250,7 @@ struct WorkerCommand: ParsableCommand {
             opts.resume = resume
             opts.batchSize = batchSize
             opts.stopAt = stopAt
+            opts.heartbeatTimeout = heartbeatTimeout
             // Unbuffered writes: lines reach the coordinator as they are logged.
             try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         }

@@ -5,6 +5,10 @@ import HVTensor
 /// Writes a line to standard error (progress and diagnostics; stdout stays for results).
 func stderrLine(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
 
+/// Writes a line to standard output immediately (progress lines must not sit in a buffer when
+/// stdout is a file or pipe).
+func outLine(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
+
 /// Maps library errors to a clean message and exit code (libraries never exit themselves).
 func runOrExit(_ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch {

@@ -28,13 +28,13 @@ struct TrainVAECommand: ParsableCommand {
                 let (_, l1, _) = trainer.trainStep()
                 window.append(l1)
                 if (s + 1) % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
-                    print(String(format: "step %5d/%d  L1 %.4f  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
+                    outLine(String(format: "step %5d/%d  L1 %.4f  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
                                  Date().timeIntervalSince(t0)))
                     window.removeAll()
                 }
             }
             let psnr = trainer.heldOutPSNR()
-            print(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
+            outLine(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
             if let out {
                 let f = try H5File(path: out, mode: .create)
                 try ModelWeights.save(trainer.vae.namedParameters(), to: f)

@@ -3,7 +3,7 @@ import Foundation
 /// Control-plane messages between the coordinator and workers: one JSON object per ZeroMQ
 /// message (DEALER on workers, ROUTER on the coordinator). Every field is validated on receipt.
 public struct ControlMessage: Codable, Equatable, Sendable {
-    public enum Kind: String, Codable, Sendable { case hello, start, metrics, done, failed, abort, stop, saved }
+    public enum Kind: String, Codable, Sendable { case hello, start, metrics, done, failed, abort, stop, saved, heartbeat, ping }
     public var type: Kind
     public var rank: Int?
     public var endpoint: String?
@@ -44,7 +44,8 @@ public struct ControlMessage: Codable, Equatable, Sendable {
         case .hello: guard m.rank != nil, m.endpoint != nil else { throw ControlError.malformed("hello without rank/endpoint") }
         case .start: guard let p = m.peers, p.count == worldSize else { throw ControlError.malformed("start without \(worldSize) peers") }
         case .metrics, .done, .failed: guard m.rank != nil else { throw ControlError.malformed("\(m.type) without rank") }
-        case .abort, .stop: break
+        case .abort, .stop, .ping: break
+        case .heartbeat: guard m.rank != nil else { throw ControlError.malformed("heartbeat without rank") }
         case .saved: guard m.rank != nil, m.step != nil else { throw ControlError.malformed("saved without rank/step") }
         }
         return m

@@ -30,6 +30,8 @@ public struct LaunchOptions: Sendable {
     /// Overrides train.batch_size (the global batch).
     public var batchSize: Int? = nil
     public var stopAt: Int? = nil
+    /// A worker silent for this long (seconds) is declared dead.
+    public var heartbeatTimeout: Double = 30
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -118,6 +120,7 @@ public final class Coordinator: @unchecked Sendable {
         if let r = resolvedResume { args += ["--resume", r] }
         if let b = o.batchSize { args += ["--batch-size", "\(b)"] }
         if let s = o.stopAt { args += ["--stop-at", "\(s)"] }
+        args += ["--heartbeat-timeout", "\(o.heartbeatTimeout)"]
         return args
     }
 
@@ -234,11 +237,20 @@ public final class Coordinator: @unchecked Sendable {
                 }
             }
         }
+        var lastSeen = [Date](repeating: Date(), count: W)
+        var lastStepOf = [Int](repeating: 0, count: W)
         func receive() throws -> (Int, ControlMessage)? {
             guard let frames = try? router.receiveMultipart(), frames.count == 2 else { return nil }
             let id = String(decoding: frames[0], as: UTF8.self)
             do {
                 let m = try ControlMessage.decode(frames[1], worldSize: W)
+                if m.type == .heartbeat, let r = m.rank, id == "hb-rank-\(r)" {
+                    lastSeen[r] = Date()
+                    lastStepOf[r] = m.step ?? lastStepOf[r]
+                    try? router.send(frames[0], more: true, dontWait: true)
+                    try? router.send(ControlMessage(type: .ping).encoded(), dontWait: true)
+                    return nil
+                }
                 guard id == "rank-\(m.rank ?? -1)" else { emit("hv-coord: ignoring a message from \(id) that claims rank \(m.rank ?? -1)"); return nil }
                 return (m.rank!, m)
             } catch {
@@ -269,6 +281,7 @@ public final class Coordinator: @unchecked Sendable {
 
         // Supervise.
         let t0 = Date()
+        for r in 0..<W { lastSeen[r] = Date() }
         var totalSteps = o.steps
         if totalSteps == nil, let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
         if let s = o.stopAt, let t = totalSteps { totalSteps = min(s, t) }
@@ -304,6 +317,11 @@ public final class Coordinator: @unchecked Sendable {
                 }
             }
             try checkExits()
+            for r in 0..<W where !workers[r].done && Date().timeIntervalSince(lastSeen[r]) > o.heartbeatTimeout {
+                throw fail(LaunchError.workerFailed(rank: r, host: workers[r].host,
+                                                    detail: "no heartbeat for \(Int(o.heartbeatTimeout))s (hung, stopped or unreachable); its last step was \(lastStepOf[r])",
+                                                    lastStep: lastStep))
+            }
         }
         if stopSent != nil { throw LaunchError.interrupted }
         emit(String(format: "hv-coord: finished %d steps on %d worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,

@@ -21,6 +21,8 @@ public struct WorkerOptions: Sendable {
     public var batchSize: Int? = nil
     /// Stop (and save) after this step without changing the schedule's length.
     public var stopAt: Int? = nil
+    /// Exit when the coordinator has not been heard from for this long (seconds).
+    public var heartbeatTimeout: Double = 30
 
     public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
                 bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
@@ -41,9 +43,58 @@ public enum WorkerError: Error, CustomStringConvertible {
     }
 }
 
-public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
+/// Liveness in both directions on its own socket and thread (a long step never delays it):
+/// sends a heartbeat every second, expects the coordinator's ping back, and ends the process
+/// when the coordinator has been silent for `timeout` seconds (or the local parent is gone), so
+/// no worker outlives its coordinator.
+final class HeartbeatThread: @unchecked Sendable {
+    let lock = NSLock()
+    var step = 0
+    var stopping = false
+    let finished = DispatchSemaphore(value: 0)
+    func setStep(_ s: Int) { lock.withLock { step = s } }
+
+    /// Stops the thread and waits (about a second at most) until it has closed its socket.
+    func stop() {
+        lock.withLock { stopping = true }
+        _ = finished.wait(timeout: .now() + 3)
+    }
+
+    func start(context: ZMQContext, coordinator: String, rank: Int, worldSize: Int, timeout: Double, log: @escaping @Sendable (String) -> Void) throws {
+        let sock = try context.makeSocket(.dealer)
+        try sock.setRoutingID(Array("hb-rank-\(rank)".utf8))
+        try sock.setLinger(milliseconds: 0)
+        try sock.setReceiveTimeout(milliseconds: 1000)
+        try sock.connect(coordinator)
+        let parent = getppid()
+        Thread.detachNewThread { [self] in
+            var lastPing = Date()
+            while !lock.withLock({ stopping }) {
+                var m = ControlMessage(type: .heartbeat)
+                m.rank = rank
+                m.step = lock.withLock { step }
+                try? sock.send(m.encoded(), dontWait: true)
+                if let bytes = try? sock.receive(), let msg = try? ControlMessage.decode(bytes, worldSize: worldSize), msg.type == .ping {
+                    lastPing = Date()
+                }
+                let silent = Date().timeIntervalSince(lastPing)
+                if silent > timeout || (parent != 1 && getppid() == 1) {
+                    log("rank \(rank): coordinator unreachable for \(Int(silent))s (or its process is gone); exiting")
+                    _exit(3)
+                }
+            }
+            sock.close()
+            finished.signal()
+        }
+    }
+}
+
+public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws {
     let ctx = try ZMQContext(ioThreads: 1)
     defer { ctx.close() }
+    let heartbeat = HeartbeatThread()
+    try heartbeat.start(context: ctx, coordinator: o.coordinator, rank: o.rank, worldSize: o.worldSize, timeout: o.heartbeatTimeout, log: log)
+    defer { heartbeat.stop() }  // runs before ctx.close(): the thread closes its own socket
     let control = try ctx.makeSocket(.dealer)
     defer { control.close() }
     try control.setRoutingID(Array("rank-\(o.rank)".utf8))
@@ -111,6 +162,7 @@ public func runWorker(_ o: WorkerOptions, log: (String) -> Void) throws {
             try flag.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
             if flag[0] > 0 { stopRequested = true; break }
             let s = try trainer.trainStep()
+            heartbeat.setStep(trainer.step)
             if o.rank == 0 {
                 var m = ControlMessage(type: .metrics)
                 m.rank = 0; m.step = s.step + 1; m.loss = Double(s.loss); m.lr = Double(s.lr); m.grad_norm = Double(s.gradNorm)
