@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "hv-sample", targets: ["hv-sample"]),
         .executable(name: "hv-ckpt", targets: ["hv-ckpt"]),
         .executable(name: "hv-data", targets: ["hv-data"]),
+        .executable(name: "hv-scaling", targets: ["hv-scaling"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,8 +38,10 @@ let package = Package(
         .target(name: "HVTrain", dependencies: ["HVModel", "HVNN", "HVTensor", "HVCheckpoint", "HVComm", "HVParallel", "HVData",
                                                 .product(name: "Yams", package: "Yams")]),
         .target(name: "HVSampling", dependencies: ["HVModel", "HVNN", "HVTensor", "HVTrain", "HVCheckpoint", "HVData"]),
+        .target(name: "HVScaling", dependencies: ["HVModel", "HVTrain", "HVTensor", "HVCheckpoint", "HVData",
+                                                  .product(name: "Yams", package: "Yams")]),
         .target(name: "HVCommands", dependencies: [
-            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint", "HVSampling", "HVData",
+            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint", "HVSampling", "HVData", "HVScaling",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
@@ -46,6 +49,7 @@ let package = Package(
         .executableTarget(name: "hv-sample", dependencies: ["HVCommands", "HVTensor"]),
         .executableTarget(name: "hv-ckpt", dependencies: ["HVCommands"]),
         .executableTarget(name: "hv-data", dependencies: ["HVCommands"]),
+        .executableTarget(name: "hv-scaling", dependencies: ["HVCommands", "HVTensor"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
 
@@ -59,5 +63,6 @@ let package = Package(
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
+        .testTarget(name: "HVScalingTests", dependencies: ["HVScaling", "HVModel", "HVTrain", "_HVTestSupport"]),
     ]
 )

@@ -1,0 +1,111 @@
+import ArgumentParser
+import Foundation
+import HVData
+
+/// `hv-data`: synthetic datasets and curation of video manifests.
+public struct DataCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "hv-data",
+        abstract: "Make and curate video datasets (mp4 files + a JSON-lines manifest).",
+        discussion: """
+        Synthetic set:  hv-data synth --out data/synth --count 200
+        Curate it:      hv-data curate --in data/synth/manifest.jsonl --out data/synth/curated.jsonl
+        """,
+        subcommands: [SynthCommand.self, CurateCommand.self])
+    public init() {}
+}
+
+struct SynthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth",
+        abstract: "Write a seeded synthetic text-to-video dataset: H.264 mp4 clips and manifest.jsonl.",
+        discussion: """
+        Each clip is one coloured shape (square, circle, triangle) moving left/right/up/down over a \
+        gradient background, with a static camera, a pan or a zoom. DIR/manifest.jsonl has one JSON \
+        object per clip: path (relative to DIR), frames, width, height, fps, caption (short and dense \
+        description, background, style, lighting, atmosphere, camera movement) and the labels color, \
+        shape, direction, camera. The same arguments always give the same files.
+        """)
+
+    @Option(help: "Output directory (created if missing).") var out: String
+    @Option(help: "Number of clips.") var count: Int
+    @Option(help: "Frame width and height in pixels (even, >= 16).") var size = 64
+    @Option(help: "Frames per clip.") var frames = 17
+    @Option(help: "Frames per second written into the mp4 files.") var fps = 8
+    @Option(help: "Random seed; clip i depends only on (seed, i).") var seed: UInt64 = 0
+
+    func run() throws {
+        try runOrExit {
+            let start = Date()
+            try SyntheticDataset.write(to: out, count: count, size: size, frames: frames, fps: fps, seed: seed) { done, total in
+                if done % 50 == 0 || done == total { stderrLine("hv-data: \(done)/\(total) clips") }
+            }
+            stderrLine(String(format: "hv-data: wrote %d clips (%dx%d, %d frames, %d fps, seed %llu) and %@ in %.1fs", count,
+                              size, size, frames, fps, seed, SyntheticDataset.manifestName, Date().timeIntervalSince(start)))
+            print((out as NSString).appendingPathComponent(SyntheticDataset.manifestName))
+        }
+    }
+}
+
+struct CurateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "curate",
+        abstract: "Filter a manifest: split shots, drop static clips and near-duplicates, bucket the rest.",
+        discussion: """
+        Stages, each on what the previous kept (HunyuanVideo's hierarchical filtering, in small):
+          decode      unreadable or truncated files are skipped with FFmpeg's reason
+          shot split  a cut is where the colour-histogram distance of consecutive frames
+                      exceeds --cut-threshold; every shot becomes its own entry, recorded as a
+                      frame range of the source file (start_frame, frames), not re-encoded
+          motion      shots whose mean |frame difference| (RGB, 0-255) is below
+                      --motion-threshold are dropped as static
+          dedup       a shot is a duplicate of an earlier kept shot when each of their nine
+                      64-bit DCT perceptual hashes (R, G, B of the first, middle, last frame)
+                      is within --dup-distance bits of its counterpart; the later one is dropped
+          bucket      sides rounded down to a multiple of --size-multiple, frames down to 4k+1:
+                      bucket "WxHxT" (centre-crop to WxH, take T frames); shorter than
+                      --min-frames is dropped
+        Prints the counts per stage and every dropped entry with its reason; writes the kept
+        entries (with start_frame and bucket; paths relative to the output) to --out.
+        """)
+
+    @Option(name: .customLong("in"), help: "Input manifest (JSON lines).") var input: String
+    @Option(help: "Output manifest.") var out: String
+    @Option(help: "Cut when the histogram distance between consecutive frames exceeds this (0-1).")
+    var cutThreshold = CurationOptions().cutThreshold
+    @Option(help: "Drop shots whose mean absolute frame difference (0-255) is below this.")
+    var motionThreshold = CurationOptions().motionThreshold
+    @Option(help: "Near-duplicates: every perceptual-hash Hamming distance at most this (0-64).")
+    var dupDistance = CurationOptions().dupDistance
+    @Option(help: "Drop shots with fewer frames than this (after rounding down to 4k+1).")
+    var minFrames = CurationOptions().minFrames
+    @Option(help: "Round bucket sides down to a multiple of this.")
+    var sizeMultiple = CurationOptions().sizeMultiple
+    @Flag(help: "Also print every shot's motion score, largest in-shot histogram distance and hashes.") var verbose = false
+
+    func run() throws {
+        try runOrExit {
+            let options = CurationOptions(cutThreshold: cutThreshold, motionThreshold: motionThreshold,
+                                          dupDistance: dupDistance, minFrames: minFrames, sizeMultiple: sizeMultiple)
+            let report = try Curator.curate(input: input, output: out, options: options)
+            for split in report.splits {
+                print("split    \(split.label) -> \(split.shots.map { "[\($0.lowerBound)..<\($0.upperBound)]" }.joined(separator: " "))")
+            }
+            for drop in report.drops { print("dropped  \(drop.label) [\(drop.stage)]: \(drop.reason)") }
+            if verbose {
+                for shot in report.shots {
+                    print(String(format: "shot     %@  motion %.3f  max-cut %.3f  phash ", shot.label, shot.motion, shot.maxCutScore)
+                          + shot.signature.map { String(format: "%016llx", $0) }.joined(separator: ","))
+                }
+            }
+            print("stage        in   out")
+            for s in report.stages {
+                print("\(s.name.padding(toLength: 10, withPad: " ", startingAt: 0)) \(String(format: "%5d %5d", s.input, s.output))  \(s.note)")
+            }
+            var buckets: [String: Int] = [:]
+            for e in report.kept { buckets[e.bucket ?? "?", default: 0] += 1 }
+            print("buckets    " + buckets.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
+            stderrLine("hv-data: kept \(report.kept.count) of \(report.stages.first?.input ?? 0) entries -> \(out)")
+        }
+    }
+}

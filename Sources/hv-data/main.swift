@@ -1,0 +1,3 @@
+import HVCommands
+
+DataCommand.main()

@@ -1,0 +1,5 @@
+import HVCommands
+import HVTensor
+
+BLASEnvironment.reexecIfNeeded()
+ScalingCommand.main()
