@@ -9,7 +9,8 @@ public struct DataCommand: ParsableCommand {
         abstract: "Make and curate video datasets (mp4 files + a JSON-lines manifest).",
         discussion: """
         Synthetic set:  hv-data synth --out data/synth --count 200
-        Curate it:      hv-data curate --in data/synth/manifest.jsonl --out data/synth/curated.jsonl
+        Curate it:      hv-data curate --in data/synth/manifest.jsonl \\
+                          --out data/synth/curated.jsonl
         """,
         subcommands: [SynthCommand.self, CurateCommand.self])
     public init() {}
@@ -20,11 +21,13 @@ struct SynthCommand: ParsableCommand {
         commandName: "synth",
         abstract: "Write a seeded synthetic text-to-video dataset: H.264 mp4 clips and manifest.jsonl.",
         discussion: """
-        Each clip is one coloured shape (square, circle, triangle) moving left/right/up/down over a \
-        gradient background, with a static camera, a pan or a zoom. DIR/manifest.jsonl has one JSON \
-        object per clip: path (relative to DIR), frames, width, height, fps, caption (short and dense \
-        description, background, style, lighting, atmosphere, camera movement) and the labels color, \
-        shape, direction, camera. The same arguments always give the same files.
+        Each clip is one coloured shape (square, circle, triangle) moving left,
+        right, up or down over a gradient background, with a static camera, a
+        pan or a zoom. DIR/manifest.jsonl has one JSON object per clip: path
+        (relative to DIR), frames, width, height, fps, caption (short and dense
+        description, background, style, lighting, atmosphere, camera movement)
+        and the labels color, shape, direction, camera. The same arguments give
+        the same manifest and frames (mp4 bytes may vary on AVX-512 CPUs).
         """)
 
     @Option(help: "Output directory (created if missing).") var out: String
@@ -52,21 +55,26 @@ struct CurateCommand: ParsableCommand {
         commandName: "curate",
         abstract: "Filter a manifest: split shots, drop static clips and near-duplicates, bucket the rest.",
         discussion: """
-        Stages, each on what the previous kept (HunyuanVideo's hierarchical filtering, in small):
-          decode      unreadable or truncated files are skipped with FFmpeg's reason
-          shot split  a cut is where the colour-histogram distance of consecutive frames
-                      exceeds --cut-threshold; every shot becomes its own entry, recorded as a
-                      frame range of the source file (start_frame, frames), not re-encoded
-          motion      shots whose mean |frame difference| (RGB, 0-255) is below
-                      --motion-threshold are dropped as static
-          dedup       a shot is a duplicate of an earlier kept shot when each of their nine
-                      64-bit DCT perceptual hashes (R, G, B of the first, middle, last frame)
-                      is within --dup-distance bits of its counterpart; the later one is dropped
-          bucket      sides rounded down to a multiple of --size-multiple, frames down to 4k+1:
-                      bucket "WxHxT" (centre-crop to WxH, take T frames); shorter than
-                      --min-frames is dropped
-        Prints the counts per stage and every dropped entry with its reason; writes the kept
-        entries (with start_frame and bucket; paths relative to the output) to --out.
+        Stages, each on what the previous one kept (HunyuanVideo's hierarchical
+        filtering, in small):
+          decode      unreadable or truncated files are skipped, with FFmpeg's
+                      reason
+          shot split  a cut is where the colour-histogram distance between
+                      consecutive frames exceeds --cut-threshold; each shot
+                      becomes an entry: a frame range of the source file
+                      (start_frame, frames), not re-encoded
+          motion      shots whose mean |frame difference| (RGB, 0-255) is
+                      below --motion-threshold are dropped as static
+          dedup       a shot whose nine 64-bit DCT perceptual hashes (R, G, B
+                      of its first, middle, last frame) are each within
+                      --dup-distance bits of an earlier kept shot's is
+                      dropped as its duplicate
+          bucket      sides rounded down to a multiple of --size-multiple,
+                      frames down to 4k+1: bucket "WxHxT" (centre-crop to
+                      WxH, take T frames); below --min-frames is dropped
+        Prints the counts per stage and every dropped entry with its reason;
+        writes the kept entries (with start_frame and bucket, paths relative
+        to the output manifest) to --out.
         """)
 
     @Option(name: .customLong("in"), help: "Input manifest (JSON lines).") var input: String

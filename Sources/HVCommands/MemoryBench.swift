@@ -24,7 +24,7 @@ struct MemoryBench: ParsableCommand {
     @Option(help: "Model config YAML to measure (repeatable).") var config: [String] = ["configs/models/bench-1k.yaml"]
     @Option(help: "Tiny model config used as the baseline (runtime + activations).") var baseline = "configs/models/tiny.yaml"
     @Option(help: "Workers.") var workers = 4
-    @Option(help: "Training steps per launch.") var steps = 4
+    @Option(help: "Training steps per launch (RSS grows with steps today: see BENCHMARKS.md).") var steps = 2
     @Option(help: "ZeRO stages (comma-separated).") var stages = "0,1,2,3"
     @Option(help: "Latent T x H x W of the synthetic samples.") var latent = "4x8x8"
     @Option(help: "Directory for the runs (default: a new one under the temp directory).") var dir: String?
@@ -146,8 +146,9 @@ struct MemoryBench: ParsableCommand {
             usleep(50_000)
         }
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw ValidationError("hv-coord launch (ZeRO \(stage)) failed with exit \(p.terminationStatus); logs in \(runDir)/logs (use --keep)")
+        guard p.terminationReason == .exit && p.terminationStatus == 0 else {
+            let how = p.terminationReason == .exit ? "exit \(p.terminationStatus)" : "signal \(p.terminationStatus)"
+            throw ValidationError("hv-coord launch (ZeRO \(stage)) failed with \(how); logs in \(runDir)/logs (use --keep)")
         }
         let peaks = try (0..<workers).map { r -> Int in
             let text = (try? String(contentsOfFile: runDir + "/rss-\(r).txt", encoding: .utf8)) ?? ""

@@ -132,6 +132,7 @@ struct ScalingFitCommand: ParsableCommand {
     @Option(help: "Bootstrap resamples for L(C) and N_opt/D_opt.") var bootstrap = 1000
     @Option(help: "Bootstrap resamples for the parametric fit (each an L-BFGS refit).") var parametricBootstrap = 200
     @Option(help: "Seed of the bootstrap.") var seed: UInt64 = 0
+    @Option(help: "Fit each IsoFLOP parabola to the K sizes around the budget's best run (default: all sizes).") var profileSizes: Int?
     @Flag(help: "Skip the SVG and PNG plots.") var noPlot = false
 
     func run() throws {
@@ -141,7 +142,8 @@ struct ScalingFitCommand: ParsableCommand {
             let outDir = out ?? dir ?? (csv as NSString).deletingLastPathComponent
             let rows = try ResultsCSV.read(path: csv)
             var o = FitOptions()
-            o.bootstrap = bootstrap; o.parametricBootstrap = parametricBootstrap; o.seed = seed
+            o.bootstrap = bootstrap; o.parametricBootstrap = parametricBootstrap; o.seed = seed; o.profileWindow = profileSizes
+            if let k = profileSizes, k < 3 { throw ValidationError("--profile-sizes must be >= 3 (a parabola needs three sizes)") }
             let familyPath = dir.flatMap { try? SweepManifest.read(dir: $0).family }
             let fit = try ScalingAnalysis.fit(rows, source: csv, options: o, family: familyPath)
             try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)

@@ -56,7 +56,7 @@ public enum Recommender {
             s += String(format: " (C = %.3g·N·D)\n", fit.flopsPerParamToken)
             if let l = r.expectedLoss { s += String(format: "  expected loss %.5f [%.5f, %.5f]\n", l.value, l.lo, l.hi) }
         }
-        let lo = min(fit.budgets.min() ?? r.compute, r.compute), hi = max(fit.budgets.max() ?? r.compute, r.compute)
+        let lo = fit.budgets.min() ?? r.compute, hi = fit.budgets.max() ?? r.compute
         if r.compute > 10 * (fit.budgets.max() ?? r.compute) || r.compute < (fit.budgets.min() ?? r.compute) / 10 {
             s += String(format: "note: C lies outside the swept budgets (%.3g-%.3g FLOPs) by more than 10x: an extrapolation\n", lo, hi)
         }

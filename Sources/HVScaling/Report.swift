@@ -26,7 +26,8 @@ public enum FitReport {
         s += "\(r.runs) runs at \(r.budgets.count) budgets (\(r.budgets.map { IsoFLOPPlanner.budgetLabel($0) }.joined(separator: ", ")) FLOPs); "
         s += "\(pct)% bootstrap intervals from \(r.bootstrap) resamples of the runs within each budget (seed \(r.seed)).\n"
         s += "Units as the paper's table: N and D in billions, C in PetaFLOPs (1e15 FLOPs).\n"
-        s += String(format: "FLOPs per parameter-token (median over runs): %.3g (6 = the 6·N·D rule; the excess is attention)\n\n", r.flopsPerParamToken)
+        s += String(format: "FLOPs per parameter-token (median over runs): %.3g (6·N·D would say 6; dual-stream blocks apply half\n", r.flopsPerParamToken)
+        s += "their weights to each token, the text embedders only to text tokens, and attention adds a term in S)\n\n"
 
         s += "(a) Loss-compute envelope: the lowest final loss at each budget\n"
         s += "  " + lpad("C [PF]", 12) + "  " + rpad("run", 22) + lpad("N [B]", 11) + lpad("loss", 11) + "\n"
@@ -38,7 +39,8 @@ public enum FitReport {
             let u = unitEstimate(l, cu: PF, yu: 1, level: r.level)
             s += "  L(C) = a·C^b, C in PF:  a = \(f(u.a))  b = \(f(u.b))  (r² \(String(format: "%.3f", l.r2)), \(l.samples.count) resamples)\n"
         }
-        s += "\n(b) IsoFLOP profiles: a parabola of loss in ln N per budget; its vertex is N_opt\n"
+        s += "\n(b) IsoFLOP profiles: a parabola of loss in ln N per budget"
+            + (r.profileWindow.map { " (the \($0) sizes around the best run)" } ?? "") + "; its vertex is N_opt\n"
         s += "  " + lpad("C [PF]", 12) + lpad("sizes", 7) + lpad("N_opt [B]", 13) + lpad("D_opt [B]", 13) + lpad("L_min", 11) + "\n"
         for m in r.isoflop {
             s += "  " + lpad(String(format: "%.4g", m.flops / PF), 12) + lpad("\(m.sizes)", 7) + lpad(String(format: "%.4g", m.nOpt / G), 13)

@@ -74,12 +74,14 @@ public enum ScalingPlot {
             var s = Series(points: g.map { ($0.params, $0.loss) }, color: color)
             s.line = false; s.marker = .circle; s.markerSize = 4.5
             s.label = "C=" + IsoFLOPPlanner.budgetLabel(c)
-            if let m = r.isoflop.first(where: { $0.budget == c }), let lo = g.first?.params, let hi = g.last?.params {
-                let x0 = log(min(lo, m.nOpt)) - 0.2, x1 = log(max(hi, m.nOpt)) + 0.2
-                var p = Series(points: (0..<40).map { k in
-                    let x = x0 + (x1 - x0) * Double(k) / 39
+            if let m = r.isoflop.first(where: { $0.budget == c }) {
+                let x0 = log(min(m.nLo, m.nOpt)) - 0.2, x1 = log(max(m.nHi, m.nOpt)) + 0.2
+                // Only where the parabola stays near the data (a fit to a window of sizes can climb steeply outside it).
+                let ceiling = 1.1 * (g.map(\.loss).max() ?? .infinity)
+                var p = Series(points: (0..<60).map { k -> (Double, Double) in
+                    let x = x0 + (x1 - x0) * Double(k) / 59
                     return (exp(x), m.c0 + m.c1 * x + m.c2 * x * x)
-                }, color: color)
+                }.filter { $0.1 <= ceiling }, color: color)
                 p.width = 1.2
                 b.series.append(p)
                 var v = Series(points: [(m.nOpt, m.lossMin)], color: color)

@@ -76,6 +76,9 @@ extension Tensor {
                     continue
                 }
                 let inputGrads = node.backward(g)
+                // Backward rules capture their op's output (e.g. y for exp), and the output owns
+                // its node: drop the node once used so the step's graph is freed (no retain_graph).
+                t.gradNode = nil
                 precondition(inputGrads.count == node.inputs.count, "\(node.name): wrong gradient count")
                 for (input, ig) in zip(node.inputs, inputGrads) {
                     guard input.requiresGrad, let ig else { continue }

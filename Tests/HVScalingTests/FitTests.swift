@@ -113,6 +113,19 @@ final class FitTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(covered, 34)  // 95% of 40 = 38; binomial 1st percentile ~34
     }
 
+    /// --profile-sizes 3: the parabola uses the best run and its two neighbours in size only.
+    func testProfileWindowFitsAroundTheBestRun() throws {
+        let n = [1e5, 2e5, 4e5, 8e5, 1.6e6], loss = [0.9, 0.6, 0.4, 0.45, 0.7]
+        let g = zip(n, loss).map { ScalingResult(run: "\($0.0)", member: "", budget: 1e12, params: $0.0, tokens: 1e12 / $0.0, flops: 1e12, loss: $0.1) }
+        let all = try XCTUnwrap(IsoFLOPAnalysis.minimum(g)), w = try XCTUnwrap(IsoFLOPAnalysis.minimum(g, window: 3))
+        XCTAssertEqual(all.sizes, 5)
+        XCTAssertEqual(w.sizes, 3)
+        XCTAssertEqual(w.nLo, 2e5, accuracy: 1)
+        XCTAssertEqual(w.nHi, 8e5, accuracy: 1)
+        XCTAssert(w.nOpt > 2e5 && w.nOpt < 8e5)
+        XCTAssertEqual(w.dOpt * w.nOpt, 1e12, accuracy: 1e3)
+    }
+
     func testResultsCSVRoundTripAndBudgetGrouping() throws {
         let rows = [ScalingResult(run: "a", member: "L0", budget: 1e10, params: 1e5, tokens: 1e6, flops: 1.01e10, loss: 0.5, train_loss: 0.51,
                                   eval_loss: 0.5, steps: 10, batch: 8, flops_per_sample: 1e6, seconds: 1)]

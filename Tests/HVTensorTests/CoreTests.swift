@@ -44,6 +44,20 @@ final class CoreTests: XCTestCase {
         XCTAssertNil(w.grad)
     }
 
+    /// The graph is freed after backward: backward rules capture their outputs, which own their
+    /// nodes, so without releasing nodes every step's activations would stay alive.
+    func testGraphIsFreedAfterBackward() {
+        let w = Tensor([0.5, -1, 2], shape: [3], requiresGrad: true)
+        weak var weakOut: Tensor?
+        do {
+            let y = (w * 2).exp()
+            weakOut = y
+            y.sum().backward()
+        }
+        XCTAssertNil(weakOut, "an op output is still alive after backward (reference cycle)")
+        XCTAssertNotNil(w.grad)
+    }
+
     func testNoGradModeRecordsNothing() {
         let w = Tensor([1, 2], shape: [2], requiresGrad: true)
         let y = GradMode.withoutGrad { (w * 3).exp() }

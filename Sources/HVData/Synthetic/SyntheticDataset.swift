@@ -4,13 +4,15 @@ import Foundation
 /// `SyntheticVideo` plus `manifest.jsonl` with one `ManifestEntry` per clip.
 ///
 /// Reproducible: the manifest is a pure function of (count, size, frames, fps, seed) and is
-/// byte-identical between runs; the mp4 files are encoded single-threaded (x264's output depends
-/// on its thread count) with fixed settings, so they are byte-identical too for the same FFmpeg
-/// build.
+/// byte-identical between runs, and the rendered RGB frames are identical. The mp4 bytes are not
+/// guaranteed: on AVX-512 CPUs x264's AVX-512 paths let heap contents leak into encoding decisions
+/// (identical YUV input, bitstreams differing run to run, decoded pixels up to ~19/255 apart in
+/// a few blocks); with x264 limited to AVX2 (`x264-params asm=...`) or without AVX-512 the files
+/// repeat exactly. x264's output also depends on its thread count, hence one thread here.
 public enum SyntheticDataset {
     /// The manifest's file name inside a dataset directory.
     public static let manifestName = "manifest.jsonl"
-    /// Encoder settings of the clips: near-lossless, one thread for reproducible bytes.
+    /// Encoder settings of the clips: near-lossless (crf 18), one thread (x264's decisions depend on it).
     public static let encoderOptions = VideoWriter.Options(crf: 18, preset: "medium", threads: 1)
 
     /// The file name of clip `index`.
@@ -70,6 +72,8 @@ public enum SyntheticDataset {
 public enum DataError: Error, Sendable, CustomStringConvertible {
     /// A manifest line is not a valid entry.
     case malformedManifest(path: String, line: Int, reason: String)
+    /// The manifest file cannot be read.
+    case unreadableManifest(path: String, reason: String)
     /// A bad argument (size, count, threshold ...).
     case invalidArgument(String)
 
@@ -77,6 +81,8 @@ public enum DataError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .malformedManifest(let path, let line, let reason):
             return "manifest '\(path)' line \(line): \(reason); each line must be one JSON object with at least path, frames, width, height, fps"
+        case .unreadableManifest(let path, let reason):
+            return "manifest '\(path)' cannot be read: \(reason)"
         case .invalidArgument(let why):
             return why
         }
@@ -145,7 +151,13 @@ public struct Manifest: Sendable {
 
     /// Reads a manifest; a malformed line throws `DataError.malformedManifest` naming the line.
     public static func read(_ path: String) throws -> Manifest {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            let missing = !FileManager.default.fileExists(atPath: path)
+            throw DataError.unreadableManifest(path: path, reason: missing ? "no such file" : "\(error)")
+        }
         let decoder = JSONDecoder()
         var entries: [ManifestEntry] = []
         for (n, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
@@ -159,8 +171,11 @@ public struct Manifest: Sendable {
         return Manifest(path: path, entries: entries)
     }
 
-    /// Writes entries as JSON lines with sorted keys (so equal entries give equal bytes), atomically.
+    /// Writes entries as JSON lines with sorted keys (so equal entries give equal bytes), atomically;
+    /// creates the directory if needed.
     public static func write(_ entries: [ManifestEntry], to path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var data = Data()

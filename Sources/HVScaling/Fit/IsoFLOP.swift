@@ -14,6 +14,8 @@ public struct IsoFLOPMinimum: Codable, Sendable, Equatable {
     /// loss = c0 + c1·ln N + c2·ln N² (for plots).
     public var c0: Double, c1: Double, c2: Double
     public var sizes: Int
+    /// The smallest and largest size the parabola was fitted to.
+    public var nLo: Double, nHi: Double
     /// The vertex lies outside the sizes trained at this budget (an extrapolation).
     public var outsideGrid: Bool
 }
@@ -24,11 +26,22 @@ public enum IsoFLOPAnalysis {
 
     /// The minimum of each budget's profile that has >= 3 distinct sizes and a convex parabola
     /// whose vertex is at most `maxExtrapolation` outside the sizes trained.
-    public static func minima(_ rows: [ScalingResult]) -> [IsoFLOPMinimum] {
-        Dictionary(grouping: rows, by: \.budget).keys.sorted().compactMap { b in minimum(rows.filter { $0.budget == b }) }
+    public static func minima(_ rows: [ScalingResult], window: Int? = nil) -> [IsoFLOPMinimum] {
+        Dictionary(grouping: rows, by: \.budget).keys.sorted().compactMap { b in minimum(rows.filter { $0.budget == b }, window: window) }
     }
 
-    public static func minimum(_ group: [ScalingResult]) -> IsoFLOPMinimum? {
+    /// `window`: fit only the K sizes around the lowest loss (the best run and its neighbours in
+    /// size), for profiles whose far ends are not parabolic (e.g. small models that saturate).
+    public static func minimum(_ all: [ScalingResult], window: Int? = nil) -> IsoFLOPMinimum? {
+        var group = all
+        if let k = window, k >= 3 {
+            let sizes = Set(all.map(\.params)).sorted()
+            if sizes.count > k, let best = all.min(by: { $0.loss < $1.loss }), let i = sizes.firstIndex(of: best.params) {
+                let lo = max(0, min(i - (k - 1) / 2, sizes.count - k))
+                let keep = Set(sizes[lo..<(lo + k)])
+                group = all.filter { keep.contains($0.params) }
+            }
+        }
         guard let first = group.first else { return nil }
         let x = group.map { log($0.params) }, y = group.map(\.loss)
         guard let q = quadraticFit(x, y), q.c2 > 0 else { return nil }
@@ -39,6 +52,6 @@ public enum IsoFLOPAnalysis {
         let flops = exp(group.map { log($0.flops) }.reduce(0, +) / Double(group.count))
         return IsoFLOPMinimum(budget: first.budget, flops: flops, nOpt: exp(v), dOpt: exp(dl.intercept + dl.slope * v),
                               lossMin: q.c0 + q.c1 * v + q.c2 * v * v, c0: q.c0, c1: q.c1, c2: q.c2,
-                              sizes: Set(x).count, outsideGrid: v < lo || v > hi)
+                              sizes: Set(x).count, nLo: exp(lo), nHi: exp(hi), outsideGrid: v < lo || v > hi)
     }
 }

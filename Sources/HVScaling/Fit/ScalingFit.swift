@@ -60,6 +60,8 @@ public struct ScalingFitResult: Codable, Sendable {
     public var parametric: ParametricEstimate?
     /// Median FLOPs / (params x tokens) of the runs (6 for the plain 6·N·D rule; more with attention).
     public var flopsPerParamToken: Double
+    /// Sizes per IsoFLOP parabola (nil: all).
+    public var profileWindow: Int?
     /// Path of the family file (from DIR/sweep.json), for `recommend`.
     public var family: String?
     public var notes: [String]
@@ -74,6 +76,8 @@ public struct FitOptions: Sendable {
     public var huberDelta = 1e-3
     /// nil: Chinchilla's grid of 4,500 starts.
     public var parametricStarts: [[Double]]? = nil
+    /// Fit each IsoFLOP parabola to the K sizes around the budget's best run only (nil: all sizes).
+    public var profileWindow: Int? = nil
     public init() {}
 }
 
@@ -95,8 +99,8 @@ public enum ScalingAnalysis {
         return PowerLaw.fit(x: env.map(\.flops), y: env.map(\.loss))
     }
 
-    static func optimaFits(_ groups: [[ScalingResult]]) -> (PowerLaw, PowerLaw)? {
-        let m = groups.compactMap(IsoFLOPAnalysis.minimum)
+    static func optimaFits(_ groups: [[ScalingResult]], window: Int?) -> (PowerLaw, PowerLaw)? {
+        let m = groups.compactMap { IsoFLOPAnalysis.minimum($0, window: window) }
         guard Set(m.map(\.budget)).count >= 2, let n = PowerLaw.fit(x: m.map(\.flops), y: m.map(\.nOpt)),
               let d = PowerLaw.fit(x: m.map(\.flops), y: m.map(\.dOpt)) else { return nil }
         return (n, d)
@@ -120,14 +124,14 @@ public enum ScalingAnalysis {
         let env = envelope(groups)
         let lossLaw = lossFit(groups)
         if budgets.count < 2 { notes.append("one budget only: no L(C) or N_opt(C) fit (give several --budgets)") }
-        let minima = groups.compactMap(IsoFLOPAnalysis.minimum)
+        let minima = groups.compactMap { IsoFLOPAnalysis.minimum($0, window: o.profileWindow) }
         for b in budgets where !minima.contains(where: { $0.budget == b }) {
             notes.append("budget \(IsoFLOPPlanner.budgetLabel(b)): no IsoFLOP minimum (needs >= 3 sizes, a convex profile, a vertex within half a decade of the sizes trained)")
         }
         for m in minima where m.outsideGrid {
             notes.append("budget \(IsoFLOPPlanner.budgetLabel(m.budget)): the minimum lies outside the sizes trained (extrapolated); add sizes on that side")
         }
-        let optima = optimaFits(groups)
+        let optima = optimaFits(groups, window: o.profileWindow)
         // With one budget D ∝ 1/N: the N and D terms cannot be told apart.
         let para = budgets.count < 2 ? nil
             : ParametricFit.fit(N: rows.map(\.params), D: rows.map(\.tokens), L: rows.map(\.loss), delta: o.huberDelta, starts: o.parametricStarts)
@@ -139,7 +143,7 @@ public enum ScalingAnalysis {
             let r = resample(groups, &rng)
             if i < o.bootstrap {
                 if let l = lossFit(r) { lossS.append([l.a, l.b]) }
-                if let (n, d) = optimaFits(r) { nS.append([n.a, n.b]); dS.append([d.a, d.b]) }
+                if let (n, d) = optimaFits(r, window: o.profileWindow) { nS.append([n.a, n.b]); dS.append([d.a, d.b]) }
             }
             let flat = r.flatMap { $0 }
             if i < o.parametricBootstrap, let p = para, Set(flat.map(\.budget)).count >= 2,
@@ -166,6 +170,7 @@ public enum ScalingAnalysis {
         let k = rows.map { $0.flops / ($0.params * $0.tokens) }.sorted()
         return ScalingFitResult(source: source, runs: rows.count, budgets: budgets, level: o.level, bootstrap: o.bootstrap, seed: o.seed,
                                 envelope: env, lossVsCompute: est(lossLaw, lossS), isoflop: minima, nOpt: est(optima?.0, nS),
-                                dOpt: est(optima?.1, dS), parametric: pe, flopsPerParamToken: quantile(k, 0.5), family: family, notes: notes)
+                                dOpt: est(optima?.1, dS), parametric: pe, flopsPerParamToken: quantile(k, 0.5), profileWindow: o.profileWindow,
+                                family: family, notes: notes)
     }
 }
