@@ -25,6 +25,11 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     private var peerEndpoints: [String] = []
     private var sequence: UInt64 = 0
     private var stash: [Int: [(WireHeader, ZMQMessage)]] = [:]
+    /// fp32 payloads go out without a copy (libzmq reads the caller's buffer from its I/O
+    /// thread); every collective waits for them to be released before it returns, so the
+    /// caller may then reuse its buffer.
+    public var zeroCopySends = true
+    private let inFlight = InFlightSends()
     /// The endpoint peers connect to (resolved port for `tcp://host:*`).
     public let endpoint: String
 
@@ -50,6 +55,9 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     }
 
     public func close() {
+        // Messages still queued point into callers' buffers: drop them (linger 0) rather than
+        // let libzmq read freed memory later.
+        if inFlight.count > 0 { for (_, s) in outboxes { try? s.setLinger(milliseconds: 0) } }
         for (_, s) in outboxes { s.close() }
         outboxes.removeAll()
         inbox.close()
@@ -77,7 +85,12 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         do {
             let s = try outbox(peer)
             try s.send(header.bytes, more: true)
-            if wireDType == .float32 {
+            if wireDType == .float32 && zeroCopySends && count > 0 {
+                inFlight.add()
+                let inFlight = self.inFlight
+                let raw = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(mutating: src), count: count * 4)
+                try s.sendNoCopy(raw) { _ in inFlight.done() }
+            } else if wireDType == .float32 {
                 try s.send(UnsafeRawBufferPointer(start: src, count: count * 4))
             } else {
                 var tmp = [UInt16](repeating: 0, count: count)
@@ -135,6 +148,23 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
 
     private func nextSequence() -> UInt64 { sequence += 1; return sequence }
 
+    /// Waits until libzmq has released every zero-copy payload (it has handed them to the
+    /// kernel), so the caller's buffer may change. Bounded by the timeout.
+    private func drainSends(collective: String) throws {
+        if inFlight.count == 0 { return }
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        var spins = 0
+        while inFlight.count > 0 {
+            spins += 1
+            if spins < 200 { sched_yield() } else { usleep(20) }
+            if spins % 1000 == 0 && Date() > deadline {
+                let peers = Array(outboxes.keys).sorted()
+                throw CommError.timeout(collective: collective + " (send completion)", step: step, rank: rank, waitingFor: peers,
+                                        seconds: timeoutSeconds)
+            }
+        }
+    }
+
     /// Splits `range` into chunks of at most `chunkElements`.
     private func chunks(_ range: Range<Int>) -> [Range<Int>] {
         if range.isEmpty { return [range] }
@@ -144,6 +174,12 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     // MARK: Collectives
 
     public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try reduceScatter(buffer, count: count, drain: true)
+    }
+
+    /// `drain: false` is for all-reduce only: there, every chunk sent here is overwritten by the
+    /// all-gather only after it has travelled the whole ring (causally after libzmq sent it).
+    private func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, count: Int, drain: Bool) throws {
         let W = worldSize
         if W == 1 { return }
         let seq = nextSequence(), next = (rank + 1) % W, prev = (rank + W - 1) % W
@@ -171,6 +207,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 }
             }
         }
+        if drain { try drainSends(collective: "reduce-scatter") }
     }
 
     public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
@@ -203,10 +240,11 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 }
             }
         }
+        try drainSends(collective: "all-gather")
     }
 
     public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
-        try reduceScatter(buffer, count: count)
+        try reduceScatter(buffer, count: count, drain: false)
         try allGather(buffer, count: count)
     }
 
@@ -229,6 +267,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 try sendChunk(buffer + c.lowerBound, count: c.count, to: next, kind: .broadcast, seq: seq, chunk: i, collective: "broadcast")
             }
         }
+        try drainSends(collective: "broadcast")
     }
 
     public func barrier() throws {
@@ -243,6 +282,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         for (i, c) in chunks(0..<count).enumerated() {
             try sendChunk(buffer + c.lowerBound, count: c.count, to: peer, kind: .pointToPoint, seq: tag, chunk: i, collective: "send")
         }
+        try drainSends(collective: "send")
     }
 
     public func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws {
@@ -255,4 +295,13 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
             }
         }
     }
+}
+
+/// Counts zero-copy payloads that libzmq still holds (released on its I/O thread).
+final class InFlightSends: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.withLock { n += 1 } }
+    func done() { lock.withLock { n -= 1 } }
+    var count: Int { lock.withLock { n } }
 }
