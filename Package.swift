@@ -29,7 +29,7 @@ let package = Package(
         // Vectorised elementwise kernels (C, compiled per ISA with target_clones).
         .target(name: "CHVKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "HVTensor", dependencies: ["CHVBLAS", "CHVKernels"]),
-        .target(name: "HVNN", dependencies: ["HVTensor"]),
+        .target(name: "HVNN", dependencies: ["CHVKernels", "HVTensor"]),
         .target(name: "HVModel", dependencies: ["HVNN", "HVTensor"]),
         .target(name: "HVComm", dependencies: ["CHVZeroMQ", "HVTensor"]),
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
