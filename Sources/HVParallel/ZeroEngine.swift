@@ -86,7 +86,9 @@ public final class ZeroEngine: BlockHooks {
             let stateCount = stage == 0 ? u.count : u.shard.count
             exp_avg.append([Float](repeating: 0, count: stateCount))
             exp_avg_sq.append([Float](repeating: 0, count: stateCount))
-            reducedGrads.append([])
+            // Stages 2-3 accumulate reduced gradient shards in place: allocated once, like the
+            // moments, so that no step re-allocates them between the transient gathered units.
+            reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
     }
 
@@ -133,7 +135,7 @@ public final class ZeroEngine: BlockHooks {
     func attachFlatGrads(_ i: Int) {
         let u = units[i]
         if gradFlat[i] != nil { return }
-        let s = Storage(zeros: u.count)
+        let s = Storage(mappedZeros: u.count)
         for (k, (_, t)) in u.params.enumerated() {
             if let g = t.grad { (s.pointer + u.offsets[k]).update(from: g.contiguous().pointer, count: t.count) }
             t.grad = Tensor(storage: s, shape: t.shape, offset: u.offsets[k])
@@ -154,7 +156,7 @@ public final class ZeroEngine: BlockHooks {
     /// All-gathers unit `i`'s weights into full tensors.
     func gather(_ i: Int) throws {
         let u = units[i]
-        let flat = Storage(uninitialized: u.count)
+        let flat = Storage(mappedZeros: u.count)
         shardWeights[i].withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
         try timed { try comm.allGather(flat.pointer, count: u.count) }
         for (k, (_, t)) in u.params.enumerated() { t.bind(to: flat, offset: u.offsets[k]) }
@@ -172,7 +174,7 @@ public final class ZeroEngine: BlockHooks {
             gradFlat[i] = nil
         } else {
             // Copy parameter by parameter, dropping each gradient once copied.
-            flat = Storage(zeros: u.count)
+            flat = Storage(mappedZeros: u.count)
             for (k, (_, t)) in u.params.enumerated() {
                 if let g = t.grad { (flat.pointer + u.offsets[k]).update(from: g.contiguous().pointer, count: t.count) }
                 t.zeroGrad()
@@ -181,7 +183,8 @@ public final class ZeroEngine: BlockHooks {
         for (_, t) in u.params { t.zeroGrad() }
         try timed { try comm.reduceScatter(flat.pointer, count: u.count) }
         let part = UnsafeBufferPointer(start: flat.pointer + u.shard.lowerBound, count: u.shard.count)
-        if reducedGrads[i].isEmpty { reducedGrads[i] = Array(part) } else { for k in 0..<part.count { reducedGrads[i][k] += part[k] } }
+        precondition(reducedGrads[i].count == part.count)
+        reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in 0..<part.count { r[k] += part[k] } }
     }
 
     private func deferring(_ body: () throws -> Void) {
@@ -247,24 +250,35 @@ public final class ZeroEngine: BlockHooks {
         let bc1 = 1 - Foundation.pow(optimizer.beta1, Float(step)), bc2 = 1 - Foundation.pow(optimizer.beta2, Float(step))
         for i in units.indices {
             let u = units[i]
+            if stage >= 2 {
+                // The shard buffers are persistent: scale in place, update, zero for the next step.
+                if scale != 1 { reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] *= scale } } }
+                if stage == 2 {
+                    var w = flatWeights(u)
+                    var part = Array(w[u.shard])
+                    adam(&part, reducedGrads[i], i)
+                    w.replaceSubrange(u.shard, with: part)
+                    try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+                    scatterWeights(u, w)
+                } else {
+                    adam(&shardWeights[i], reducedGrads[i], i)
+                }
+                reducedGrads[i].withUnsafeMutableBufferPointer { r in r.update(repeating: 0) }
+                continue
+            }
             // The gradient slice this rank updates, scaled by the clip factor.
-            var g: [Float] = stage <= 1 ? (stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])) : reducedGrads[i]
+            var g: [Float] = stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])
             if scale != 1 { for k in g.indices { g[k] *= scale } }
-            switch stage {
-            case 0:
-                var w = flatWeights(u)
+            var w = flatWeights(u)
+            if stage == 0 {
                 adam(&w, g, i)
-                scatterWeights(u, w)
-            case 1, 2:
-                var w = flatWeights(u)
+            } else {
                 var part = Array(w[u.shard])
                 adam(&part, g, i)
                 w.replaceSubrange(u.shard, with: part)
                 try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
-                scatterWeights(u, w)
-            default:
-                adam(&shardWeights[i], g, i)
             }
+            scatterWeights(u, w)
             reducedGrads[i] = []
         }
 
