@@ -95,7 +95,6 @@ func rogue(_ options: [String: String]) throws {
     if let server = options["curve-server-key"] {
         try socket.setCurveClient(keys: try ZMQ.curveKeyPair(), serverPublicKey: server)
     }
-    if type == .dealer { try socket.setRoutingID(Array("rank-0".utf8)) }  // pretends to be rank 0
     try socket.connect(endpoint)
     usleep(200_000)
     let header = WireHeader(source: 1, kind: .reduceScatter, dtype: .float32, sequence: 1, chunk: 0, count: 4).bytes

@@ -250,15 +250,6 @@ public final class Coordinator: @unchecked Sendable {
         } catch { stopAll(nil); throw error }
 
         func fail(_ e: Error) -> Error { stopAll(router); return e }
-        func checkExits() throws {
-            for w in workers where !w.process.isRunning && !w.exitReported {
-                w.exitReported = true
-                if !(w.done && w.process.terminationStatus == 0 && w.process.terminationReason == .exit) {
-                    usleep(200_000)  // let the last log lines arrive
-                    throw fail(LaunchError.workerFailed(rank: w.rank, host: w.host, detail: describeExit(w.process) + " (log: \(o.runDir)/logs/rank-\(w.rank).log)", lastStep: lastStep))
-                }
-            }
-        }
         var lastSeen = [Date](repeating: Date(), count: W)
         var lastStepOf = [Int](repeating: 0, count: W)
         func reject(_ why: String) {
@@ -290,6 +281,31 @@ public final class Coordinator: @unchecked Sendable {
             } catch {
                 reject("from \(id) (\(sender)): \(error)")
                 return nil
+            }
+        }
+
+        /// After a first failure report, waits up to a second for the other ranks' reports and
+        /// names the rank whose error is its own (not "failed on rank(s) N", an echo of another's).
+        func collectFailures(first: (Int, String)) -> LaunchError {
+            var reports = [first]
+            let until = Date().addingTimeInterval(1)
+            while Date() < until && reports.count < W {
+                if let (r, m) = try? receive(), m.type == .failed { reports.append((r, m.error ?? "unknown error")) }
+            }
+            let primary = reports.first { !$0.1.contains("see their logs") } ?? reports[0]
+            return LaunchError.workerFailed(rank: primary.0, host: workers[primary.0].host, detail: primary.1, lastStep: lastStep)
+        }
+        func checkExits() throws {
+            for w in workers where !w.process.isRunning && !w.exitReported {
+                w.exitReported = true
+                if !(w.done && w.process.terminationStatus == 0 && w.process.terminationReason == .exit) {
+                    usleep(200_000)  // let the last log lines arrive
+                    // A worker that reported why it failed: use its report rather than its exit status.
+                    for _ in 0..<5 {
+                        if let (r, m) = try? receive(), m.type == .failed { throw fail(collectFailures(first: (r, m.error ?? "unknown error"))) }
+                    }
+                    throw fail(LaunchError.workerFailed(rank: w.rank, host: w.host, detail: describeExit(w.process) + " (log: \(o.runDir)/logs/rank-\(w.rank).log)", lastStep: lastStep))
+                }
             }
         }
 
@@ -347,7 +363,7 @@ public final class Coordinator: @unchecked Sendable {
                 case .done: workers[r].done = true
                 case .saved: if let p = m.path { emit("hv-coord: checkpoint \(p) saved at step \(m.step ?? 0)") }
                 case .failed:
-                    throw fail(LaunchError.workerFailed(rank: r, host: workers[r].host, detail: m.error ?? "unknown error", lastStep: lastStep))
+                    throw fail(collectFailures(first: (r, m.error ?? "unknown error")))
                 default: break
                 }
             }
