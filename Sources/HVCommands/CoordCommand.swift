@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HVComm
 import HVModel
 import HVTensor
 import HVTrain
@@ -179,6 +180,8 @@ struct LaunchCommand: ParsableCommand {
     var resume: String?
     @Flag(help: "Turn off CurveZMQ authentication of the control and data sockets (any host that can reach the ports can then join, send commands and inject tensors). Only for a network you trust.")
     var insecureNoAuth = false
+    @Option(help: "auto (CURVE if this libzmq has it, else HMAC), curve, or hmac (shared-secret tokens over ZeroMQ PLAIN: authenticated, not encrypted).")
+    var authMechanism = "auto"
     @Flag(help: "When a checkpoint save fails (disk full, directory not writable), log it and keep training instead of stopping the run.")
     var continueOnSaveError = false
 
@@ -208,6 +211,11 @@ struct LaunchCommand: ParsableCommand {
             opts.stopAt = stopAt
             opts.heartbeatTimeout = heartbeatTimeout
             opts.authenticate = !insecureNoAuth
+            switch authMechanism {
+            case "auto": opts.authMechanism = .best
+            case "curve", "hmac": opts.authMechanism = AuthMechanism(rawValue: authMechanism)!
+            default: throw ValidationError("--auth-mechanism must be auto, curve or hmac")
+            }
             opts.continueOnSaveError = continueOnSaveError
             var attempt = 0
             while true {

@@ -7,7 +7,7 @@
 // With --bind it prints "ENDPOINT <resolved endpoint>" on stdout first (bind tcp://127.0.0.1:*).
 //
 //   hv-testpeer zmq-rogue --connect EP [--socket push|dealer] [--messages N] [--seed S]
-//                         [--curve-server-key Z85]
+//                         [--curve-server-key Z85] [--plain-user U --plain-password P]
 //
 // A rogue peer: sends N seeded garbage messages (random frame counts and sizes, mutated hv
 // headers and JSON, some frames of 2 MiB) without waiting, then lingers 1 s and exits 0. With
@@ -92,6 +92,10 @@ func rogue(_ options: [String: String]) throws {
     let socket = try context.makeSocket(type)
     defer { socket.close() }
     try socket.setSendTimeout(milliseconds: 100)
+    if let user = options["plain-user"] {
+        try socket.setBytesOption(46 /* ZMQ_PLAIN_PASSWORD */, Array((options["plain-password"] ?? "").utf8))
+        try socket.setBytesOption(45 /* ZMQ_PLAIN_USERNAME */, Array(user.utf8))
+    }
     if let server = options["curve-server-key"] {
         try socket.setCurveClient(keys: try ZMQ.curveKeyPair(), serverPublicKey: server)
     }

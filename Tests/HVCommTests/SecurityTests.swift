@@ -41,9 +41,11 @@ final class SecurityTests: XCTestCase {
         return try box.results.map { try $0!.get() }
     }
 
-    func rogue(_ endpoint: String, serverKey: String? = nil, messages: Int = 200, seed: Int = 1) throws -> String {
+    func rogue(_ endpoint: String, serverKey: String? = nil, plain: (user: String, password: String)? = nil, messages: Int = 200,
+               seed: Int = 1) throws -> String {
         var args = ["zmq-rogue", "--connect", endpoint, "--socket", "push", "--messages", "\(messages)", "--seed", "\(seed)"]
         if let serverKey { args += ["--curve-server-key", serverKey] }
+        if let plain { args += ["--plain-user", plain.user, "--plain-password", plain.password] }
         let peer = try PeerProcess(args)
         let line = try peer.readStandardOutputLine(timeout: 20)
         XCTAssertEqual(try peer.waitForExit(timeout: 20), 0, peer.standardErrorText())
@@ -62,12 +64,47 @@ final class SecurityTests: XCTestCase {
         let expected = (0..<1000).map { Float(2 * $0 + 1000) }
         XCTAssertEqual(try allReduce(comms), [expected, expected])
 
-        _ = try rogue(comms[0].endpoint, serverKey: keys.server.publicKey, seed: 3)
+        _ = try rogue(comms[0].endpoint, serverKey: keys.server!.publicKey, seed: 3)
         _ = try rogue(comms[1].endpoint, seed: 4)  // no keys at all
         XCTAssertEqual(try allReduce(comms), [expected, expected], "the rogues changed nothing")
         XCTAssertGreaterThanOrEqual(contexts[0].refusedConnections, 1)
         let refused = logs[0].all.joined(separator: "\n")
         XCTAssert(refused.contains("refused a CURVE connection from 127.0.0.1") && refused.contains("not one of this run's keys"), refused)
+    }
+
+    /// The fallback for a libzmq without CURVE (forced here): ranks present HMAC tokens derived
+    /// from the run secret; a rogue with a made-up token, or with none, is refused.
+    func testHMACFallbackAdmitsOnlyTheRunsTokens() throws {
+        let keys = try RunKeys.generate(worldSize: 2, mechanism: .hmac)
+        let logs = [LogLines(), LogLines()]
+        let (comms, contexts) = try twoRanks(keys: keys, logs: logs)
+        defer { for c in comms { c.close() }; for x in contexts { x.close() } }
+        let expected = (0..<1000).map { Float(2 * $0 + 1000) }
+        XCTAssertEqual(try allReduce(comms), [expected, expected])
+        let forged = RunKeys.hmacToken(secret: String(repeating: "0", count: 64), rank: 1)
+        _ = try rogue(comms[0].endpoint, plain: ("rank-1", forged), seed: 6)
+        _ = try rogue(comms[0].endpoint, seed: 7)
+        XCTAssertEqual(try allReduce(comms), [expected, expected], "the rogues changed nothing")
+        let refused = logs[0].all.joined(separator: "\n")
+        XCTAssert(refused.contains("refused a PLAIN connection from 127.0.0.1") && refused.contains("did not present this run's HMAC token"), refused)
+    }
+
+    /// SHA-256 and HMAC-SHA256 against FIPS 180-4 and RFC 4231 vectors.
+    func testSHA256AndHMACVectors() {
+        XCTAssertEqual(SHA256.hex(SHA256.hash(Array("abc".utf8))), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(SHA256.hex(SHA256.hash([])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(SHA256.hex(SHA256.hash(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))),
+                       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        XCTAssertEqual(SHA256.hex(SHA256.hmac(key: [UInt8](repeating: 0x0b, count: 20), message: Array("Hi There".utf8))),
+                       "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+        XCTAssertEqual(SHA256.hex(SHA256.hmac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8))),
+                       "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        XCTAssertEqual(SHA256.hex(SHA256.hmac(key: [UInt8](repeating: 0xaa, count: 131),
+                                              message: Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8))),
+                       "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+        XCTAssertTrue(SHA256.constantTimeEqual([1, 2, 3], [1, 2, 3]))
+        XCTAssertFalse(SHA256.constantTimeEqual([1, 2, 3], [1, 2, 4]))
+        XCTAssertFalse(SHA256.constantTimeEqual([1, 2], [1, 2, 3]))
     }
 
     /// Without authentication, garbage reaches the inbox: the receiving rank throws a protocol

@@ -67,14 +67,14 @@ final class ClosedControlPlaneTests: XCTestCase {
     }
 
     /// Runs rogue peers concurrently; each sends its garbage and exits (bounded by a timeout).
-    func rogues(_ specs: [(endpoint: String, socket: String, serverKey: String?)]) throws {
+    func rogues(_ specs: [(endpoint: String, socket: String, serverKey: String?)], extra: [String] = []) throws {
         let exe = try locateExecutable("hv-testpeer")
         let group = DispatchGroup()
         let failures = Sink()
         for (i, s) in specs.enumerated() {
             var args = ["zmq-rogue", "--connect", s.endpoint, "--socket", s.socket, "--messages", "300", "--seed", "\(i + 1)"]
             if let k = s.serverKey { args += ["--curve-server-key", k] }
-            let arguments = args
+            let arguments = args + extra
             group.enter()
             Thread.detachNewThread {
                 let r = Result { try runProcess(exe, arguments, timeout: 30) }
@@ -120,10 +120,10 @@ final class ClosedControlPlaneTests: XCTestCase {
         XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600)
         let keys = try RunKeys.read(path: keyPath, worldSize: 2)
         let ps = try runProcess(URL(fileURLWithPath: "/bin/ps"), ["-eo", "args"], timeout: 10).1
-        XCTAssertFalse(ps.contains(keys.server.secretKey) || keys.ranks.contains { ps.contains($0.secretKey) }, "a secret key is visible in ps")
+        XCTAssertFalse(ps.contains(keys.server!.secretKey) || keys.ranks!.contains { ps.contains($0.secretKey) }, "a secret key is visible in ps")
 
-        var specs: [(endpoint: String, socket: String, serverKey: String?)] = [(control, "dealer", nil), (control, "dealer", keys.server.publicKey)]
-        for ep in inboxes { specs += [(ep, "push", nil), (ep, "push", keys.server.publicKey)] }
+        var specs: [(endpoint: String, socket: String, serverKey: String?)] = [(control, "dealer", nil), (control, "dealer", keys.server!.publicKey)]
+        for ep in inboxes { specs += [(ep, "push", nil), (ep, "push", keys.server!.publicKey)] }
         try rogues(specs)
         XCTAssert(p.isRunning, "the run ended before the rogues were done; make it longer")
 
@@ -137,6 +137,33 @@ final class ClosedControlPlaneTests: XCTestCase {
         }
         XCTAssertEqual(try losses(ref), try losses(run), "the rogues changed the run")
         XCTAssertFalse(FileManager.default.fileExists(atPath: keyPath), "the key file outlived the run")
+    }
+
+    /// The HMAC fallback (forced with --auth-mechanism hmac): the run trains as without it, a
+    /// rogue with a forged token or none is refused on every port and logged.
+    func testHMACFallbackRunRefusesForgedTokens() throws {
+        let (hosts, cfg) = try setup()
+        let ref = scratch.appendingPathComponent("ref").path, run = scratch.appendingPathComponent("hmac").path
+        let steps = 100
+        let (s0, o0, e0) = try runProcess(try locateExecutable("hv-coord"),
+                                          ["launch", "--nodes", hosts, "--config", cfg, "--steps", "\(steps)", "--run-dir", ref, "--quiet"],
+                                          timeout: 120, cwd: repoRoot.path)
+        XCTAssertEqual(s0, 0, o0 + e0)
+        let (p, sink, control, inboxes) = try start(["launch", "--nodes", hosts, "--config", cfg, "--steps", "\(steps)", "--run-dir", run, "--quiet",
+                                                     "--auth-mechanism", "hmac"])
+        XCTAssert(sink.text.contains("HMAC shared-secret authentication on"), sink.text)
+        let forged = RunKeys.hmacToken(secret: String(repeating: "f", count: 64), rank: 0)
+        var specs: [(endpoint: String, socket: String, serverKey: String?)] = [(control, "dealer", nil)]
+        for ep in inboxes { specs.append((ep, "push", nil)) }
+        try rogues(specs, extra: ["--plain-user", "rank-0", "--plain-password", forged])
+        try rogues(specs)
+        XCTAssert(p.isRunning, "the run ended before the rogues were done; make it longer")
+        let status = finish(p)
+        XCTAssertEqual(status, 0, String(sink.text.suffix(3000)))
+        XCTAssert(sink.text.contains("control socket refused a PLAIN connection from 127.0.0.1"), String(sink.text.suffix(3000)))
+        let rankLog = try String(contentsOfFile: run + "/logs/rank-1.log", encoding: .utf8)
+        XCTAssert(rankLog.contains("data-plane inbox: refused a PLAIN connection from 127.0.0.1"), String(rankLog.suffix(2000)))
+        XCTAssertEqual(try losses(ref), try losses(run), "the rogues changed the run")
     }
 
     /// With --insecure-no-auth nothing stops a rogue from connecting, but nothing it sends is used

@@ -5,18 +5,30 @@ import Foundation
 /// every peer connecting to a server socket of the same context, whether to let it in.
 ///
 /// CURVE alone only proves that a client knows the server's public key; this handler also
-/// requires the client's own public key to be in `allowedClients` (Z85 key -> name, e.g.
-/// "rank-1"). The name becomes the connection's "User-Id" property, so received frames can say
+/// requires the client's own public key to be in the policy (Z85 key -> name, e.g. "rank-1"),
+/// or, for the PLAIN-based HMAC fallback, the user's token. The name becomes the connection's "User-Id" property, so received frames can say
 /// which authenticated peer sent them. Refusals are reported through `log` with the peer's
 /// address — an unauthenticated peer is logged, never a crash.
 ///
 /// Thread-safety: runs on its own thread, which alone touches the REP socket. Created and
 /// stopped by `ZMQContext` (`startAuthenticator` / `close`), so it always stops before the
 /// context terminates.
+/// Who a ZAP handler admits: CURVE clients by public key, PLAIN clients by user name and
+/// password (compared in constant time). The value is the connection's "User-Id".
+public struct ZAPPolicy: Sendable {
+    /// Z85 public key -> user id.
+    public var curveClients: [String: String]
+    /// User name (also the user id) -> expected password.
+    public var plainPasswords: [String: [UInt8]]
+    public init(curveClients: [String: String] = [:], plainPasswords: [String: [UInt8]] = [:]) {
+        self.curveClients = curveClients; self.plainPasswords = plainPasswords
+    }
+}
+
 final class ZMQAuthenticator: @unchecked Sendable {
     static let endpoint = "inproc://zeromq.zap.01"
     private let socket: ZMQSocket
-    private let allowed: [String: String]
+    private let policy: ZAPPolicy
     private let log: @Sendable (String) -> Void
     private let lock = NSLock()
     private var stopping = false
@@ -24,8 +36,8 @@ final class ZMQAuthenticator: @unchecked Sendable {
     /// Refusals so far (for tests and summaries).
     private(set) var refusals = 0
 
-    init(context: ZMQContext, allowedClients: [String: String], log: @escaping @Sendable (String) -> Void) throws {
-        allowed = allowedClients
+    init(context: ZMQContext, policy: ZAPPolicy, log: @escaping @Sendable (String) -> Void) throws {
+        self.policy = policy
         self.log = log
         socket = try context.makeSocket(.rep)
         try socket.setLinger(milliseconds: 0)
@@ -65,10 +77,23 @@ final class ZMQAuthenticator: @unchecked Sendable {
             log("refused a \(mechanism) connection from \(address.isEmpty ? "an unknown address" : address): \(why)")
             return [Array("1.0".utf8), id, Array("400".utf8), Array(why.utf8), [], []]
         }
-        guard mechanism == "CURVE" else { return refuse("mechanism \(mechanism) is not allowed; this run requires CURVE with its keys") }
-        guard f.count == 7, let key = ZMQ.z85(f[6]) else { return refuse("no CURVE public key in the request") }
-        guard let name = allowed[key] else {
-            return refuse("client key \(key.prefix(8))... is not one of this run's keys (a process not launched with the run?)")
+        let name: String
+        switch mechanism {
+        case "CURVE" where !policy.curveClients.isEmpty:
+            guard f.count == 7, let key = ZMQ.z85(f[6]) else { return refuse("no CURVE public key in the request") }
+            guard let n = policy.curveClients[key] else {
+                return refuse("client key \(key.prefix(8))... is not one of this run's keys (a process not launched with the run?)")
+            }
+            name = n
+        case "PLAIN" where !policy.plainPasswords.isEmpty:
+            guard f.count == 8 else { return refuse("no user name and password in the request") }
+            let user = text(f[6])
+            guard let expected = policy.plainPasswords[user], SHA256.constantTimeEqual(expected, f[7]) else {
+                return refuse("user \(user.prefix(32)) did not present this run's HMAC token (a process not launched with the run?)")
+            }
+            name = user
+        default:
+            return refuse("mechanism \(mechanism) is not allowed; this run requires its keys")
         }
         return [Array("1.0".utf8), id, Array("200".utf8), Array("OK".utf8), Array(name.utf8), []]
     }

@@ -49,12 +49,12 @@ public final class ZMQContext: @unchecked Sendable {
     }
 
     /// Starts the context's ZAP handler (once; later calls keep the first): server sockets of
-    /// this context with a ZAP domain then admit only CURVE clients whose public key is a key of
-    /// `allowedClients` (Z85 key -> name reported as the connection's "User-Id"). Each refusal
+    /// this context with a ZAP domain then admit only the clients `policy` names (CURVE public
+    /// keys or PLAIN user/password; the name becomes the connection's "User-Id"). Each refusal
     /// is reported through `log`, naming the peer's address. Start it before binding servers.
-    public func startAuthenticator(allowedClients: [String: String], log: @escaping @Sendable (String) -> Void) throws {
+    public func startAuthenticator(policy: ZAPPolicy, log: @escaping @Sendable (String) -> Void) throws {
         if lock.withLock({ authenticator != nil }) { return }
-        let a = try ZMQAuthenticator(context: self, allowedClients: allowedClients, log: log)
+        let a = try ZMQAuthenticator(context: self, policy: policy, log: log)
         lock.withLock { authenticator = a }
     }
 

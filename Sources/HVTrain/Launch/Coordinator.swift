@@ -35,6 +35,8 @@ public struct LaunchOptions: Sendable {
     /// CurveZMQ on every socket of the run (control and data plane). Off only by an explicit
     /// `--insecure-no-auth`, for a network where every host is trusted.
     public var authenticate = true
+    /// CURVE when libzmq has it (`.best`), else the HMAC fallback.
+    public var authMechanism: AuthMechanism = .best
     /// A failed checkpoint save is logged and training goes on (default: the run stops).
     public var continueOnSaveError = false
 
@@ -219,7 +221,7 @@ public final class Coordinator: @unchecked Sendable {
         try router.setMaxMessageSize(ControlMessage.maxBytes)
         if o.authenticate {
             // Fresh keys for every launch (and restart), in a file only this user can read.
-            let keys = try RunKeys.generate(worldSize: o.hosts.worldSize)
+            let keys = try RunKeys.generate(worldSize: o.hosts.worldSize, mechanism: o.authMechanism)
             let path = o.runDir + "/.hv-run-keys-\(getpid())-\(UUID().uuidString.prefix(8)).json"
             try keys.write(to: path)
             keyFile = path
@@ -328,7 +330,7 @@ public final class Coordinator: @unchecked Sendable {
             try router.send(start.encoded())
         }
         emit("hv-coord: all \(W) workers joined; data-plane inboxes: \(endpoints.map { $0! }.joined(separator: " "))"
-             + (keyFile != nil ? "; CurveZMQ authentication on" : ""))
+             + (keyFile != nil ? "; " + o.authMechanism.summary : ""))
 
         // Supervise.
         let t0 = Date()

@@ -119,7 +119,7 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
     let comm = try ZMQRingCommunicator(rank: o.rank, worldSize: o.worldSize, bind: "tcp://\(host):*", context: ctx,
                                        timeoutSeconds: o.collectiveTimeout, auth: auth, log: log)
     defer { comm.close() }
-    log("rank \(o.rank): data-plane inbox \(comm.endpoint)" + (auth != nil ? " (CurveZMQ, run keys only)" : " (NOT authenticated)"))
+    log("rank \(o.rank): data-plane inbox \(comm.endpoint)" + (auth.map { $0.mechanism == .curve ? " (CurveZMQ, run keys only)" : " (HMAC tokens, not encrypted)" } ?? " (NOT authenticated)"))
     comm.wireDType = o.bf16Wire ? .bfloat16 : .float32
 
     func send(_ m: ControlMessage) { try? control.send(m.encoded()) }
