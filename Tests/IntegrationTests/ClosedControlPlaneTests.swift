@@ -49,8 +49,8 @@ final class ClosedControlPlaneTests: XCTestCase {
         let err = Pipe(), sink = Sink()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
-        err.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; sink.lock.withLock { sink.data.append(d) } }
         try p.run()
+        readPipe(err) { d in sink.lock.withLock { sink.data.append(d) } }
         let deadline = Date().addingTimeInterval(60)
         while !sink.text.contains("data-plane inboxes:") {
             guard Date() < deadline, p.isRunning else { p.terminate(); XCTFail("no rendezvous: \(sink.text)"); throw XCTSkip("no rendezvous") }

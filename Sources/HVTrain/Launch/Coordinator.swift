@@ -88,6 +88,25 @@ final class LineBuffer: @unchecked Sendable {
     }
 }
 
+/// Reads `pipe` on its own thread with blocking reads until end of file, handing each chunk to
+/// `consume` (on that thread). Returns a semaphore signalled at end of file.
+@discardableResult
+func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
+    let done = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        let fd = pipe.fileHandleForReading.fileDescriptor
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            consume(Data(buffer[0..<n]))
+        }
+        done.signal()
+    }
+    return done
+}
+
 final class WorkerProcess: @unchecked Sendable {
     let rank: Int, host: String
     let process = Process()
@@ -167,9 +186,10 @@ public final class Coordinator: @unchecked Sendable {
         for pipe in [out, err] {
             let rank = w.rank
             let pending = LineBuffer()
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
-                let chunk = h.availableData
-                if chunk.isEmpty { h.readabilityHandler = nil; return }
+            // A blocking reader thread per pipe, not `readabilityHandler`: tearing down the
+            // latter's dispatch source races the fd's close and intermittently crashes libdispatch
+            // on Linux (SIGSEGV in _dispatch_event_loop_drain; swift-corelibs-libdispatch#949).
+            readPipe(pipe) { [weak self] chunk in
                 for line in pending.append(chunk) { self?.emit(line, rank: rank) }
             }
         }
