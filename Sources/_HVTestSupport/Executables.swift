@@ -30,16 +30,19 @@ public func runProcess(_ exe: URL, _ args: [String], timeout: TimeInterval, cwd:
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
-    final class Sink: @unchecked Sendable { var data = Data(); let lock = NSLock() }
+    final class Sink: @unchecked Sendable { var data = Data(); var eof = false; let lock = NSLock() }
     let o = Sink(), e = Sink()
-    out.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; o.lock.withLock { o.data.append(d) } }
-    err.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; e.lock.withLock { e.data.append(d) } }
+    out.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; o.lock.withLock { o.data.append(d); if d.isEmpty { o.eof = true } } }
+    err.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; e.lock.withLock { e.data.append(d); if d.isEmpty { e.eof = true } } }
     try p.run()
     let deadline = Date().addingTimeInterval(timeout)
     while p.isRunning && Date() < deadline { usleep(20_000) }
     if p.isRunning { p.terminate(); p.waitUntilExit() }
     p.waitUntilExit()
-    usleep(50_000)
+    // The handlers run asynchronously: on a busy machine the last output can arrive well after
+    // the exit. Wait for end-of-file on both pipes (bounded: a grandchild may hold them open).
+    let drainDeadline = Date().addingTimeInterval(2)
+    while Date() < drainDeadline && !(o.lock.withLock { o.eof } && e.lock.withLock { e.eof }) { usleep(5_000) }
     out.fileHandleForReading.readabilityHandler = nil
     err.fileHandleForReading.readabilityHandler = nil
     return (p.terminationStatus, o.lock.withLock { String(decoding: o.data, as: UTF8.self) }, e.lock.withLock { String(decoding: e.data, as: UTF8.self) })

@@ -5,6 +5,8 @@
 //
 // Receives N multipart messages and sends each straight back, then closes and exits 0.
 // With --bind it prints "ENDPOINT <resolved endpoint>" on stdout first (bind tcp://127.0.0.1:*).
+//   hv-testpeer ring-attention --rank R --world W --dir DIR   (see RingAttentionPeer.swift)
+//
 // Exit codes: 0 done, 1 ZeroMQ error or timeout (message on stderr), 2 usage error.
 import Foundation
 import HVComm
@@ -66,6 +68,12 @@ switch command {
 case "zmq-echo":
     do {
         try echo(options)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+case "ring-attention":
+    do {
+        try ringAttentionPeer(options)
     } catch {
         fail("\(error)", code: 1)
     }
