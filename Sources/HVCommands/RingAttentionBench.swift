@@ -12,6 +12,9 @@ import HVTensor
 /// /proc/self/clear_refs after the inputs are built) during one forward + backward: the op's
 /// output, log-sum-exp, the two K|V ring buffers, dK|dV accumulators, gradients and the
 /// FlashAttention tiles. Inputs are reported separately (they are the caller's activations).
+/// The ranks run with a fixed glibc mmap threshold (128 KiB, `--no-fixed-mmap` to keep the
+/// default): glibc otherwise raises its threshold after the first large free and keeps later
+/// freed buffers in the heap, so RSS would measure the allocator's cache, not live memory.
 struct RingAttentionBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringattn",
@@ -23,14 +26,18 @@ struct RingAttentionBench: ParsableCommand {
     @Option(help: "Head dimension.") var headDim = 64
     @Option(help: "Context-parallel degrees (comma-separated).") var cp = "1,2,4"
     @Option(help: "Seconds before a stuck rank is reported.") var timeout = 600.0
+    @Flag(inversion: .prefixedNo, help: "Run the ranks with MALLOC_MMAP_THRESHOLD_=131072 (large buffers mapped and unmapped, so RSS follows live memory).")
+    var fixedMmap = true
 
     func run() throws {
         try runOrExit {
+            var env = ProcessInfo.processInfo.environment
+            if fixedMmap { env["MALLOC_MMAP_THRESHOLD_"] = "131072" }
             let degrees = cp.split(separator: ",").compactMap { Int($0) }
             guard !degrees.isEmpty, degrees.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--cp takes degrees like 1,2,4") }
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            outLine("ring attention: \(tokens) video + \(text) text tokens, \(heads) heads x \(headDim), fp32, batch 1; forward + backward per rank; OpenBLAS \(BLAS.coreName), \(ProcessInfo.processInfo.activeProcessorCount) cores")
-            outLine(" cp  rank  video tok  inputs MiB  attn peak MiB   fwd s   bwd s")
+            outLine("ring attention: \(tokens) video + \(text) text tokens, \(heads) heads x \(headDim), fp32, batch 1; forward + backward per rank; OpenBLAS \(BLAS.coreName), \(ProcessInfo.processInfo.activeProcessorCount) cores; malloc \(fixedMmap ? "MALLOC_MMAP_THRESHOLD_=131072" : "default")")
+            outLine(" cp  rank  video tok  inputs MiB  fwd peak MiB  fwd+bwd peak MiB   fwd s   bwd s")
             for w in degrees {
                 let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-ringattn-\(UUID().uuidString)").path
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -38,6 +45,7 @@ struct RingAttentionBench: ParsableCommand {
                 let procs = try (0..<w).map { r -> (Process, Pipe, Pipe) in
                     let p = Process(), out = Pipe(), err = Pipe()
                     p.executableURL = URL(fileURLWithPath: exe)
+                    p.environment = env
                     p.arguments = ["ringattn-rank", "--rank", "\(r)", "--world", "\(w)", "--dir", dir, "--tokens", "\(tokens)", "--text", "\(text)",
                                    "--heads", "\(heads)", "--head-dim", "\(headDim)", "--timeout", "\(timeout)"]
                     p.standardOutput = out
@@ -56,8 +64,8 @@ struct RingAttentionBench: ParsableCommand {
                     }
                     let peak = obj["peak_mib"] ?? 0
                     peaks.append(peak)
-                    outLine(String(format: "%3d  %4d  %9.0f  %10.1f  %13.1f  %6.2f  %6.2f", w, r, obj["video_tokens"] ?? 0,
-                                      obj["inputs_mib"] ?? 0, peak, obj["fwd_s"] ?? 0, obj["bwd_s"] ?? 0))
+                    outLine(String(format: "%3d  %4d  %9.0f  %10.1f  %12.1f  %16.1f  %6.2f  %6.2f", w, r, obj["video_tokens"] ?? 0,
+                                   obj["inputs_mib"] ?? 0, obj["fwd_peak_mib"] ?? 0, peak, obj["fwd_s"] ?? 0, obj["bwd_s"] ?? 0))
                 }
                 outLine(String(format: "cp %d: max attention peak %.1f MiB per rank", w, peaks.max() ?? 0))
             }
@@ -103,13 +111,14 @@ struct RingAttentionRank: ParsableCommand {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let out = try ring.attention(q: q, k: k, v: v, shardLengths: lengths, localK: tk, localV: tv, localMask: mask)
             let t1 = DispatchTime.now().uptimeNanoseconds
+            let peakForward = procStatusKB("VmHWM")
             out.backward(dout)
             let t2 = DispatchTime.now().uptimeNanoseconds
-            let peak = procStatusKB("VmHWM")
+            let peak = max(peakForward, procStatusKB("VmHWM"))
             try comm.barrier()
             let result: [String: Double] = [
                 "video_tokens": Double(n), "inputs_mib": Double(inputs * 4) / 1_048_576,
-                "peak_mib": Double(peak - before) / 1024, "fwd_s": Double(t1 - t0) / 1e9, "bwd_s": Double(t2 - t1) / 1e9,
+                "peak_mib": Double(peak - before) / 1024, "fwd_peak_mib": Double(peakForward - before) / 1024, "fwd_s": Double(t1 - t0) / 1e9, "bwd_s": Double(t2 - t1) / 1e9,
             ]
             FileHandle.standardOutput.write(try JSONSerialization.data(withJSONObject: result))
         }

@@ -69,14 +69,13 @@ public final class RingAttention {
             out = Tensor(zeros: [B, H, Sq, D])
             lse = Tensor(repeating: -.infinity, shape: [B, H, Sq])
         }
-        var ring = KVRing(B: B, H: H, D: D, lengths: shardLengths, rank: r)
-        ring.load(kc, vc)
+        var ring = KVRing(k: kc, v: vc, lengths: shardLengths, rank: r)
         for s in 0..<W {
             let src = (r - s + W) % W
             let held = ring.current(owner: src)
+            let into = s < W - 1 ? ring.receiveParts() : []
             try overlapped(comm: s < W - 1 ? { [self] in
-                try exchange(send: held.buffer, count: held.count, receive: ring.spare, count: ring.count(owner: (src - 1 + W) % W),
-                             tag: tag(call, phase: 0, step: s))
+                try exchange(send: held.parts, receive: into, tag: tag(call, phase: 0, step: s))
             } : nil) {
                 let (o, l) = FlashAttention.forward(q: qc, k: held.k, v: held.v, keyMask: nil, scale: sc)
                 mergeSoftmax(out: out, lse: lse, block: o, blockLSE: l, rows: headRows * Sq, d: D)
@@ -109,13 +108,12 @@ public final class RingAttention {
         } else {
             dq = Tensor(zeros: q.shape)
         }
-        var ring = KVRing(B: B, H: H, D: D, lengths: shardLengths, rank: r)
-        ring.load(k, v)
+        var ring = KVRing(k: k, v: v, lengths: shardLengths, rank: r)
         // Gradient accumulators [dK | dV] of the held block (`acc`) and of the one arriving.
         let maxCount = ring.maxCount
-        let acc = UnsafeMutablePointer<Float>.allocate(capacity: max(maxCount, 1))
-        let incoming = UnsafeMutablePointer<Float>.allocate(capacity: max(maxCount, 1))
-        defer { acc.deallocate(); incoming.deallocate() }
+        // Storages, so that the final one becomes dK and dV without a copy.
+        let accStorage = Storage(uninitialized: maxCount), incomingStorage = Storage(uninitialized: W > 1 ? maxCount : 0)
+        let acc = accStorage.pointer, incoming = incomingStorage.pointer
         for s in 0..<W {
             let src = (r - s + W) % W
             let held = ring.current(owner: src)
@@ -125,14 +123,12 @@ public final class RingAttention {
             let sendAcc = s > 0, sendKV = s < W - 1
             var block: (dq: Tensor, dk: Tensor, dv: Tensor)?
             let accCount = ring.count(owner: (src + 1) % W)
+            let into = sendKV ? ring.receiveParts() : []
             try overlapped(comm: (sendAcc || sendKV) ? { [self] in
                 if sendAcc {
-                    try exchange(send: acc, count: accCount, receive: incoming, count: n, tag: tag(call, phase: 1, step: s))
+                    try exchange(send: [(UnsafePointer(acc), accCount)], receive: [(incoming, n)], tag: tag(call, phase: 1, step: s))
                 }
-                if sendKV {
-                    try exchange(send: held.buffer, count: n, receive: ring.spare, count: ring.count(owner: (src - 1 + W) % W),
-                                 tag: tag(call, phase: 0, step: s))
-                }
+                if sendKV { try exchange(send: held.parts, receive: into, tag: tag(call, phase: 0, step: s)) }
             } : nil) {
                 block = FlashAttention.backward(q: q, k: held.k, v: held.v, keyMask: nil, out: out, lse: lse, dout: g, scale: scale)
             }
@@ -150,36 +146,35 @@ public final class RingAttention {
             if sendKV { ring.rotate() }
         }
         // The last accumulator belongs to rank r+1; ours arrives from r-1.
-        let dk = Tensor(uninitialized: k.shape), dv = Tensor(uninitialized: v.shape)
         let own = ring.count(owner: r)
         if W > 1 {
-            try exchange(send: acc, count: ring.count(owner: (r + 1) % W), receive: incoming, count: own, tag: tag(call, phase: 1, step: W))
-            dk.pointer.update(from: incoming, count: own / 2)
-            dv.pointer.update(from: incoming + own / 2, count: own / 2)
-        } else {
-            dk.pointer.update(from: acc, count: own / 2)
-            dv.pointer.update(from: acc + own / 2, count: own / 2)
+            try exchange(send: [(UnsafePointer(acc), ring.count(owner: (r + 1) % W))], receive: [(incoming, own)], tag: tag(call, phase: 1, step: W))
         }
+        // dK, dV: views of the received accumulator [dK | dV].
+        let final = W > 1 ? incomingStorage : accStorage
+        let dk = Tensor(storage: final, shape: k.shape), dv = Tensor(storage: final, shape: v.shape, offset: own / 2)
         return [dq, dk, dv] + dLocal
     }
 
     private func nextCall() -> UInt64 { calls += 1; return calls }
 
-    /// Tag of one transfer: call number, phase (0 = K|V, 1 = dK|dV) and ring step.
-    private func tag(_ call: UInt64, phase: UInt64, step: Int) -> UInt64 { call << 24 | phase << 16 | UInt64(step) }
+    /// Tag of one transfer: call number, phase (0 = K|V, 1 = dK|dV), ring step, part.
+    private func tag(_ call: UInt64, phase: UInt64, step: Int) -> UInt64 { call << 24 | phase << 20 | UInt64(step) << 4 }
 
-    /// Sends to rank r+1 and receives from rank r-1. Odd ranks receive first so that a send that
-    /// waits for its receiver (zero-copy over inproc) cannot deadlock the ring.
-    private func exchange(send: UnsafePointer<Float>, count sendCount: Int, receive: UnsafeMutablePointer<Float>, count recvCount: Int,
-                          tag: UInt64) throws {
+    /// Sends `send` (parts in order) to rank r+1 and receives `receive` from rank r-1. Odd ranks
+    /// receive first so that a send that waits for its receiver (zero-copy over inproc) cannot
+    /// deadlock the ring.
+    private func exchange(send: [(UnsafePointer<Float>, Int)], receive: [(UnsafeMutablePointer<Float>, Int)], tag: UInt64) throws {
         let W = comm.worldSize, r = comm.rank
         let next = (r + 1) % W, prev = (r - 1 + W) % W
+        func sendAll() throws { for (i, p) in send.enumerated() { try comm.send(p.0, count: p.1, to: next, tag: tag | UInt64(i)) } }
+        func receiveAll() throws { for (i, p) in receive.enumerated() { try comm.receive(p.0, count: p.1, from: prev, tag: tag | UInt64(i)) } }
         if r % 2 == 1 {
-            try comm.receive(receive, count: recvCount, from: prev, tag: tag)
-            try comm.send(send, count: sendCount, to: next, tag: tag)
+            try receiveAll()
+            try sendAll()
         } else {
-            try comm.send(send, count: sendCount, to: next, tag: tag)
-            try comm.receive(receive, count: recvCount, from: prev, tag: tag)
+            try sendAll()
+            try receiveAll()
         }
     }
 }
@@ -209,52 +204,58 @@ public final class ContextParallelAttention: ContextParallel {
     }
 }
 
-/// Two K|V buffers of the largest shard: the held block (read by compute) and the spare one
-/// (being received). Layout of a block from rank o: K [B, H, S_o, D] then V [B, H, S_o, D].
+/// The K/V block a rank holds during the ring: first its own (the caller's k, v, not copied),
+/// then blocks received from rank r-1 into at most two buffers allocated on first use (one held
+/// for compute while the other receives; cp = 2 needs only one). Layout of a received block
+/// from rank o: K [B, H, S_o, D] then V [B, H, S_o, D].
 struct KVRing {
     let B: Int, H: Int, D: Int
     let lengths: [Int]
-    var held: Storage
-    var spare_: Storage
-    var owner: Int
+    private var buffers: [Storage] = []
+    private var heldIndex: Int? = nil    // nil: the caller's tensors
+    private var k: Tensor, v: Tensor
+    private(set) var owner: Int
 
-    init(B: Int, H: Int, D: Int, lengths: [Int], rank: Int) {
-        self.B = B; self.H = H; self.D = D
+    init(k: Tensor, v: Tensor, lengths: [Int], rank: Int) {
+        B = k.shape[0]; H = k.shape[1]; D = k.shape[3]
         self.lengths = lengths
-        let maxLen = lengths.max() ?? 0
-        held = Storage(uninitialized: max(2 * B * H * maxLen * D, 1))
-        spare_ = Storage(uninitialized: lengths.count > 1 ? max(2 * B * H * maxLen * D, 1) : 1)
+        self.k = k; self.v = v
         owner = rank
     }
 
     var maxCount: Int { 2 * B * H * (lengths.max() ?? 0) * D }
+    /// Elements of rank o's packed K|V block.
     func count(owner o: Int) -> Int { 2 * B * H * lengths[o] * D }
-    var spare: UnsafeMutablePointer<Float> { spare_.pointer }
 
-    mutating func load(_ k: Tensor, _ v: Tensor) {
-        held.pointer.update(from: k.pointer, count: k.count)
-        (held.pointer + k.count).update(from: v.pointer, count: v.count)
-    }
-
-    /// The held block as K and V views (sharing the buffer) and its packed element count.
     func current(owner o: Int) -> HeldBlock {
         precondition(o == owner, "ring out of step: holds the block of rank \(owner), expected \(o)")
-        let n = B * H * lengths[o] * D
-        let shape = [B, H, lengths[o], D]
-        return HeldBlock(k: Tensor(storage: held, shape: shape), v: Tensor(storage: held, shape: shape, offset: n),
-                         buffer: held.pointer, count: 2 * n)
+        return HeldBlock(k: k, v: v, parts: [(UnsafePointer(k.pointer), k.count), (UnsafePointer(v.pointer), v.count)], count: k.count + v.count)
     }
 
-    /// The spare buffer (just received from rank r-1) becomes the held one.
+    /// Where the next block (rank owner-1's) is received: its K part and V part.
+    mutating func receiveParts() -> [(UnsafeMutablePointer<Float>, Int)] {
+        let i = heldIndex == 0 ? 1 : 0
+        if buffers.count <= i { buffers.append(Storage(uninitialized: maxCount)) }
+        let n = count(owner: (owner - 1 + lengths.count) % lengths.count) / 2
+        return [(buffers[i].pointer, n), (buffers[i].pointer + n, n)]
+    }
+
+    /// The block just received becomes the held one.
     mutating func rotate() {
-        swap(&held, &spare_)
+        let i = heldIndex == 0 ? 1 : 0
         owner = (owner - 1 + lengths.count) % lengths.count
+        heldIndex = i
+        let shape = [B, H, lengths[owner], D]
+        k = Tensor(storage: buffers[i], shape: shape)
+        v = Tensor(storage: buffers[i], shape: shape, offset: B * H * lengths[owner] * D)
     }
 }
 
 struct HeldBlock: @unchecked Sendable {
     let k: Tensor, v: Tensor
-    let buffer: UnsafeMutablePointer<Float>
+    /// K and V to send onwards.
+    let parts: [(UnsafePointer<Float>, Int)]
+    /// Elements of K and V together.
     let count: Int
 }
 
