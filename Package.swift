@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "_HVTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
-        .testTarget(name: "HVParallelTests", dependencies: ["_HVTestSupport"]),
+        .testTarget(name: "HVParallelTests", dependencies: ["HVParallel", "HVComm", "HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
         .testTarget(name: "HVScalingTests", dependencies: ["HVScaling", "HVModel", "HVTrain", "_HVTestSupport"]),

@@ -29,7 +29,8 @@ import HVTensor
 /// parameters) gives the full gradient. Every rank must call `attention` (and run backward) in
 /// the same order with the same `shardLengths`, B, H, D; errors of the forward are thrown,
 /// a communication failure in backward stops the process with the error (backward rules cannot
-/// throw).
+/// throw). Transfers use the communicator's wire type: with a bf16 wire (`--bf16-wire`), K/V
+/// and the dK|dV accumulators are rounded to bf16 at every hop.
 public final class RingAttention {
     public let comm: PointToPoint
     /// Calls on this group so far (forward and backward): numbers the point-to-point tags so a
