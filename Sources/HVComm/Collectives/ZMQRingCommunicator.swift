@@ -33,17 +33,33 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     /// The endpoint peers connect to (resolved port for `tcp://host:*`).
     public let endpoint: String
 
-    public init(rank: Int, worldSize: Int, bind: String, context: ZMQContext? = nil, timeoutSeconds: Double = 120) throws {
+    /// Authentication of the data plane (nil: none — only for a network you trust).
+    public let auth: ZMQAuth?
+    /// Largest frame the inbox accepts; a bigger one makes libzmq drop the sender's connection
+    /// before allocating it (so a peer can never make us allocate what it claims).
+    public let maxFrameBytes: Int
+    /// Frames received from a rank but not yet wanted are kept at most this many per rank.
+    public var maxStashedPerPeer = 4096
+
+    /// `auth`: the inbox becomes a CURVE server admitting only the run's rank keys (ZAP) and
+    /// every outbox a CURVE client; refused connections are reported through `log`.
+    public init(rank: Int, worldSize: Int, bind: String, context: ZMQContext? = nil, timeoutSeconds: Double = 120,
+                auth: ZMQAuth? = nil, maxFrameBytes: Int = 256 << 20,
+                log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("hv: " + $0 + "\n").utf8)) }) throws {
         precondition(rank >= 0 && rank < worldSize, "rank \(rank) outside world of \(worldSize)")
         self.rank = rank
         self.worldSize = worldSize
         self.timeoutSeconds = timeoutSeconds
+        self.auth = auth
+        self.maxFrameBytes = maxFrameBytes
         ownsContext = context == nil
         self.context = try context ?? ZMQContext(ioThreads: 1)
         inbox = try self.context.makeSocket(.pull)
         try inbox.setReceiveHighWaterMark(0)
         try inbox.setReceiveTimeout(milliseconds: Int(timeoutSeconds * 1000))
         try inbox.setLinger(milliseconds: 0)
+        try inbox.setMaxMessageSize(maxFrameBytes)
+        if let auth { try auth.configureServer(inbox) { log("rank \(rank) data-plane inbox: " + $0) } }
         try inbox.bind(bind)
         endpoint = try inbox.lastEndpoint
     }
@@ -72,6 +88,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         try s.setSendHighWaterMark(0)
         try s.setSendTimeout(milliseconds: Int(timeoutSeconds * 1000))
         try s.setLinger(milliseconds: 2000)
+        if let auth { try auth.configureClient(s) }
         try s.connect(peerEndpoints[peer])
         outboxes[peer] = s
         return s
@@ -120,12 +137,17 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 do { frames = try inbox.receiveMultipartMessages() } catch ZMQError.timedOut {
                     throw CommError.timeout(collective: collective, step: step, rank: rank, waitingFor: [peer], seconds: timeoutSeconds)
                 } catch { throw CommError.transport(collective: collective, step: step, rank: rank, underlying: error) }
-                guard frames.count == 2 else { throw violation("\(frames.count) frames, expected header + payload", -1) }
+                // Everything a peer claims is checked against the frames before it is used.
+                let sender = frames[0].senderDescription
+                guard frames.count == 2 else { throw violation("\(frames.count) frames from \(sender), expected header + payload", -1) }
                 let parsed = frames[0].withUnsafeBytes { WireHeader.parse($0) }
                 switch parsed {
-                case .failure(let e): throw violation("\(e)", -1)
+                case .failure(let e): throw violation("\(e) from \(sender)", -1)
                 case .success(let h):
-                    guard Int(h.source) < worldSize else { throw violation("claims source rank \(h.source) in a world of \(worldSize)", -1) }
+                    guard Int(h.source) < worldSize else { throw violation("\(sender) claims source rank \(h.source) in a world of \(worldSize)", -1) }
+                    if auth != nil, let user = frames[0].property("User-Id"), user != "rank-\(h.source)" {
+                        throw violation("\(sender) claims to be rank \(h.source)", -1)
+                    }
                     guard frames[1].count == Int(h.count) * h.dtype.bytes else {
                         throw violation("payload of \(frames[1].count) bytes for \(h.count) elements", Int(h.source))
                     }
@@ -133,6 +155,9 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                     payload = frames[1]
                 }
                 if Int(header.source) != peer {
+                    guard stash[Int(header.source), default: []].count < maxStashedPerPeer else {
+                        throw violation("more than \(maxStashedPerPeer) unexpected messages queued from rank \(header.source)", Int(header.source))
+                    }
                     stash[Int(header.source), default: []].append((header, payload))
                     continue
                 }
