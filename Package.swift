@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "HVScaling", dependencies: ["HVModel", "HVTrain", "HVTensor", "HVCheckpoint", "HVData",
                                                   .product(name: "Yams", package: "Yams")]),
         .target(name: "HVCommands", dependencies: [
-            "HVTensor", "HVNN", "HVModel", "HVTrain", "HVCheckpoint", "HVSampling", "HVData", "HVScaling",
+            "HVTensor", "HVNN", "HVModel", "HVComm", "HVParallel", "HVTrain", "HVCheckpoint", "HVSampling", "HVData", "HVScaling",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "hv-bench", dependencies: ["HVCommands", "HVTensor"]),
@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(name: "hv-data", dependencies: ["HVCommands"]),
         .executableTarget(name: "hv-scaling", dependencies: ["HVCommands", "HVTensor"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
-        .executableTarget(name: "hv-testpeer", dependencies: ["HVComm"]),
+        .executableTarget(name: "hv-testpeer", dependencies: ["HVComm", "HVParallel", "HVTensor"]),
 
         .target(name: "_HVTestSupport", dependencies: ["HVTensor"], path: "Sources/_HVTestSupport"),
         .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),
@@ -61,6 +61,7 @@ let package = Package(
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "_HVTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
+        .testTarget(name: "HVParallelTests", dependencies: ["HVParallel", "HVComm", "HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
         .testTarget(name: "HVScalingTests", dependencies: ["HVScaling", "HVModel", "HVTrain", "_HVTestSupport"]),

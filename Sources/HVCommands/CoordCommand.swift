@@ -194,8 +194,13 @@ struct LaunchCommand: ParsableCommand {
             if let steps { cfg.train.steps = steps }
             if let batchSize { cfg.train.batch_size = batchSize }
             let world = hosts.worldSize
-            guard cfg.train.batch_size % (world * cfg.train.grad_accum) == 0 else {
-                throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(world) workers x grad_accum \(cfg.train.grad_accum)")
+            let cp = cfg.train.context_parallel
+            guard cp >= 1, world % cp == 0 else {
+                throw ValidationError("\(config): train.context_parallel \(cp) does not divide the \(world) slots of \(nodes) (world = dp x cp)")
+            }
+            let dp = world / cp
+            guard cfg.train.batch_size % (dp * cfg.train.grad_accum) == 0 else {
+                throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(dp) data-parallel replicas (\(world) workers / cp \(cp)) x grad_accum \(cfg.train.grad_accum)")
             }
             let allLocal = hosts.hosts.allSatisfy(HostsFile.isLocal)
             let addr = coordAddress ?? (allLocal ? "127.0.0.1" : ProcessInfo.processInfo.hostName)

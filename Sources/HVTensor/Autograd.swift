@@ -44,6 +44,14 @@ extension Tensor {
         return out
     }
 
+    /// Records a custom op defined outside HVTensor (e.g. distributed ring attention): `out`
+    /// gets `backward`, mapping its gradient to one gradient (or nil) per input, when recording
+    /// is on and an input requires grad. The rule runs with recording off.
+    public static func recordCustom(_ name: String, output out: Tensor, inputs: [Tensor],
+                                    backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+        record(name, out, inputs, backward)
+    }
+
     public var isLeaf: Bool { gradNode == nil }
 
     /// Reverse-mode sweep from this tensor. `gradient` defaults to ones (a scalar loss).

@@ -200,11 +200,29 @@ extension Tensor {
     public static func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor? = nil,
                                                  scale: Float? = nil, causalBlock: Int = 0) -> Tensor {
         precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
+        let sc = scale ?? 1 / Float(q.shape[3]).squareRoot()
+        let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
+        let mc = keyMask?.contiguous()
+        let (out, lse) = FlashAttention.forward(q: qc, k: kc, v: vc, keyMask: mc, scale: sc, causalBlock: causalBlock)
+        return record("attention", out, [q, k, v]) { g in
+            let (dq, dk, dv) = FlashAttention.backward(q: qc, k: kc, v: vc, keyMask: mc, out: out, lse: lse, dout: g,
+                                                       scale: sc, causalBlock: causalBlock)
+            return [dq, dk, dv]
+        }
+    }
+}
+
+extension FlashAttention {
+    /// Blocked attention outside the graph: q [B, H, Sq, D], k/v [B, H, Sk, D], keyMask [B, Sk]
+    /// (nonzero = attend) -> out [B, H, Sq, D] and lse [B, H, Sq] (natural log-sum-exp of the
+    /// scaled scores, -inf for a row with every key masked). Building block of custom attention
+    /// ops (ring attention merges per-block (out, lse) pairs).
+    public static func forward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, scale sc: Float,
+                               causalBlock: Int = 0) -> (out: Tensor, lse: Tensor) {
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
         if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
         precondition(causalBlock == 0 || Sq == Sk, "causal attention needs as many queries as keys")
-        let sc = scale ?? 1 / Float(D).squareRoot()
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
         let mc = keyMask?.contiguous()
         let out = Tensor(uninitialized: [B, H, Sq, D])
@@ -224,41 +242,54 @@ extension Tensor {
                                        out: ptr.out + i * Sq * D + r0 * D, lse: ptr.lse + i * Sq + r0,
                                        causalBlock: causalBlock, rowOffset: r0)
         }
-        return record("attention", out, [q, k, v]) { g in
-            // `ptr` holds raw pointers: keep the tensors that own them alive for this closure.
-            withExtendedLifetime((qc, kc, vc, mc, out, lse)) {}
-            let gc = g.contiguous()
-            let dq = Tensor(uninitialized: qc.shape), dk = Tensor(uninitialized: kc.shape), dv = Tensor(uninitialized: vc.shape)
-            let kSplit = (Sk + splits - 1) / splits
-            let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: heads * splits * Sq * D) : nil
-            defer { partials?.deallocate() }
-            var p = ptr
-            p.g = gc.pointer; p.dq = dq.pointer; p.dk = dk.pointer; p.dv = dv.pointer; p.dqPartials = partials
-            let bp = p
-            parallelFor(heads * splits, threads: threads) { item in
-                let i = item / splits, part = item % splits
-                let b = i / H
-                let k0 = min(Sk, part * kSplit), k1 = min(Sk, k0 + kSplit)
-                let dqOut = bp.dqPartials.map { $0 + item * Sq * D } ?? (bp.dq! + i * Sq * D)
-                if k1 <= k0 { dqOut.update(repeating: 0, count: Sq * D); return }
-                FlashAttention.backwardHead(
-                    q: bp.q + i * Sq * D, k: bp.k + i * Sk * D + k0 * D, v: bp.v + i * Sk * D + k0 * D,
-                    keyMask: bp.mask.map { UnsafePointer($0 + b * Sk + k0) }, out: bp.out + i * Sq * D, lse: bp.lse + i * Sq,
-                    dout: bp.g! + i * Sq * D, sq: Sq, sk: k1 - k0, d: D, scale: sc,
-                    dq: dqOut, dk: bp.dk! + i * Sk * D + k0 * D, dv: bp.dv! + i * Sk * D + k0 * D,
-                    causalBlock: causalBlock, colOffset: k0)
-            }
-            if let partials {
-                for i in 0..<heads {
-                    let dst = dq.pointer + i * Sq * D
-                    dst.update(from: partials + i * splits * Sq * D, count: Sq * D)
-                    for part in 1..<splits {
-                        let src = partials + (i * splits + part) * Sq * D
-                        for j in 0..<(Sq * D) { dst[j] += src[j] }
-                    }
+        withExtendedLifetime((qc, kc, vc, mc)) {}
+        return (out, lse)
+    }
+
+    /// Gradients of the keys k/v (a block of, or all of, the keys the queries attended) given
+    /// `out` and `lse` of the whole attention and dout [B, H, Sq, D]: returns dq (this block's
+    /// contribution), dk, dv. With the full softmax's out/lse the per-block results add up to
+    /// the gradients of the full attention.
+    public static func backward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, out: Tensor, lse: Tensor, dout: Tensor,
+                                scale sc: Float, causalBlock: Int = 0) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
+        let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = out.contiguous(), lc = lse.contiguous()
+        let mc = keyMask?.contiguous()
+        let gc = dout.contiguous()
+        let threads = FlashAttention.threads
+        let heads = B * H
+        let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
+        let dq = Tensor(uninitialized: qc.shape), dk = Tensor(uninitialized: kc.shape), dv = Tensor(uninitialized: vc.shape)
+        let kSplit = (Sk + splits - 1) / splits
+        let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: heads * splits * Sq * D) : nil
+        defer { partials?.deallocate() }
+        var p = SendablePointers(q: qc.pointer, k: kc.pointer, v: vc.pointer, out: oc.pointer, lse: lc.pointer, mask: mc?.pointer)
+        p.g = gc.pointer; p.dq = dq.pointer; p.dk = dk.pointer; p.dv = dv.pointer; p.dqPartials = partials
+        let bp = p
+        parallelFor(heads * splits, threads: threads) { item in
+            let i = item / splits, part = item % splits
+            let b = i / H
+            let k0 = min(Sk, part * kSplit), k1 = min(Sk, k0 + kSplit)
+            let dqOut = bp.dqPartials.map { $0 + item * Sq * D } ?? (bp.dq! + i * Sq * D)
+            if k1 <= k0 { dqOut.update(repeating: 0, count: Sq * D); return }
+            FlashAttention.backwardHead(
+                q: bp.q + i * Sq * D, k: bp.k + i * Sk * D + k0 * D, v: bp.v + i * Sk * D + k0 * D,
+                keyMask: bp.mask.map { UnsafePointer($0 + b * Sk + k0) }, out: bp.out + i * Sq * D, lse: bp.lse + i * Sq,
+                dout: bp.g! + i * Sq * D, sq: Sq, sk: k1 - k0, d: D, scale: sc,
+                dq: dqOut, dk: bp.dk! + i * Sk * D + k0 * D, dv: bp.dv! + i * Sk * D + k0 * D,
+                causalBlock: causalBlock, colOffset: k0)
+        }
+        if let partials {
+            for i in 0..<heads {
+                let dst = dq.pointer + i * Sq * D
+                dst.update(from: partials + i * splits * Sq * D, count: Sq * D)
+                for part in 1..<splits {
+                    let src = partials + (i * splits + part) * Sq * D
+                    for j in 0..<(Sq * D) { dst[j] += src[j] }
                 }
             }
-            return [dq, dk, dv]
         }
+        withExtendedLifetime((qc, kc, vc, oc, lc, mc, gc)) {}
+        return (dq, dk, dv)
     }
 }

@@ -87,6 +87,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
         public var seed: UInt64 = 0
         /// Recompute each block's activations in backward.
         public var recompute = false
+        /// Context-parallel degree: video tokens split over this many ranks (ring attention);
+        /// the workers form a dp x cp mesh, dp = workers / cp.
+        public var context_parallel = 1
         public var log_every = 10
         public init() {}
         public init(from decoder: Decoder) throws {
@@ -105,6 +108,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
             clip_grad = try c.decodeIfPresent(Double.self, forKey: .clip_grad) ?? d.clip_grad
             seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
             recompute = try c.decodeIfPresent(Bool.self, forKey: .recompute) ?? d.recompute
+            context_parallel = try c.decodeIfPresent(Int.self, forKey: .context_parallel) ?? d.context_parallel
             log_every = try c.decodeIfPresent(Int.self, forKey: .log_every) ?? d.log_every
         }
     }
@@ -154,6 +158,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if !(0...1).contains(data.image_ratio) { try fail("data.image_ratio", "must be in [0, 1]") }
         if train.steps < 0 { try fail("train.steps", "must be >= 0") }
         if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
+        if train.context_parallel < 1 { try fail("train.context_parallel", "must be >= 1") }
         if train.grad_accum < 1 || train.batch_size % train.grad_accum != 0 {
             try fail("train.grad_accum", "\(train.grad_accum) must divide batch_size \(train.batch_size)")
         }

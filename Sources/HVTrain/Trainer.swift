@@ -19,6 +19,8 @@ public final class Trainer {
     /// Data parallelism with ZeRO (a one-rank engine when training alone).
     public let engine: ZeroEngine
     public let comm: Communicator
+    /// dp x cp layout of the ranks (`train.context_parallel`).
+    public let mesh: DeviceMesh
     public let dataset: SyntheticLatents
     public var order: DataOrder
     public private(set) var step = 0
@@ -37,24 +39,34 @@ public final class Trainer {
 
     public enum SetupError: Error, CustomStringConvertible {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
+        case tooFewVideoTokens(tokens: Int, cp: Int)
         public var description: String {
             switch self {
+            case .tooFewVideoTokens(let n, let cp):
+                "a batch has \(n) video tokens, fewer than train.context_parallel \(cp): every context-parallel rank needs at least one"
             case .batchNotDivisible(let b, let w, let a):
-                "train.batch_size \(b) must be divisible by workers (\(w)) x grad_accum (\(a)) so every rank gets equal micro-batches"
+                "train.batch_size \(b) must be divisible by data-parallel replicas (\(w) = workers / context_parallel) x grad_accum (\(a)) so every rank gets equal micro-batches"
             }
         }
     }
 
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
-        let w = comm.worldSize
-        guard config.train.batch_size % (w * config.train.grad_accum) == 0 else {
-            throw SetupError.batchNotDivisible(batch: config.train.batch_size, world: w, accum: config.train.grad_accum)
+        let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, rank: comm.rank)
+        guard config.train.batch_size % (mesh.dp * config.train.grad_accum) == 0 else {
+            throw SetupError.batchNotDivisible(batch: config.train.batch_size, world: mesh.dp, accum: config.train.grad_accum)
         }
+        self.mesh = mesh
         self.comm = comm
         self.config = config
         model = HunyuanDiT(config: config.model, seed: config.train.seed)
         model.recomputeBlocks = config.train.recompute
+        if mesh.cp > 1 {
+            let smallest = config.model.videoTokens(latentT: config.data.image_ratio > 0 ? 1 : config.data.frames,
+                                                    latentH: config.data.height, latentW: config.data.width)
+            guard smallest >= mesh.cp else { throw SetupError.tooFewVideoTokens(tokens: smallest, cp: mesh.cp) }
+            model.contextParallel = ContextParallelAttention(group: PointToPointGroup(parent: comm, members: mesh.cpGroup))
+        }
         textEncoder = HashTextEncoder(vocabularySize: config.text_encoder.vocab_size, maxTokens: config.text_encoder.max_tokens,
                                       stateDim: config.model.text_states_dim, pooledDim: config.model.text_states_dim_2,
                                       seed: config.train.seed)
@@ -105,26 +117,35 @@ public final class Trainer {
         let text = textEncoder.encode(captions)
         let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
                                text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
-        let v = model(inputs)
-        let loss = v.mseLoss(target)
+        let loss: Tensor
+        if let cp = model.contextParallel {
+            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
+            let tokens = model.patchify(target)                                     // [B, N, P]
+            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
+            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
+            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
+        } else {
+            loss = model(inputs).mseLoss(target)
+        }
         (loss * (Float(B) / Float(cfg.train.batch_size))).backward()
         return loss.item
     }
 
-    /// One optimizer step over the next global batch: this rank takes its contiguous slice of
-    /// the batch, split into grad_accum micro-batches; gradients are reduced and the update
-    /// applied by the ZeRO engine. The reported loss is the global batch mean.
+    /// One optimizer step over the next global batch: this rank's data-parallel replica takes
+    /// its contiguous slice of the batch (the cp ranks of a replica share it and split its video
+    /// tokens), split into grad_accum micro-batches; gradients are summed over all ranks and the
+    /// update applied by the ZeRO engine. The reported loss is the global batch mean.
     public func trainStep() throws -> StepStats {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let B = config.train.batch_size, W = comm.worldSize
-        let local = B / W, micro = local / config.train.grad_accum
+        let B = config.train.batch_size, dpRank = mesh.dpRank
+        let local = B / mesh.dp, micro = local / config.train.grad_accum
         let indices = order.next(B)
         let T = frames(forStep: step)
         comm.step = step
         try engine.beginStep()
         var lossSum: Float = 0
         for m in 0..<config.train.grad_accum {
-            let pos = Array((comm.rank * local + m * micro)..<(comm.rank * local + (m + 1) * micro))
+            let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
             lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
         }
         let lr = schedule.lr(at: step)

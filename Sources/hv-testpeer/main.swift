@@ -13,6 +13,9 @@
 // headers and JSON, some frames of 2 MiB) without waiting, then lingers 1 s and exits 0. With
 // --curve-server-key it speaks CURVE with a fresh key pair of its own (right server key, wrong
 // client key); without, it has no keys at all. Prints "SENT n" (messages queued).
+//
+//   hv-testpeer ring-attention --rank R --world W --dir DIR   (see RingAttentionPeer.swift)
+//
 // Exit codes: 0 done, 1 ZeroMQ error or timeout (message on stderr), 2 usage error.
 import Foundation
 import HVComm
@@ -133,6 +136,12 @@ case "zmq-rogue":
 case "zmq-echo":
     do {
         try echo(options)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+case "ring-attention":
+    do {
+        try ringAttentionPeer(options)
     } catch {
         fail("\(error)", code: 1)
     }

@@ -5,7 +5,7 @@
 /// Buffers are split into `worldSize` contiguous shards by `shardRange`; shard r belongs to
 /// rank r. Calls block until done or until the timeout, whose error names the collective, the
 /// training step and the ranks waited for. Not thread-safe: one caller thread per communicator.
-public protocol Communicator: AnyObject {
+public protocol Communicator: PointToPoint {
     var rank: Int { get }
     var worldSize: Int { get }
     /// Training step, used in error messages.
@@ -22,6 +22,47 @@ public protocol Communicator: AnyObject {
     func barrier() throws
     func send(_ buffer: UnsafePointer<Float>, count: Int, to peer: Int, tag: UInt64) throws
     func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws
+}
+
+/// Tagged point-to-point messages within a group of ranks (what ring attention needs).
+///
+/// Contract: a `receive(from: p, tag: t)` matches the next message rank p sent here; messages
+/// from one peer are matched in order, and a different tag or size is reported as a protocol
+/// violation. `send` returns when `buffer` may be reused. Not thread-safe: one thread at a time.
+public protocol PointToPoint: AnyObject {
+    var rank: Int { get }
+    var worldSize: Int { get }
+    func send(_ buffer: UnsafePointer<Float>, count: Int, to peer: Int, tag: UInt64) throws
+    func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws
+}
+
+/// The ranks `members` of a communicator as a point-to-point group: rank i of the group is
+/// `members[i]` of the parent (e.g. the context-parallel ranks of one data-parallel replica).
+/// Uses the parent's links; the parent must not be used by another thread meanwhile.
+public final class PointToPointGroup: PointToPoint {
+    public let parent: Communicator
+    public let members: [Int]
+    public let rank: Int
+    public var worldSize: Int { members.count }
+
+    public init(parent: Communicator, members: [Int]) {
+        guard let r = members.firstIndex(of: parent.rank) else {
+            preconditionFailure("rank \(parent.rank) is not a member of the group \(members)")
+        }
+        precondition(Set(members).count == members.count && members.allSatisfy { (0..<parent.worldSize).contains($0) },
+                     "bad group \(members) in a world of \(parent.worldSize)")
+        self.parent = parent
+        self.members = members
+        rank = r
+    }
+
+    public func send(_ buffer: UnsafePointer<Float>, count: Int, to peer: Int, tag: UInt64) throws {
+        try parent.send(buffer, count: count, to: members[peer], tag: tag)
+    }
+
+    public func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws {
+        try parent.receive(buffer, count: count, from: members[peer], tag: tag)
+    }
 }
 
 /// Elements [lower, upper) of shard `rank` when `count` elements are split over `world` ranks

@@ -38,7 +38,8 @@ public final class MMDoubleStreamBlock: Module {
     }
 
     /// img [B, N, H], txt [B, L, H], vec [B, H] -> (img, txt)
-    public func callAsFunction(img: Tensor, txt: Tensor, vec: Tensor, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?) -> (Tensor, Tensor) {
+    public func callAsFunction(img: Tensor, txt: Tensor, vec: Tensor, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?,
+                               cp: ContextParallelShard? = nil) -> (Tensor, Tensor) {
         let im = img_mod(vec, factor: 6), tm = txt_mod(vec, factor: 6)
         let N = img.shape[1]
         var (iq, ik, iv) = splitQKV(img_attn_qkv(modulate(img.layerNorm(eps: 1e-6), shift: im[0], scale: im[1])), heads: heads)
@@ -49,8 +50,8 @@ public final class MMDoubleStreamBlock: Module {
         var (tq, tk, tv) = splitQKV(txt_attn_qkv(modulate(txt.layerNorm(eps: 1e-6), shift: tm[0], scale: tm[1])), heads: heads)
         if let n = txt_attn_q_norm { tq = n(tq) }
         if let n = txt_attn_k_norm { tk = n(tk) }
-        let a = attention(Tensor.concat([iq, tq], axis: 1), Tensor.concat([ik, tk], axis: 1), Tensor.concat([iv, tv], axis: 1),
-                          keyMask: keyMask)
+        let a = jointAttention(Tensor.concat([iq, tq], axis: 1), Tensor.concat([ik, tk], axis: 1), Tensor.concat([iv, tv], axis: 1),
+                               videoTokens: N, keyMask: keyMask, cp: cp)
         let ia = a.slice(axis: 1, start: 0, length: N), ta = a.slice(axis: 1, start: N, length: a.shape[1] - N)
         var img = img + applyGate(img_attn_proj(ia), im[2])
         img = img + applyGate(img_mlp(modulate(img.layerNorm(eps: 1e-6), shift: im[3], scale: im[4])), im[5])
@@ -80,7 +81,8 @@ public final class MMSingleStreamBlock: Module {
     }
 
     /// x [B, N + L, H] with the first `imageTokens` being video tokens.
-    public func callAsFunction(_ x: Tensor, vec: Tensor, imageTokens N: Int, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?) -> Tensor {
+    public func callAsFunction(_ x: Tensor, vec: Tensor, imageTokens N: Int, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?,
+                               cp: ContextParallelShard? = nil) -> Tensor {
         let m = modulation(vec, factor: 3)
         let h = linear1(modulate(x.layerNorm(eps: 1e-6), shift: m[0], scale: m[1]))
         let parts = h.split([3 * hidden, mlpHidden], axis: -1)
@@ -90,7 +92,7 @@ public final class MMSingleStreamBlock: Module {
         let L = x.shape[1] - N
         q = Tensor.concat([q.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), q.slice(axis: 1, start: N, length: L)], axis: 1)
         k = Tensor.concat([k.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), k.slice(axis: 1, start: N, length: L)], axis: 1)
-        let a = attention(q, k, v, keyMask: keyMask)
+        let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
         let out = linear2(Tensor.concat([a, parts[1].gelu()], axis: -1))
         return x + applyGate(out, m[2])
     }

@@ -8,6 +8,36 @@ public protocol BlockHooks: AnyObject {
     func recomputeHooks(_ block: Int) -> RecomputeHooks?
 }
 
+/// Context parallelism, applied from outside (HVParallel's ring attention): each of `worldSize`
+/// ranks holds the video tokens `videoTokenRange` of every sample plus all text tokens, and the
+/// joint attention runs across the ranks.
+public protocol ContextParallel: AnyObject {
+    var rank: Int { get }
+    var worldSize: Int { get }
+    /// Joint attention of this rank's tokens: q, k, v [B, n + L, heads, D], the first n being its
+    /// video shard of `totalVideoTokens`, the rest all text tokens; keyMask [B, n + L] (text part
+    /// masks padding) or nil -> [B, n + L, heads * D].
+    func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, videoTokens n: Int, totalVideoTokens: Int, keyMask: Tensor?) -> Tensor
+}
+
+extension ContextParallel {
+    /// This rank's contiguous share of N video tokens (sizes differ by at most one).
+    public func videoTokenRange(_ N: Int) -> Range<Int> { (N * rank / worldSize)..<(N * (rank + 1) / worldSize) }
+}
+
+/// Attention over [video | text] tokens on one rank, or across the ranks of `cp`.
+func jointAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, videoTokens n: Int, keyMask: Tensor?, cp: ContextParallelShard?) -> Tensor {
+    guard let cp else { return attention(q, k, v, keyMask: keyMask) }
+    return cp.group.attention(q, k, v, videoTokens: n, totalVideoTokens: cp.totalVideoTokens, keyMask: keyMask)
+}
+
+/// The context-parallel group and the global video length of the current forward.
+public struct ContextParallelShard {
+    public let group: ContextParallel
+    public let totalVideoTokens: Int
+    public init(group: ContextParallel, totalVideoTokens: Int) { self.group = group; self.totalVideoTokens = totalVideoTokens }
+}
+
 /// Inputs of one DiT evaluation. Timesteps are sigma x 1000; guidance is the embedded
 /// guidance scale x 1000 (distilled variant only).
 public struct DiTInputs {
@@ -41,6 +71,8 @@ public final class HunyuanDiT: Module {
     /// Called around every block's forward and (with recomputation) backward; ZeRO-3 uses it
     /// to gather a block's parameters just before use and release them after.
     public var blockHooks: BlockHooks?
+    /// Context parallelism: when set, `forwardTokens` computes this rank's video tokens only.
+    public var contextParallel: ContextParallel?
 
     /// The parameter groups that are gathered/released together under ZeRO-3 ("segments"): the
     /// token refiner, then one per block; everything else (embeddings, final layer) is `outer`.
@@ -74,6 +106,14 @@ public final class HunyuanDiT: Module {
 
     /// Predicted velocity [B, C_out, T, H, W].
     public func callAsFunction(_ inp: DiTInputs) -> Tensor {
+        precondition(contextParallel == nil, "under context parallelism each rank predicts only its tokens: call forwardTokens")
+        return unpatchify(forwardTokens(inp), grid: tokenGrid(inp.x.shape))
+    }
+
+    /// Predicted velocity in token layout [B, n, pt*ph*pw*C_out] for this rank's video tokens
+    /// (`contextParallel?.videoTokenRange(N)`, all N without context parallelism). RoPE
+    /// positions are global; every rank embeds the whole latent and keeps its tokens.
+    public func forwardTokens(_ inp: DiTInputs) -> Tensor {
         let c = config
         let xs = inp.x.shape
         precondition(xs.count == 5 && xs[1] == c.in_channels, "DiT input must be [B, \(c.in_channels), T, H, W], got \(xs)")
@@ -81,9 +121,17 @@ public final class HunyuanDiT: Module {
                      "latent size \(Array(xs[2...])) is not a multiple of the patch size \(c.patch_size)")
         let B = xs[0]
         let grid = tokenGrid(xs)
-        let rope = RoPE3D.frequencies(grid: grid, dims: c.rope_dim_list, theta: c.rope_theta)
+        var rope = RoPE3D.frequencies(grid: grid, dims: c.rope_dim_list, theta: c.rope_theta)
 
         var img = img_in(inp.x)                                        // [B, N, H]
+        var cp: ContextParallelShard? = nil
+        if let group = contextParallel {
+            let total = img.shape[1], mine = group.videoTokenRange(total)
+            cp = ContextParallelShard(group: group, totalVideoTokens: total)
+            img = img.slice(axis: 1, start: mine.lowerBound, length: mine.count)
+            rope = (rope.cos.slice(axis: 0, start: mine.lowerBound, length: mine.count),
+                    rope.sin.slice(axis: 0, start: mine.lowerBound, length: mine.count))
+        }
         var vec = time_in(inp.t) + vector_in(inp.text_states_2)       // [B, H]
         if let g = guidance_in {
             precondition(inp.guidance != nil, "this model has a guidance embedder: pass guidance (scale x 1000)")
@@ -111,13 +159,13 @@ public final class HunyuanDiT: Module {
             defer { blockHooks?.didForward(i) }
             if recomputeBlocks {
                 let both = recompute([img, txt, vec], hooks: blockHooks?.recomputeHooks(i)) { a in
-                    let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask)
+                    let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask, cp: cp)
                     return Tensor.concat([i, t], axis: 1)
                 }
                 img = both.slice(axis: 1, start: 0, length: N)
                 txt = both.slice(axis: 1, start: N, length: L)
             } else {
-                (img, txt) = block(img: img, txt: txt, vec: vec, rope: rope, keyMask: keyMask)
+                (img, txt) = block(img: img, txt: txt, vec: vec, rope: rope, keyMask: keyMask, cp: cp)
             }
         }
         var x = Tensor.concat([img, txt], axis: 1)
@@ -126,13 +174,22 @@ public final class HunyuanDiT: Module {
             blockHooks?.willForward(i)
             defer { blockHooks?.didForward(i) }
             if recomputeBlocks {
-                x = recompute([x, vec], hooks: blockHooks?.recomputeHooks(i)) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask) }
+                x = recompute([x, vec], hooks: blockHooks?.recomputeHooks(i)) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask, cp: cp) }
             } else {
-                x = block(x, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask)
+                x = block(x, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask, cp: cp)
             }
         }
-        let out = final_layer(x.slice(axis: 1, start: 0, length: N), vec: vec)  // [B, N, pt*ph*pw*C]
-        return unpatchify(out, grid: grid)
+        return final_layer(x.slice(axis: 1, start: 0, length: N), vec: vec)  // [B, N, pt*ph*pw*C]
+    }
+
+    /// [B, C, t*pt, h*ph, w*pw] -> [B, t*h*w, C*pt*ph*pw], the inverse of `unpatchify` (targets in
+    /// the token layout of `forwardTokens`).
+    public func patchify(_ x: Tensor) -> Tensor {
+        let p = config.patch_size, B = x.shape[0], C = x.shape[1]
+        let g = tokenGrid(x.shape)
+        return x.reshape([B, C, g.t, p[0], g.h, p[1], g.w, p[2]])
+            .permute([0, 2, 4, 6, 1, 3, 5, 7])
+            .reshape([B, g.t * g.h * g.w, C * p[0] * p[1] * p[2]])
     }
 
     /// [B, t*h*w, C*pt*ph*pw] -> [B, C, t*pt, h*ph, w*pw]  (official "nthwcopq -> nctohpwq").

@@ -148,7 +148,7 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
             if o.rank == 0 { log("resumed from \(dir) at step \(trainer.step)") }
         }
         if o.rank == 0 {
-            log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
+            log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s) (mesh \(trainer.mesh)), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
         }
         func save() throws {
             let t0 = Date()
