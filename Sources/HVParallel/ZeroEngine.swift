@@ -259,6 +259,38 @@ public final class ZeroEngine: BlockHooks {
         exp_avg_sq[i] = stage == 0 ? expAvgSq : Array(expAvgSq[u.shard])
     }
 
+    /// Restores unit `i` from exactly what this rank keeps: `weights` full (stages 0-2) or this
+    /// rank's shard (stage 3); `expAvg`/`expAvgSq` full (stage 0) or the shard (stages 1-3).
+    public func loadOwned(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
+        let u = units[i]
+        let w = stage == 3 ? u.shard.count : u.count, m = stage == 0 ? u.count : u.shard.count
+        precondition(weights.count == w && expAvg.count == m && expAvgSq.count == m, "unit \(u.name): size mismatch")
+        if stage == 3 { shardWeights[i] = weights } else { scatterWeights(u, weights) }
+        exp_avg[i] = expAvg
+        exp_avg_sq[i] = expAvgSq
+    }
+
+    /// Restores unit `i` from this rank's shard of the weights and moments (a checkpoint saved
+    /// with the same world size); the parts other ranks hold arrive by all-gather (collective
+    /// in stages 0-2: every rank calls it for every unit in order).
+    public func loadShard(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) throws {
+        let u = units[i]
+        precondition(weights.count == u.shard.count && expAvg.count == u.shard.count && expAvgSq.count == u.shard.count,
+                     "unit \(u.name): shard size mismatch")
+        func gathered(_ part: [Float]) throws -> [Float] {
+            var full = [Float](repeating: 0, count: u.count)
+            full.replaceSubrange(u.shard, with: part)
+            try full.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) }
+            return full
+        }
+        let w = stage == 3 ? weights : try gathered(weights)
+        if stage == 0 {
+            loadOwned(i, weights: w, expAvg: try gathered(expAvg), expAvgSq: try gathered(expAvgSq))
+        } else {
+            loadOwned(i, weights: w, expAvg: expAvg, expAvgSq: expAvgSq)
+        }
+    }
+
     /// Stage 3: materialises every unit's full weights (for evaluation or saving); `releaseAll` undoes it.
     public func gatherAll() throws { if stage == 3 { for i in units.indices { try gather(i) } } }
     public func releaseAll() { if stage == 3 { for i in units.indices { release(i) } } }
