@@ -246,6 +246,26 @@ public final class ZeroEngine: BlockHooks {
         return (w, exp_avg[i], exp_avg_sq[i])
     }
 
+    /// Lends this rank's shard of unit `i` (weights, Adam m, v over `units[i].shard`) to `body`
+    /// without the copies of `shardState`: moments and stage-3 weights are lent in place, other
+    /// stages' weights are copied once, shard range only, from the parameter tensors.
+    public func withShardState<R>(_ i: Int, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        let u = units[i]
+        func withMoments(_ w: UnsafeBufferPointer<Float>) throws -> R {
+            let m = stage == 0 ? exp_avg[i][u.shard] : exp_avg[i][...], v = stage == 0 ? exp_avg_sq[i][u.shard] : exp_avg_sq[i][...]
+            return try m.withUnsafeBufferPointer { m in try v.withUnsafeBufferPointer { v in try body(w, m, v) } }
+        }
+        if stage == 3 { return try shardWeights[i].withUnsafeBufferPointer { try withMoments($0) } }
+        let w = [Float](unsafeUninitializedCapacity: u.shard.count) { out, n in
+            for (k, (_, t)) in u.params.enumerated() {
+                let lo = max(u.offsets[k], u.shard.lowerBound), hi = min(u.offsets[k] + t.count, u.shard.upperBound)
+                if lo < hi { (out.baseAddress! + (lo - u.shard.lowerBound)).update(from: t.pointer + (lo - u.offsets[k]), count: hi - lo) }
+            }
+            n = u.shard.count
+        }
+        return try w.withUnsafeBufferPointer { try withMoments($0) }
+    }
+
     /// Restores unit `i` from its full flat weights and Adam moments (any world size / stage).
     public func loadFull(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
         let u = units[i]

@@ -44,11 +44,12 @@ public enum Checkpointing {
             try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
             try f.setAttribute("step", .int64(Int64(trainer.step)))
             for (i, u) in engine.units.enumerated() {
-                let (w, m, v) = engine.shardState(i)
                 let g = try f.createGroup("units/" + u.name)
-                try ChecksummedArray.write(g, "weights", w)
-                try ChecksummedArray.write(g, "exp_avg", m)
-                try ChecksummedArray.write(g, "exp_avg_sq", v)
+                try engine.withShardState(i) { w, m, v in
+                    try ChecksummedArray.write(g, "weights", w)
+                    try ChecksummedArray.write(g, "exp_avg", m)
+                    try ChecksummedArray.write(g, "exp_avg_sq", v)
+                }
                 try g.setAttribute("start", .int64(Int64(u.shard.lowerBound)))
                 try g.setAttribute("end", .int64(Int64(u.shard.upperBound)))
             }

@@ -7,7 +7,9 @@ For each DiT parity fixture (Tests/HVModelTests/Fixtures/dit_parity_{a,b}.h5, of
      (no missing or unexpected keys, every shape right);
   3. the model's velocity on the fixture's inputs equals the fixture's stored diffusers velocity;
   4. the header follows the format: 8-byte LE length, JSON, spaces padding to 8, contiguous offsets.
-Also checks that `--naming official` writes exactly the fixture's official names and values.
+Also checks that `--naming official` writes exactly the fixture's official names and values, and
+that a real sharded checkpoint (2 steps of configs/runs/tiny.yaml on 2 local workers, ZeRO 3)
+exports to a file that diffusers loads strictly with the config taken from its metadata.
 
     swift build -c release                                   # builds .build/release/hv-ckpt
     /work/venv/bin/python scripts/dev/check_diffusers_export.py
@@ -30,6 +32,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_dit_fixtures import CONFIGS, OUT_DIR, REPO, run_diffusers  # noqa: E402
 
 HV_CKPT = os.environ.get("HV_CKPT", os.path.join(REPO, ".build", "release", "hv-ckpt"))
+HV_COORD = os.path.join(os.path.dirname(HV_CKPT), "hv-coord")
+
+
+def diffusers_kwargs(c):
+    """hv's DiTConfig JSON (official argument names) -> HunyuanVideoTransformer3DModel kwargs."""
+    assert c["qk_norm"], "diffusers' HunyuanVideo always has q/k RMSNorm"
+    return dict(in_channels=c["in_channels"], out_channels=c["out_channels"], num_attention_heads=c["heads_num"],
+                attention_head_dim=c["hidden_size"] // c["heads_num"], num_layers=c["mm_double_blocks_depth"],
+                num_single_layers=c["mm_single_blocks_depth"], num_refiner_layers=c["refiner_depth"],
+                mlp_ratio=c["mlp_width_ratio"], patch_size=c["patch_size"][1], patch_size_t=c["patch_size"][0],
+                qk_norm="rms_norm", guidance_embeds=c["guidance_embed"], text_embed_dim=c["text_states_dim"],
+                pooled_projection_dim=c["text_states_dim_2"], rope_theta=c["rope_theta"], rope_axes_dim=tuple(c["rope_dim_list"]))
 
 
 def check_header(path):
@@ -79,6 +93,20 @@ def main():
             same = set(back) == set(official) and all(np.array_equal(back[k].numpy(), official[k]) for k in official)
             print(f"[{name}] --naming official: {'identical' if same else 'DIFFERENT'} names and values")
             ok &= same
+
+        # A real sharded checkpoint.
+        hosts, run = os.path.join(tmp, "hosts"), os.path.join(tmp, "run")
+        with open(hosts, "w") as f:
+            f.write("localhost slots=2\n")
+        subprocess.run([HV_COORD, "launch", "--nodes", hosts, "--config", os.path.join(REPO, "configs/runs/tiny.yaml"),
+                        "--steps", "2", "--zero", "3", "--run-dir", run, "--quiet"], check=True, cwd=REPO)
+        out = os.path.join(tmp, "tiny.safetensors")
+        subprocess.run([HV_CKPT, "export", run, "--naming", "diffusers", "--out", out], check=True)
+        h = check_header(out)
+        model = HunyuanVideoTransformer3DModel(**diffusers_kwargs(json.loads(h["__metadata__"]["model_config"])))
+        result = model.load_state_dict(load_file(out), strict=True)
+        assert not result.missing_keys and not result.unexpected_keys, result
+        print(f"[tiny checkpoint, 2 workers ZeRO 3] diffusers load_state_dict(strict=True) OK ({len(model.state_dict())} tensors)")
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 
