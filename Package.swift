@@ -29,7 +29,7 @@ let package = Package(
         // Vectorised elementwise kernels (C, compiled per ISA with target_clones).
         .target(name: "CHVKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "HVTensor", dependencies: ["CHVBLAS", "CHVKernels"]),
-        .target(name: "HVNN", dependencies: ["HVTensor"]),
+        .target(name: "HVNN", dependencies: ["CHVKernels", "HVTensor"]),
         .target(name: "HVModel", dependencies: ["HVNN", "HVTensor"]),
         .target(name: "HVComm", dependencies: ["CHVZeroMQ", "HVTensor"]),
         .target(name: "HVCheckpoint", dependencies: ["CHVHDF5", "HVTensor", "HVNN"]),
@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "HVCheckpoint", "_HVTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVTrain", "HVSampling"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint", "HVTensor"], exclude: ["Fixtures"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),

@@ -103,6 +103,8 @@ HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_
     }
 }
 
+int hv_malloc_trim(void) { return malloc_trim(0); }
+
 void hv_tune_malloc(void) {
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
@@ -147,4 +149,19 @@ HV_CLONES uint64_t hv_checksum64(const void *data, size_t nbytes) {
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
     return h;
+}
+
+HV_CLONES void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                        float eps, float weight_decay, float bc1, float bc2) {
+    const float step_size = lr / bc1, decay = 1.0f - lr * weight_decay, inv_bc2_sqrt = 1.0f / sqrtf(bc2);
+    const float a1 = 1.0f - beta1, a2 = 1.0f - beta2;
+#pragma clang loop vectorize(enable) interleave(enable)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = beta1 * m[i] + a1 * gi;
+        float vi = beta2 * v[i] + a2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+    }
 }

@@ -28,6 +28,8 @@ struct AllReduceBench: ParsableCommand {
           help: "Set MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 for the rank processes (both sides).")
     var mallocTuning = true
     @Option(help: "Seconds before a stuck rank is reported.") var timeout = 300.0
+    @Option(help: "hv: data-plane authentication, none, curve or hmac (what `hv-coord launch` uses; to measure its cost).")
+    var auth = "none"
     @Option(help: ArgumentHelp("Time a minimal ring instead of ZMQRingCommunicator (for diagnosis): copy (zmq_send, as hv) or nocopy (zmq_msg_init_data).",
                                visibility: .hidden)) var prototype: String?
 
@@ -84,6 +86,15 @@ struct AllReduceBench: ParsableCommand {
         try router.bind("tcp://127.0.0.1:*")
         let endpoint = try router.lastEndpoint
         var procs: [Process] = []
+        var keyFile: String?
+        if auth != "none" {
+            guard let m = AuthMechanism(rawValue: auth) else { throw ValidationError("--auth must be none, curve or hmac") }
+            let path = NSTemporaryDirectory() + "/hv-bench-keys-\(getpid()).json"
+            unlink(path)
+            try RunKeys.generate(worldSize: ranks, mechanism: m).write(to: path)
+            keyFile = path
+        }
+        defer { if let keyFile { unlink(keyFile) } }
         func stopAll() {
             for p in procs where p.isRunning { p.terminate() }
             for p in procs { p.waitUntilExit() }
@@ -97,6 +108,7 @@ struct AllReduceBench: ParsableCommand {
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if bf16 { args.append("--bf16") }
             if let prototype { args += ["--prototype", prototype] }
+            if let keyFile { args += ["--key-file", keyFile] }
             p.arguments = args
             p.environment = env
             p.standardInput = FileHandle.nullDevice
@@ -201,6 +213,7 @@ struct AllReduceRank: ParsableCommand {
     @Option var timeout = 300.0
     @Flag var bf16 = false
     @Option var prototype: String?
+    @Option var keyFile: String?
 
     func run() throws {
         try runOrExit {
@@ -213,7 +226,9 @@ struct AllReduceRank: ParsableCommand {
             try control.setReceiveTimeout(milliseconds: Int(timeout * 1000))
             try control.setSendTimeout(milliseconds: Int(timeout * 1000))
             try control.connect(parent)
-            let comm = try ZMQRingCommunicator(rank: rank, worldSize: world, bind: "tcp://127.0.0.1:*", context: ctx, timeoutSeconds: timeout)
+            let auth = try keyFile.map { try RunKeys.read(path: $0, worldSize: world).auth(rank: rank) }
+            let comm = try ZMQRingCommunicator(rank: rank, worldSize: world, bind: "tcp://127.0.0.1:*", context: ctx, timeoutSeconds: timeout,
+                                               auth: auth)
             defer { comm.close() }
             if let chunk { comm.chunkElements = chunk }
             if bf16 { comm.wireDType = .bfloat16 }

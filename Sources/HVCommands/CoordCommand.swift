@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HVComm
 import HVModel
 import HVTensor
 import HVTrain
@@ -177,6 +178,12 @@ struct LaunchCommand: ParsableCommand {
     var maxRestarts = 0
     @Option(help: "Resume: `auto` (latest good checkpoint in RUN_DIR/checkpoints, else start fresh) or a checkpoint directory.")
     var resume: String?
+    @Flag(help: "Turn off CurveZMQ authentication of the control and data sockets (any host that can reach the ports can then join, send commands and inject tensors). Only for a network you trust.")
+    var insecureNoAuth = false
+    @Option(help: "auto (CURVE if this libzmq has it, else HMAC), curve, or hmac (shared-secret tokens over ZeroMQ PLAIN: authenticated, not encrypted).")
+    var authMechanism = "auto"
+    @Flag(help: "When a checkpoint save fails (disk full, directory not writable), log it and keep training instead of stopping the run.")
+    var continueOnSaveError = false
 
     func run() throws {
         try runOrExit {
@@ -203,6 +210,13 @@ struct LaunchCommand: ParsableCommand {
             opts.batchSize = batchSize
             opts.stopAt = stopAt
             opts.heartbeatTimeout = heartbeatTimeout
+            opts.authenticate = !insecureNoAuth
+            switch authMechanism {
+            case "auto": opts.authMechanism = .best
+            case "curve", "hmac": opts.authMechanism = AuthMechanism(rawValue: authMechanism)!
+            default: throw ValidationError("--auth-mechanism must be auto, curve or hmac")
+            }
+            opts.continueOnSaveError = continueOnSaveError
             var attempt = 0
             while true {
                 do {
@@ -210,6 +224,8 @@ struct LaunchCommand: ParsableCommand {
                     return
                 } catch let e as LaunchError {
                     if case .interrupted = e { throw e }
+                    // A full or unwritable disk would fail the same way again.
+                    if case .workerFailed(_, _, let detail, _) = e, detail.contains("checkpoint save at step") { throw e }
                     guard attempt < maxRestarts else { throw e }
                     attempt += 1
                     stderrLine("hv-coord: \(e)")
@@ -240,6 +256,9 @@ struct WorkerCommand: ParsableCommand {
     @Option var batchSize: Int?
     @Option var stopAt: Int?
     @Option var heartbeatTimeout = 30.0
+    @Option(help: "The run's CurveZMQ key file (0600, written by the coordinator).") var keyFile: String?
+    @Flag var insecureNoAuth = false
+    @Flag var continueOnSaveError = false
 
     func run() throws {
         try runOrExit {
@@ -251,6 +270,11 @@ struct WorkerCommand: ParsableCommand {
             opts.batchSize = batchSize
             opts.stopAt = stopAt
             opts.heartbeatTimeout = heartbeatTimeout
+            guard keyFile != nil || insecureNoAuth else {
+                throw ValidationError("a worker needs the run's --key-file (or --insecure-no-auth); it is started by `hv-coord launch`")
+            }
+            opts.keyFile = keyFile
+            opts.continueOnSaveError = continueOnSaveError
             // Unbuffered writes: lines reach the coordinator as they are logged.
             try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         }

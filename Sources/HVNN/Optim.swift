@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 import HVTensor
 
@@ -33,15 +34,18 @@ public final class AdamW {
     public static func kernel(p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>,
                               v: UnsafeMutablePointer<Float>, n: Int, lr: Float, beta1: Float, beta2: Float, eps: Float,
                               weightDecay: Float, bc1: Float, bc2: Float) {
-        let stepSize = lr / bc1
-        let decay = 1 - lr * weightDecay
-        let invBc2Sqrt = 1 / bc2.squareRoot()
-        for i in 0..<n {
-            let gi = g[i]
-            let mi = beta1 * m[i] + (1 - beta1) * gi
-            let vi = beta2 * v[i] + (1 - beta2) * gi * gi
-            m[i] = mi; v[i] = vi
-            p[i] = p[i] * decay - stepSize * mi / (vi.squareRoot() * invBc2Sqrt + eps)
+        // Two threads over halves (64-byte aligned split) once the buffer is large enough to pay.
+        let parts = n >= 1 << 20 ? 2 : 1
+        let per = ((n + parts - 1) / parts + 15) & ~15
+        struct Buffers: @unchecked Sendable {
+            let p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>
+        }
+        let b = Buffers(p: p, g: g, m: m, v: v)
+        DispatchQueue.concurrentPerform(iterations: parts) { k in
+            let lo = min(n, k * per), hi = min(n, lo + per)
+            if lo < hi {
+                hv_adamw(b.p + lo, b.g + lo, b.m + lo, b.v + lo, hi - lo, lr, beta1, beta2, eps, weightDecay, bc1, bc2)
+            }
         }
     }
 

@@ -46,6 +46,8 @@ public final class ZeroEngine: BlockHooks {
     /// Seconds spent in collectives since the last `takeCommSeconds()`.
     public private(set) var commSeconds = 0.0
     private var deferredError: Error?
+    /// Stage 3: the flat gradient buffer of a unit whose backward is running (see `attachFlatGrads`).
+    private var gradFlat: [Storage?] = []
 
     public init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
         precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
@@ -56,9 +58,10 @@ public final class ZeroEngine: BlockHooks {
         let outer = model.namedParameters().filter { !blockNames.contains(ObjectIdentifier($0.1)) } + extraOuter
         var groups: [(String, [(String, Tensor)])] = [("outer", outer)]
         let all = Dictionary(uniqueKeysWithValues: model.namedParameters().map { (ObjectIdentifier($0.1), $0.0) })
+        let D = model.double_blocks.count
         for (i, m) in model.blockModules.enumerated() {
             let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
-            groups.append((i < model.double_blocks.count ? "double_blocks.\(i)" : "single_blocks.\(i - model.double_blocks.count)", ps))
+            groups.append((i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)", ps))
         }
         for (name, ps) in groups {
             var offsets: [Int] = [], n = 0
@@ -66,21 +69,39 @@ public final class ZeroEngine: BlockHooks {
             units.append(Unit(name: name, params: ps, offsets: offsets, count: n,
                               shard: shardRange(count: n, rank: comm.rank, world: comm.worldSize)))
         }
+        gradFlat = Array(repeating: nil, count: units.count)
+        if stage == 3 {
+            model.recomputeBlocks = true
+            model.blockHooks = self
+            // Shard unit by unit, dropping each unit's full weights at once, and give the freed
+            // heap back before the Adam moments are allocated: the full model never coexists
+            // with the sharded state.
+            for u in units {
+                shardWeights.append(copyWeights(u, range: u.shard))
+                for (_, t) in u.params { t.release() }
+            }
+            HVRuntime.trimHeap()
+        }
         for u in units {
             let stateCount = stage == 0 ? u.count : u.shard.count
             exp_avg.append([Float](repeating: 0, count: stateCount))
             exp_avg_sq.append([Float](repeating: 0, count: stateCount))
-            reducedGrads.append([])
+            // Stages 2-3 accumulate reduced gradient shards in place: allocated once, like the
+            // moments, so that no step re-allocates them between the transient gathered units.
+            reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
-        if stage == 3 {
-            model.recomputeBlocks = true
-            model.blockHooks = self
-            for u in units {
-                let flat = flatWeights(u)
-                shardWeights.append(Array(flat[u.shard]))
-                for (_, t) in u.params { t.release() }
+    }
+
+    /// The values `range` of unit `u`'s flat weights (without building the whole flat copy).
+    func copyWeights(_ u: Unit, range: Range<Int>) -> [Float] {
+        var out = [Float](repeating: 0, count: range.count)
+        out.withUnsafeMutableBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() {
+                let lo = max(range.lowerBound, u.offsets[k]), hi = min(range.upperBound, u.offsets[k] + t.count)
+                if lo < hi { (buf.baseAddress! + (lo - range.lowerBound)).update(from: t.pointer + (lo - u.offsets[k]), count: hi - lo) }
             }
         }
+        return out
     }
 
     // MARK: Flat views
@@ -109,6 +130,19 @@ public final class ZeroEngine: BlockHooks {
         return out
     }
 
+    /// Stage 3: gradients of unit `i` accumulate in place into one zeroed flat buffer (each
+    /// parameter's `.grad` is a view of it), which is then reduce-scattered without a copy.
+    func attachFlatGrads(_ i: Int) {
+        let u = units[i]
+        if gradFlat[i] != nil { return }
+        let s = Storage(mappedZeros: u.count)
+        for (k, (_, t)) in u.params.enumerated() {
+            if let g = t.grad { (s.pointer + u.offsets[k]).update(from: g.contiguous().pointer, count: t.count) }
+            t.grad = Tensor(storage: s, shape: t.shape, offset: u.offsets[k])
+        }
+        gradFlat[i] = s
+    }
+
     private func timed<R>(_ body: () throws -> R) rethrows -> R {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { commSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
@@ -122,11 +156,10 @@ public final class ZeroEngine: BlockHooks {
     /// All-gathers unit `i`'s weights into full tensors.
     func gather(_ i: Int) throws {
         let u = units[i]
-        var flat = [Float](repeating: 0, count: u.count)
-        flat.replaceSubrange(u.shard, with: shardWeights[i])
-        try timed { try flat.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
-        for (_, t) in u.params { t.materialize() }
-        scatterWeights(u, flat)
+        let flat = Storage(mappedZeros: u.count)
+        shardWeights[i].withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
+        try timed { try comm.allGather(flat.pointer, count: u.count) }
+        for (k, (_, t)) in u.params.enumerated() { t.bind(to: flat, offset: u.offsets[k]) }
     }
 
     func release(_ i: Int) { for (_, t) in units[i].params { t.release() } }
@@ -135,11 +168,23 @@ public final class ZeroEngine: BlockHooks {
     /// and drops the full gradients.
     func reduceScatterGrads(_ i: Int) throws {
         let u = units[i]
-        var flat = flatGrads(u)
-        try timed { try flat.withUnsafeMutableBufferPointer { try comm.reduceScatter($0.baseAddress!, count: u.count) } }
-        let part = Array(flat[u.shard])
-        if reducedGrads[i].isEmpty { reducedGrads[i] = part } else { for k in 0..<part.count { reducedGrads[i][k] += part[k] } }
+        let flat: Storage
+        if let g = gradFlat[i] {
+            flat = g
+            gradFlat[i] = nil
+        } else {
+            // Copy parameter by parameter, dropping each gradient once copied.
+            flat = Storage(mappedZeros: u.count)
+            for (k, (_, t)) in u.params.enumerated() {
+                if let g = t.grad { (flat.pointer + u.offsets[k]).update(from: g.contiguous().pointer, count: t.count) }
+                t.zeroGrad()
+            }
+        }
         for (_, t) in u.params { t.zeroGrad() }
+        try timed { try comm.reduceScatter(flat.pointer, count: u.count) }
+        let part = UnsafeBufferPointer(start: flat.pointer + u.shard.lowerBound, count: u.shard.count)
+        precondition(reducedGrads[i].count == part.count)
+        reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in 0..<part.count { r[k] += part[k] } }
     }
 
     private func deferring(_ body: () throws -> Void) {
@@ -152,7 +197,10 @@ public final class ZeroEngine: BlockHooks {
     public func recomputeHooks(_ block: Int) -> RecomputeHooks? {
         guard stage == 3 else { return nil }
         return RecomputeHooks(
-            willBackward: { [unowned self] in deferring { try gather(block + 1) } },
+            willBackward: { [unowned self] in
+                deferring { try gather(block + 1) }
+                attachFlatGrads(block + 1)
+            },
             didBackward: { [unowned self] in
                 deferring { try reduceScatterGrads(block + 1) }
                 release(block + 1)
@@ -161,7 +209,10 @@ public final class ZeroEngine: BlockHooks {
 
     /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
     public func beginStep() throws {
-        if stage == 3 { try gather(0) }
+        if stage == 3 {
+            try gather(0)
+            attachFlatGrads(0)
+        }
     }
 
     /// After the last micro-batch's backward: reduces gradients, clips them to `clip` (global
@@ -199,24 +250,35 @@ public final class ZeroEngine: BlockHooks {
         let bc1 = 1 - Foundation.pow(optimizer.beta1, Float(step)), bc2 = 1 - Foundation.pow(optimizer.beta2, Float(step))
         for i in units.indices {
             let u = units[i]
+            if stage >= 2 {
+                // The shard buffers are persistent: scale in place, update, zero for the next step.
+                if scale != 1 { reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] *= scale } } }
+                if stage == 2 {
+                    var w = flatWeights(u)
+                    var part = Array(w[u.shard])
+                    adam(&part, reducedGrads[i], i)
+                    w.replaceSubrange(u.shard, with: part)
+                    try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+                    scatterWeights(u, w)
+                } else {
+                    adam(&shardWeights[i], reducedGrads[i], i)
+                }
+                reducedGrads[i].withUnsafeMutableBufferPointer { r in r.update(repeating: 0) }
+                continue
+            }
             // The gradient slice this rank updates, scaled by the clip factor.
-            var g: [Float] = stage <= 1 ? (stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])) : reducedGrads[i]
+            var g: [Float] = stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])
             if scale != 1 { for k in g.indices { g[k] *= scale } }
-            switch stage {
-            case 0:
-                var w = flatWeights(u)
+            var w = flatWeights(u)
+            if stage == 0 {
                 adam(&w, g, i)
-                scatterWeights(u, w)
-            case 1, 2:
-                var w = flatWeights(u)
+            } else {
                 var part = Array(w[u.shard])
                 adam(&part, g, i)
                 w.replaceSubrange(u.shard, with: part)
                 try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
-                scatterWeights(u, w)
-            default:
-                adam(&shardWeights[i], g, i)
             }
+            scatterWeights(u, w)
             reducedGrads[i] = []
         }
 

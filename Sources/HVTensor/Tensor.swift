@@ -9,8 +9,9 @@ import Foundation
 public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public let shape: [Int]
     public let strides: [Int]
-    public let offset: Int
-    /// Replaceable only through `materialize`/`release` (ZeRO-3 parameter sharding).
+    /// Changes only through `bind`/`release` (ZeRO-3 parameter sharding).
+    public private(set) var offset: Int
+    /// Replaceable only through `materialize`/`bind`/`release` (ZeRO-3 parameter sharding).
     public private(set) var storage: Storage
 
     /// Leaves with `requiresGrad` accumulate into `grad` on every `backward()` (gradient accumulation).
@@ -105,14 +106,24 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 
     /// ZeRO-3: gives a released parameter fresh full-size storage (contents to be written).
     public func materialize() {
-        if storage.count < count { storage = Storage(uninitialized: count) }
+        if storage.count < count + offset { storage = Storage(uninitialized: count); offset = 0 }
     }
 
-    /// ZeRO-3: drops this parameter's storage until the next `materialize`. Only for contiguous,
-    /// offset-0 leaves (parameters); views of it must not outlive the release.
+    /// ZeRO-3: makes this parameter a view of `count` values at `offset` in `storage` (a whole
+    /// unit's gathered flat buffer), so a unit is gathered in place without a second copy.
+    public func bind(to storage: Storage, offset: Int) {
+        precondition(isContiguous && isLeaf, "bind(to:offset:) is for parameters only")
+        precondition(offset >= 0 && offset + count <= storage.count, "bind: \(count) values at \(offset) outside \(storage.count)")
+        self.storage = storage
+        self.offset = offset
+    }
+
+    /// ZeRO-3: drops this parameter's storage until the next `materialize`/`bind`. Only for
+    /// contiguous leaves (parameters); views of it must not outlive the release.
     public func release() {
-        precondition(offset == 0 && isContiguous && isLeaf, "release() is for parameters only")
+        precondition(isContiguous && isLeaf, "release() is for parameters only")
         storage = Storage(uninitialized: 0)
+        offset = 0
     }
 
     public var isMaterialized: Bool { storage.count >= count }

@@ -4,6 +4,23 @@ import HVComm
 import HVModel
 import HVParallel
 
+/// A checkpoint save that did not complete; the previous checkpoint and `latest` are intact.
+public enum CheckpointSaveError: Error, CustomStringConvertible {
+    /// This rank's own failure (the detail names the path and errno).
+    case failed(step: Int, directory: String, detail: String)
+    /// Another rank failed; its log has the reason.
+    case peerFailed(step: Int, directory: String, ranks: [Int])
+
+    public var description: String {
+        switch self {
+        case .failed(let s, let d, let detail):
+            "checkpoint save at step \(s) (\(d)) failed: \(detail); the previous checkpoint and `latest` are unchanged"
+        case .peerFailed(let s, let d, let r):
+            "checkpoint save at step \(s) (\(d)) failed on rank(s) \(r.map(String.init).joined(separator: ", ")) (see their logs); the previous checkpoint and `latest` are unchanged"
+        }
+    }
+}
+
 /// Sharded, atomic HDF5 checkpoints of a (possibly distributed) training run.
 ///
 /// Save (collective): rank 0 makes `checkpoints/.tmp-step-N`; every rank writes and fsyncs its
@@ -22,6 +39,12 @@ public enum Checkpointing {
     static func rankFile(_ r: Int) -> String { String(format: "rank-%05d.h5", r) }
 
     /// Saves the trainer's state; every rank must call it at the same step. Returns the directory.
+    ///
+    /// Each phase (make the directory, write the shards, publish) ends with an all-reduce of
+    /// per-rank failure flags, so a failure anywhere (disk full, directory not writable) makes
+    /// every rank throw at the same point instead of leaving its peers waiting in a barrier.
+    /// On failure the partial `.tmp-step-N` is removed (best effort) and the previous checkpoint
+    /// and `latest` are untouched. Throws `CheckpointSaveError`.
     @discardableResult
     public static func save(_ trainer: Trainer, runDir: String, keep: Int) throws -> String {
         let comm = trainer.comm, engine = trainer.engine
@@ -29,37 +52,58 @@ public enum Checkpointing {
         let name = directoryName(step: trainer.step)
         let tmp = root + "/.tmp-" + name, final = root + "/" + name
         let fm = FileManager.default
-        if comm.rank == 0 {
-            do {
-                try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
-                if fm.fileExists(atPath: tmp) { try fm.removeItem(atPath: tmp) }
-                try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-            } catch { throw CheckpointError.io(path: tmp, detail: "cannot create the checkpoint directory: \(error.localizedDescription)") }
+        let step = trainer.step
+
+        func phase(_ body: () throws -> Void) throws {
+            var local: Error?
+            do { try body() } catch { local = error }
+            var flags = [Float](repeating: 0, count: comm.worldSize)
+            if local != nil { flags[comm.rank] = 1 }
+            try flags.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: comm.worldSize) }
+            let failed = flags.indices.filter { flags[$0] > 0 }
+            if failed.isEmpty { return }
+            if comm.rank == 0 { try? fm.removeItem(atPath: tmp) }
+            if let local { throw CheckpointSaveError.failed(step: step, directory: final, detail: "\(local)") }
+            throw CheckpointSaveError.peerFailed(step: step, directory: final, ranks: failed)
         }
-        try comm.barrier()
-        let path = tmp + "/" + rankFile(comm.rank)
-        do {
-            let f = try H5File(path: path, mode: .create)
-            try f.setAttribute("rank", .int64(Int64(comm.rank)))
-            try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
-            try f.setAttribute("step", .int64(Int64(trainer.step)))
-            for (i, u) in engine.units.enumerated() {
-                let g = try f.createGroup("units/" + u.name)
-                try engine.withShardState(i) { w, m, v in
-                    try ChecksummedArray.write(g, "weights", w)
-                    try ChecksummedArray.write(g, "exp_avg", m)
-                    try ChecksummedArray.write(g, "exp_avg_sq", v)
+
+        try phase {
+            guard comm.rank == 0 else { return }
+            if !fm.fileExists(atPath: root) {
+                do { try fm.createDirectory(atPath: runDir, withIntermediateDirectories: true) } catch {
+                    throw CheckpointError.io(path: runDir, detail: "cannot create the run directory: \(Durable.diagnose(runDir) ?? "\(error)")")
                 }
-                try g.setAttribute("start", .int64(Int64(u.shard.lowerBound)))
-                try g.setAttribute("end", .int64(Int64(u.shard.upperBound)))
+                try Durable.makeDirectory(root)
             }
-            try f.close()
-            try Durable.sync(path)
-        } catch let e as CheckpointError { throw e } catch {
-            throw CheckpointError.io(path: path, detail: "writing the shard failed (disk full or not writable?): \(error)")
+            if fm.fileExists(atPath: tmp) { try fm.removeItem(atPath: tmp) }
+            try Durable.makeDirectory(tmp)
         }
-        try comm.barrier()
-        if comm.rank == 0 {
+        let path = tmp + "/" + rankFile(comm.rank)
+        try phase {
+            do {
+                let f = try H5File(path: path, mode: .create)
+                try f.setAttribute("rank", .int64(Int64(comm.rank)))
+                try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
+                try f.setAttribute("step", .int64(Int64(trainer.step)))
+                for (i, u) in engine.units.enumerated() {
+                    let g = try f.createGroup("units/" + u.name)
+                    try engine.withShardState(i) { w, m, v in
+                        try ChecksummedArray.write(g, "weights", w)
+                        try ChecksummedArray.write(g, "exp_avg", m)
+                        try ChecksummedArray.write(g, "exp_avg_sq", v)
+                    }
+                    try g.setAttribute("start", .int64(Int64(u.shard.lowerBound)))
+                    try g.setAttribute("end", .int64(Int64(u.shard.upperBound)))
+                }
+                try f.close()
+                try Durable.sync(path)
+            } catch let e as CheckpointError { throw e } catch {
+                let why = Durable.diagnose(path).map { $0 + "; " } ?? ""
+                throw CheckpointError.io(path: path, detail: "writing the shard failed: \(why)\(error)")
+            }
+        }
+        try phase {
+            guard comm.rank == 0 else { return }
             let W = comm.worldSize
             let units = engine.units.map { u in
                 CheckpointManifest.UnitEntry(
@@ -86,10 +130,10 @@ public enum Checkpointing {
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
             try Durable.rename(tmp, final)
             try Durable.sync(root)
+            // If only this last write fails, `latest` still names the previous complete checkpoint.
             try Durable.write(Data((name + "\n").utf8), to: root + "/latest")
             prune(root: root, keep: keep, current: name)
         }
-        try comm.barrier()
         return final
     }
 

@@ -21,6 +21,25 @@ public func locateExecutable(_ name: String) throws -> URL {
     throw NotFound(description: "\(name) not found next to the tests (searched \(dirs.map(\.path))); build it or set \(key)")
 }
 
+/// Reads `pipe` on its own thread with blocking reads until end of file, handing each chunk to
+/// `consume`. Returns a semaphore signalled at end of file.
+@discardableResult
+public func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
+    let done = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        let fd = pipe.fileHandleForReading.fileDescriptor
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            consume(Data(buffer[0..<n]))
+        }
+        done.signal()
+    }
+    return done
+}
+
 /// Runs a process to completion (with a time limit); returns (status, stdout, stderr).
 public func runProcess(_ exe: URL, _ args: [String], timeout: TimeInterval, cwd: String? = nil) throws -> (Int32, String, String) {
     let p = Process()
@@ -32,15 +51,14 @@ public func runProcess(_ exe: URL, _ args: [String], timeout: TimeInterval, cwd:
     p.standardError = err
     final class Sink: @unchecked Sendable { var data = Data(); let lock = NSLock() }
     let o = Sink(), e = Sink()
-    out.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; o.lock.withLock { o.data.append(d) } }
-    err.fileHandleForReading.readabilityHandler = { h in let d = h.availableData; e.lock.withLock { e.data.append(d) } }
     try p.run()
+    // Blocking reader threads, not `readabilityHandler` (its teardown can crash libdispatch on
+    // Linux: swift-corelibs-libdispatch#949).
+    let readers = [(out, o), (err, e)].map { pipe, sink in readPipe(pipe) { d in sink.lock.withLock { sink.data.append(d) } } }
     let deadline = Date().addingTimeInterval(timeout)
     while p.isRunning && Date() < deadline { usleep(20_000) }
     if p.isRunning { p.terminate(); p.waitUntilExit() }
     p.waitUntilExit()
-    usleep(50_000)
-    out.fileHandleForReading.readabilityHandler = nil
-    err.fileHandleForReading.readabilityHandler = nil
+    for r in readers { _ = r.wait(timeout: .now() + 2) }  // end of file once the child's output closes
     return (p.terminationStatus, o.lock.withLock { String(decoding: o.data, as: UTF8.self) }, e.lock.withLock { String(decoding: e.data, as: UTF8.self) })
 }

@@ -35,4 +35,10 @@ void hv_silu_backward(const float *x, const float *g, float *dx, size_t n);
 /// glibc malloc tuning for a tensor workload: large blocks come from the heap and are reused
 /// instead of being mmap-ed (and zero-filled by the kernel) on every allocation.
 void hv_tune_malloc(void);
+/// One AdamW step (decoupled weight decay, bias corrections bc1 = 1 - beta1^t, bc2 = 1 - beta2^t),
+/// in place on p, m, v; the same arithmetic, in the same order, as the scalar reference.
+void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+              float eps, float weight_decay, float bc1, float bc2);
+/* Returns the heap's free pages to the kernel (glibc malloc_trim(0)); 1 if memory was released. */
+int hv_malloc_trim(void);
 #endif

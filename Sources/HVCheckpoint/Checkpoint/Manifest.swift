@@ -111,30 +111,85 @@ public enum CheckpointError: Error, CustomStringConvertible {
     }
 }
 
-/// Durable file-system steps for atomic saves.
+/// Durable file-system steps for atomic saves. Failures name the path and the errno
+/// (`ENOSPC`, `EACCES`, `EROFS`, ...), so "disk full" and "not writable" read as such.
 public enum Durable {
+    /// The symbolic name of an errno value (falls back to the number).
+    public static func errnoName(_ code: Int32) -> String {
+        let names: [Int32: String] = [ENOSPC: "ENOSPC", EACCES: "EACCES", EROFS: "EROFS", EDQUOT: "EDQUOT", EPERM: "EPERM",
+                                      EIO: "EIO", ENOENT: "ENOENT", ENOTDIR: "ENOTDIR", EEXIST: "EEXIST", EFBIG: "EFBIG",
+                                      EMFILE: "EMFILE", ENAMETOOLONG: "ENAMETOOLONG", EXDEV: "EXDEV", EBUSY: "EBUSY"]
+        return names[code] ?? "errno \(code)"
+    }
+
+    /// "ENOSPC (No space left on device)".
+    public static func describe(errno code: Int32) -> String { "\(errnoName(code)) (\(String(cString: strerror(code))))" }
+
+    /// Why writing at `path` may have failed, from the file system's state now: a read-only
+    /// file system, a directory this process may not write, or (almost) no free space.
+    public static func diagnose(_ path: String) -> String? {
+        var dir = path
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        while !(fm.fileExists(atPath: dir, isDirectory: &isDir) && isDir.boolValue) && dir != "/" && !dir.isEmpty {
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        var vfs = statvfs()
+        if statvfs(dir, &vfs) == 0 {
+            if vfs.f_flag & UInt(ST_RDONLY) != 0 { return "EROFS: the file system holding \(dir) is read-only" }
+            let free = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
+            if free < 1 << 20 { return "ENOSPC: the file system holding \(dir) is full (\(free) bytes free)" }
+        }
+        if access(dir, W_OK) != 0 { return "\(describe(errno: errno)): \(dir) is not writable by this process" }
+        return nil
+    }
+
+    static func failure(_ path: String, _ what: String, _ code: Int32) -> CheckpointError {
+        var detail = "\(what): \(describe(errno: code))"
+        if let d = diagnose(path), !d.hasPrefix(errnoName(code)) { detail += "; " + d }
+        return .io(path: path, detail: detail)
+    }
+
+    /// mkdir (the parent must exist).
+    public static func makeDirectory(_ path: String) throws {
+        guard mkdir(path, 0o755) == 0 else { throw failure(path, "cannot create the directory", errno) }
+    }
+
     /// fsync a file or directory by path.
     public static func sync(_ path: String) throws {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw CheckpointError.io(path: path, detail: "open for fsync: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw failure(path, "open for fsync", errno) }
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw CheckpointError.io(path: path, detail: "fsync: \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 else { throw failure(path, "fsync", errno) }
     }
 
     /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+    /// On failure the temp file is removed and `path` is untouched.
     public static func write(_ data: Data, to path: String) throws {
         let tmp = path + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-            throw CheckpointError.io(path: tmp, detail: "cannot create (\(String(cString: strerror(errno))); disk full or directory not writable?)")
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw failure(tmp, "cannot create", errno) }
+        var ok = true
+        var code: Int32 = 0
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = Foundation.write(fd, raw.baseAddress! + off, raw.count - off)
+                if n < 0 { if errno == EINTR { continue }; ok = false; code = errno; return }
+                off += n
+            }
         }
-        try sync(tmp)
-        try rename(tmp, path)
+        if ok && fsync(fd) != 0 { ok = false; code = errno }
+        close(fd)
+        guard ok else {
+            unlink(tmp)
+            throw failure(tmp, "writing \(data.count) bytes failed", code)
+        }
+        do { try rename(tmp, path) } catch { unlink(tmp); throw error }
         try sync((path as NSString).deletingLastPathComponent)
     }
 
     public static func rename(_ from: String, _ to: String) throws {
-        guard Foundation.rename(from, to) == 0 else {
-            throw CheckpointError.io(path: to, detail: "rename from \(from): \(String(cString: strerror(errno)))")
-        }
+        guard Foundation.rename(from, to) == 0 else { throw failure(to, "rename from \(from)", errno) }
     }
 }

@@ -25,20 +25,41 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     private var peerEndpoints: [String] = []
     private var sequence: UInt64 = 0
     private var stash: [Int: [(WireHeader, ZMQMessage)]] = [:]
+    /// fp32 payloads go out without a copy (libzmq reads the caller's buffer from its I/O
+    /// thread); every collective waits for them to be released before it returns, so the
+    /// caller may then reuse its buffer.
+    public var zeroCopySends = true
+    private let inFlight = InFlightSends()
     /// The endpoint peers connect to (resolved port for `tcp://host:*`).
     public let endpoint: String
 
-    public init(rank: Int, worldSize: Int, bind: String, context: ZMQContext? = nil, timeoutSeconds: Double = 120) throws {
+    /// Authentication of the data plane (nil: none — only for a network you trust).
+    public let auth: ZMQAuth?
+    /// Largest frame the inbox accepts; a bigger one makes libzmq drop the sender's connection
+    /// before allocating it (so a peer can never make us allocate what it claims).
+    public let maxFrameBytes: Int
+    /// Frames received from a rank but not yet wanted are kept at most this many per rank.
+    public var maxStashedPerPeer = 4096
+
+    /// `auth`: the inbox becomes a CURVE server admitting only the run's rank keys (ZAP) and
+    /// every outbox a CURVE client; refused connections are reported through `log`.
+    public init(rank: Int, worldSize: Int, bind: String, context: ZMQContext? = nil, timeoutSeconds: Double = 120,
+                auth: ZMQAuth? = nil, maxFrameBytes: Int = 256 << 20,
+                log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("hv: " + $0 + "\n").utf8)) }) throws {
         precondition(rank >= 0 && rank < worldSize, "rank \(rank) outside world of \(worldSize)")
         self.rank = rank
         self.worldSize = worldSize
         self.timeoutSeconds = timeoutSeconds
+        self.auth = auth
+        self.maxFrameBytes = maxFrameBytes
         ownsContext = context == nil
         self.context = try context ?? ZMQContext(ioThreads: 1)
         inbox = try self.context.makeSocket(.pull)
         try inbox.setReceiveHighWaterMark(0)
         try inbox.setReceiveTimeout(milliseconds: Int(timeoutSeconds * 1000))
         try inbox.setLinger(milliseconds: 0)
+        try inbox.setMaxMessageSize(maxFrameBytes)
+        if let auth { try auth.configureServer(inbox) { log("rank \(rank) data-plane inbox: " + $0) } }
         try inbox.bind(bind)
         endpoint = try inbox.lastEndpoint
     }
@@ -50,6 +71,9 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     }
 
     public func close() {
+        // Messages still queued point into callers' buffers: drop them (linger 0) rather than
+        // let libzmq read freed memory later.
+        if inFlight.count > 0 { for (_, s) in outboxes { try? s.setLinger(milliseconds: 0) } }
         for (_, s) in outboxes { s.close() }
         outboxes.removeAll()
         inbox.close()
@@ -64,6 +88,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         try s.setSendHighWaterMark(0)
         try s.setSendTimeout(milliseconds: Int(timeoutSeconds * 1000))
         try s.setLinger(milliseconds: 2000)
+        if let auth { try auth.configureClient(s) }
         try s.connect(peerEndpoints[peer])
         outboxes[peer] = s
         return s
@@ -77,7 +102,12 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         do {
             let s = try outbox(peer)
             try s.send(header.bytes, more: true)
-            if wireDType == .float32 {
+            if wireDType == .float32 && zeroCopySends && count > 0 {
+                inFlight.add()
+                let inFlight = self.inFlight
+                let raw = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(mutating: src), count: count * 4)
+                try s.sendNoCopy(raw) { _ in inFlight.done() }
+            } else if wireDType == .float32 {
                 try s.send(UnsafeRawBufferPointer(start: src, count: count * 4))
             } else {
                 var tmp = [UInt16](repeating: 0, count: count)
@@ -107,12 +137,17 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 do { frames = try inbox.receiveMultipartMessages() } catch ZMQError.timedOut {
                     throw CommError.timeout(collective: collective, step: step, rank: rank, waitingFor: [peer], seconds: timeoutSeconds)
                 } catch { throw CommError.transport(collective: collective, step: step, rank: rank, underlying: error) }
-                guard frames.count == 2 else { throw violation("\(frames.count) frames, expected header + payload", -1) }
+                // Everything a peer claims is checked against the frames before it is used.
+                let sender = frames[0].senderDescription
+                guard frames.count == 2 else { throw violation("\(frames.count) frames from \(sender), expected header + payload", -1) }
                 let parsed = frames[0].withUnsafeBytes { WireHeader.parse($0) }
                 switch parsed {
-                case .failure(let e): throw violation("\(e)", -1)
+                case .failure(let e): throw violation("\(e) from \(sender)", -1)
                 case .success(let h):
-                    guard Int(h.source) < worldSize else { throw violation("claims source rank \(h.source) in a world of \(worldSize)", -1) }
+                    guard Int(h.source) < worldSize else { throw violation("\(sender) claims source rank \(h.source) in a world of \(worldSize)", -1) }
+                    if auth != nil, let user = frames[0].property("User-Id"), user != "rank-\(h.source)" {
+                        throw violation("\(sender) claims to be rank \(h.source)", -1)
+                    }
                     guard frames[1].count == Int(h.count) * h.dtype.bytes else {
                         throw violation("payload of \(frames[1].count) bytes for \(h.count) elements", Int(h.source))
                     }
@@ -120,6 +155,9 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                     payload = frames[1]
                 }
                 if Int(header.source) != peer {
+                    guard stash[Int(header.source), default: []].count < maxStashedPerPeer else {
+                        throw violation("more than \(maxStashedPerPeer) unexpected messages queued from rank \(header.source)", Int(header.source))
+                    }
                     stash[Int(header.source), default: []].append((header, payload))
                     continue
                 }
@@ -135,6 +173,23 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
 
     private func nextSequence() -> UInt64 { sequence += 1; return sequence }
 
+    /// Waits until libzmq has released every zero-copy payload (it has handed them to the
+    /// kernel), so the caller's buffer may change. Bounded by the timeout.
+    private func drainSends(collective: String) throws {
+        if inFlight.count == 0 { return }
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        var spins = 0
+        while inFlight.count > 0 {
+            spins += 1
+            if spins < 200 { sched_yield() } else { usleep(20) }
+            if spins % 1000 == 0 && Date() > deadline {
+                let peers = Array(outboxes.keys).sorted()
+                throw CommError.timeout(collective: collective + " (send completion)", step: step, rank: rank, waitingFor: peers,
+                                        seconds: timeoutSeconds)
+            }
+        }
+    }
+
     /// Splits `range` into chunks of at most `chunkElements`.
     private func chunks(_ range: Range<Int>) -> [Range<Int>] {
         if range.isEmpty { return [range] }
@@ -144,6 +199,12 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
     // MARK: Collectives
 
     public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try reduceScatter(buffer, count: count, drain: true)
+    }
+
+    /// `drain: false` is for all-reduce only: there, every chunk sent here is overwritten by the
+    /// all-gather only after it has travelled the whole ring (causally after libzmq sent it).
+    private func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, count: Int, drain: Bool) throws {
         let W = worldSize
         if W == 1 { return }
         let seq = nextSequence(), next = (rank + 1) % W, prev = (rank + W - 1) % W
@@ -171,6 +232,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 }
             }
         }
+        if drain { try drainSends(collective: "reduce-scatter") }
     }
 
     public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
@@ -203,10 +265,11 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 }
             }
         }
+        try drainSends(collective: "all-gather")
     }
 
     public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
-        try reduceScatter(buffer, count: count)
+        try reduceScatter(buffer, count: count, drain: false)
         try allGather(buffer, count: count)
     }
 
@@ -229,6 +292,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
                 try sendChunk(buffer + c.lowerBound, count: c.count, to: next, kind: .broadcast, seq: seq, chunk: i, collective: "broadcast")
             }
         }
+        try drainSends(collective: "broadcast")
     }
 
     public func barrier() throws {
@@ -243,6 +307,7 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
         for (i, c) in chunks(0..<count).enumerated() {
             try sendChunk(buffer + c.lowerBound, count: c.count, to: peer, kind: .pointToPoint, seq: tag, chunk: i, collective: "send")
         }
+        try drainSends(collective: "send")
     }
 
     public func receive(_ buffer: UnsafeMutablePointer<Float>, count: Int, from peer: Int, tag: UInt64) throws {
@@ -255,4 +320,13 @@ public final class ZMQRingCommunicator: Communicator, @unchecked Sendable {
             }
         }
     }
+}
+
+/// Counts zero-copy payloads that libzmq still holds (released on its I/O thread).
+final class InFlightSends: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.withLock { n += 1 } }
+    func done() { lock.withLock { n -= 1 } }
+    var count: Int { lock.withLock { n } }
 }

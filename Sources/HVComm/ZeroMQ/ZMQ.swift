@@ -28,6 +28,14 @@ public enum ZMQ {
         return ZMQCurveKeyPair(publicKey: text(publicKey), secretKey: text(secretKey))
     }
 
+    /// Z85 text of a 32-byte binary key (as ZAP delivers a CURVE client's public key).
+    public static func z85(_ key: [UInt8]) -> String? {
+        guard key.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        guard key.withUnsafeBufferPointer({ zmq_z85_encode(&out, $0.baseAddress, 32) }) != nil else { return nil }
+        return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// Waits until one of `items` is ready or `timeoutMilliseconds` passes (-1: forever, 0: no wait).
     /// Returns the ready events for each item, in order (empty sets when it timed out).
     public static func poll(_ items: [(socket: ZMQSocket, events: ZMQPollEvents)], timeoutMilliseconds: Int,
@@ -44,7 +52,7 @@ public enum ZMQ {
 }
 
 /// A CURVE key pair in Z85 text.
-public struct ZMQCurveKeyPair: Sendable, Equatable {
+public struct ZMQCurveKeyPair: Sendable, Equatable, Codable {
     public var publicKey: String
     public var secretKey: String
 }

@@ -15,6 +15,7 @@ public final class ZMQContext: @unchecked Sendable {
     private let lock = NSLock()
     private var handle: UnsafeMutableRawPointer?
     private var sockets: [ObjectIdentifier: WeakSocket] = [:]
+    private var authenticator: ZMQAuthenticator?
     /// Linger given to each new socket; `close()` waits at most about this long per socket.
     public let defaultLingerMilliseconds: Int
 
@@ -47,9 +48,25 @@ public final class ZMQContext: @unchecked Sendable {
         try ZMQSocket(context: self, type: type, function: function)
     }
 
+    /// Starts the context's ZAP handler (once; later calls keep the first): server sockets of
+    /// this context with a ZAP domain then admit only the clients `policy` names (CURVE public
+    /// keys or PLAIN user/password; the name becomes the connection's "User-Id"). Each refusal
+    /// is reported through `log`, naming the peer's address. Start it before binding servers.
+    public func startAuthenticator(policy: ZAPPolicy, log: @escaping @Sendable (String) -> Void) throws {
+        if lock.withLock({ authenticator != nil }) { return }
+        let a = try ZMQAuthenticator(context: self, policy: policy, log: log)
+        lock.withLock { authenticator = a }
+    }
+
+    /// Connections the ZAP handler has refused so far.
+    public var refusedConnections: Int { lock.withLock { authenticator }?.refusalCount ?? 0 }
+
     /// Closes every socket still open (their owners must not be using them concurrently), then
     /// terminates the context. Returns after at most about one linger period; idempotent.
     public func close() {
+        // The ZAP thread closes its own socket first (closing it from here would race its recv).
+        let auth: ZMQAuthenticator? = lock.withLock { defer { authenticator = nil }; return authenticator }
+        auth?.stop()
         let (ctx, open): (UnsafeMutableRawPointer?, [ZMQSocket]) = lock.withLock {
             defer { handle = nil; sockets.removeAll() }
             return (handle, sockets.values.compactMap(\.socket))

@@ -202,6 +202,14 @@ public final class ZMQSocket: @unchecked Sendable {
         try setBytesOption(ZMQ_CURVE_SECRETKEY, Array(secretKey.utf8))
     }
 
+    /// ZAP domain of a server socket (set before bind). With a domain set, libzmq asks the
+    /// context's ZAP handler (`ZMQContext.startAuthenticator`) about every connecting peer.
+    public func setZAPDomain(_ domain: String) throws { try setBytesOption(ZMQ_ZAP_DOMAIN, Array(domain.utf8)) }
+
+    /// Largest frame accepted (`ZMQ_MAXMSGSIZE`); a peer that sends a bigger one is disconnected
+    /// before the frame is allocated (-1: no limit).
+    public func setMaxMessageSize(_ bytes: Int) throws { try setInt64Option(ZMQ_MAXMSGSIZE, Int64(bytes)) }
+
     /// CURVE client role: own key pair and the server's public key (all Z85).
     public func setCurveClient(keys: ZMQCurveKeyPair, serverPublicKey: String) throws {
         try setBytesOption(ZMQ_CURVE_PUBLICKEY, Array(keys.publicKey.utf8))
@@ -373,4 +381,18 @@ public final class ZMQMessage: @unchecked Sendable {
 
     /// A copy of the frame's bytes as `Data`.
     public var data: Data { withUnsafeBytes { Data($0) } }
+
+    /// A metadata property of the connection the frame came in on (`zmq_msg_gets`):
+    /// "Peer-Address" (the sender's IP), "User-Id" (what the ZAP handler named the peer), ...
+    public func property(_ name: String) -> String? {
+        guard let p = zmq_msg_gets(msg, name) else { return nil }
+        return String(cString: p)
+    }
+
+    /// "127.0.0.1 (authenticated as rank-1)" / "127.0.0.1 (unauthenticated)", for error messages.
+    public var senderDescription: String {
+        let address = property("Peer-Address") ?? "an unknown address"
+        if let user = property("User-Id"), !user.isEmpty { return "\(address) (authenticated as \(user))" }
+        return "\(address) (unauthenticated)"
+    }
 }

@@ -1,7 +1,7 @@
 import HVNN
 import HVTensor
 
-/// Per-block callbacks (index into `blockModules`).
+/// Per-segment callbacks (index into `blockModules`: 0 is the token refiner, 1 + i block i).
 public protocol BlockHooks: AnyObject {
     func willForward(_ block: Int)
     func didForward(_ block: Int)
@@ -42,9 +42,9 @@ public final class HunyuanDiT: Module {
     /// to gather a block's parameters just before use and release them after.
     public var blockHooks: BlockHooks?
 
-    /// The parameter groups that are gathered/released together under ZeRO-3: one per block,
-    /// and one `outer` group of everything else (embeddings, refiner, final layer).
-    public var blockModules: [Module] { double_blocks + single_blocks }
+    /// The parameter groups that are gathered/released together under ZeRO-3 ("segments"): the
+    /// token refiner, then one per block; everything else (embeddings, final layer) is `outer`.
+    public var blockModules: [Module] { [txt_in] + double_blocks + single_blocks }
 
     public init(config c: DiTConfig, seed: UInt64) {
         config = c
@@ -89,13 +89,24 @@ public final class HunyuanDiT: Module {
             precondition(inp.guidance != nil, "this model has a guidance embedder: pass guidance (scale x 1000)")
             vec = vec + g(inp.guidance!)
         }
-        var txt = txt_in(inp.text_states, t: inp.t, mask: inp.text_mask)  // [B, L, H]
+        // The refiner is segment 0: recomputed like a block, so ZeRO-3 can hold its weights only
+        // while it runs (forward, and its recomputation in backward).
+        var txt: Tensor                                                // [B, L, H]
+        blockHooks?.willForward(0)
+        if recomputeBlocks {
+            let t = inp.t, mask = inp.text_mask, refiner = txt_in
+            txt = recompute([inp.text_states], hooks: blockHooks?.recomputeHooks(0)) { a in refiner(a[0], t: t, mask: mask) }
+        } else {
+            txt = txt_in(inp.text_states, t: inp.t, mask: inp.text_mask)
+        }
+        blockHooks?.didForward(0)
         let N = img.shape[1], L = txt.shape[1]
         // Key mask over [img | txt]: video tokens always attend, padded text never.
         var keyMask: Tensor? = nil
         if let m = inp.text_mask { keyMask = Tensor.concat([Tensor(repeating: 1, shape: [B, N]), m], axis: 1) }
 
-        for (i, block) in double_blocks.enumerated() {
+        for (j, block) in double_blocks.enumerated() {
+            let i = 1 + j
             blockHooks?.willForward(i)
             defer { blockHooks?.didForward(i) }
             if recomputeBlocks {
@@ -111,7 +122,7 @@ public final class HunyuanDiT: Module {
         }
         var x = Tensor.concat([img, txt], axis: 1)
         for (j, block) in single_blocks.enumerated() {
-            let i = double_blocks.count + j
+            let i = 1 + double_blocks.count + j
             blockHooks?.willForward(i)
             defer { blockHooks?.didForward(i) }
             if recomputeBlocks {

@@ -33,6 +33,8 @@ public struct ControlMessage: Codable, Equatable, Sendable {
         return Array((try? enc.encode(self)) ?? Data())
     }
 
+    /// Parses and validates one control message: size first (nothing larger than `maxBytes`
+    /// is parsed), then JSON, then every field's range and each kind's required fields.
     public static func decode(_ bytes: [UInt8], worldSize: Int) throws -> ControlMessage {
         guard bytes.count <= maxBytes else { throw ControlError.malformed("control message of \(bytes.count) bytes (limit \(maxBytes))") }
         let m: ControlMessage
@@ -40,6 +42,17 @@ public struct ControlMessage: Codable, Equatable, Sendable {
             throw ControlError.malformed("not a control message: \(error)")
         }
         if let r = m.rank, r < 0 || r >= worldSize { throw ControlError.malformed("rank \(r) outside 0..<\(worldSize)") }
+        // Strings and numbers a peer sends end up in logs, file paths and sockets: bound them.
+        for (field, value, limit) in [("endpoint", m.endpoint, 512), ("host", m.host, 512), ("path", m.path, 4096), ("error", m.error, 65_536)] {
+            if let v = value, v.utf8.count > limit { throw ControlError.malformed("\(field) of \(v.utf8.count) bytes (limit \(limit))") }
+        }
+        if let p = m.peers, p.count > worldSize || p.contains(where: { !isEndpoint($0) }) {
+            throw ControlError.malformed("peers must be \(worldSize) tcp/ipc/inproc endpoints")
+        }
+        if let e = m.endpoint, !isEndpoint(e) { throw ControlError.malformed("endpoint \(e.prefix(80)) is not a tcp/ipc/inproc endpoint") }
+        if let s = m.step, s < 0 { throw ControlError.malformed("negative step \(s)") }
+        if let s = m.samples, s < 0 { throw ControlError.malformed("negative sample count \(s)") }
+        if let p = m.pid, p < 0 { throw ControlError.malformed("negative pid \(p)") }
         switch m.type {
         case .hello: guard m.rank != nil, m.endpoint != nil else { throw ControlError.malformed("hello without rank/endpoint") }
         case .start: guard let p = m.peers, p.count == worldSize else { throw ControlError.malformed("start without \(worldSize) peers") }
@@ -50,6 +63,12 @@ public struct ControlMessage: Codable, Equatable, Sendable {
         }
         return m
     }
+}
+
+/// `tcp://host:port`, `ipc://path` or `inproc://name`, at most 512 bytes, printable ASCII.
+func isEndpoint(_ s: String) -> Bool {
+    guard s.utf8.count <= 512, s.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return false }
+    return s.hasPrefix("tcp://") || s.hasPrefix("ipc://") || s.hasPrefix("inproc://")
 }
 
 public enum ControlError: Error, CustomStringConvertible {

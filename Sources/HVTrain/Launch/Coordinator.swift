@@ -32,6 +32,13 @@ public struct LaunchOptions: Sendable {
     public var stopAt: Int? = nil
     /// A worker silent for this long (seconds) is declared dead.
     public var heartbeatTimeout: Double = 30
+    /// CurveZMQ on every socket of the run (control and data plane). Off only by an explicit
+    /// `--insecure-no-auth`, for a network where every host is trusted.
+    public var authenticate = true
+    /// CURVE when libzmq has it (`.best`), else the HMAC fallback.
+    public var authMechanism: AuthMechanism = .best
+    /// A failed checkpoint save is logged and training goes on (default: the run stops).
+    public var continueOnSaveError = false
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -81,6 +88,25 @@ final class LineBuffer: @unchecked Sendable {
     }
 }
 
+/// Reads `pipe` on its own thread with blocking reads until end of file, handing each chunk to
+/// `consume` (on that thread). Returns a semaphore signalled at end of file.
+@discardableResult
+func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
+    let done = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        let fd = pipe.fileHandleForReading.fileDescriptor
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            consume(Data(buffer[0..<n]))
+        }
+        done.signal()
+    }
+    return done
+}
+
 final class WorkerProcess: @unchecked Sendable {
     let rank: Int, host: String
     let process = Process()
@@ -97,13 +123,16 @@ public final class Coordinator: @unchecked Sendable {
     var lastStep = 0
     var metricsFile: FileHandle?
     var resolvedResume: String?
+    var keyFile: String?
+    /// Bad or unexpected control messages seen (each of the first few is logged).
+    var rejectedMessages = 0
     nonisolated(unsafe) static var interrupted = false
 
     public init(options: LaunchOptions) { o = options }
 
     func emit(_ line: String, rank: Int? = nil) {
         outputLock.withLock {
-            if let rank, let f = logFiles[rank] { f.write(Data((line + "\n").utf8)) }
+            if let rank, let f = logFiles[rank] { try? f.write(contentsOf: Data((line + "\n").utf8)) }
             if !o.quiet || rank == nil {
                 let prefix = rank.map { r in "[rank \(r)] " } ?? ""
                 FileHandle.standardError.write(Data((prefix + line + "\n").utf8))
@@ -121,6 +150,8 @@ public final class Coordinator: @unchecked Sendable {
         if let b = o.batchSize { args += ["--batch-size", "\(b)"] }
         if let s = o.stopAt { args += ["--stop-at", "\(s)"] }
         args += ["--heartbeat-timeout", "\(o.heartbeatTimeout)"]
+        if let k = keyFile { args += ["--key-file", k] } else { args.append("--insecure-no-auth") }
+        if o.continueOnSaveError { args.append("--continue-on-save-error") }
         return args
     }
 
@@ -155,9 +186,10 @@ public final class Coordinator: @unchecked Sendable {
         for pipe in [out, err] {
             let rank = w.rank
             let pending = LineBuffer()
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
-                let chunk = h.availableData
-                if chunk.isEmpty { h.readabilityHandler = nil; return }
+            // A blocking reader thread per pipe, not `readabilityHandler`: tearing down the
+            // latter's dispatch source races the fd's close and intermittently crashes libdispatch
+            // on Linux (SIGSEGV in _dispatch_event_loop_drain; swift-corelibs-libdispatch#949).
+            readPipe(pipe) { [weak self] chunk in
                 for line in pending.append(chunk) { self?.emit(line, rank: rank) }
             }
         }
@@ -206,6 +238,18 @@ public final class Coordinator: @unchecked Sendable {
         try router.setRouterMandatory(true)
         try router.setLinger(milliseconds: 500)
         try router.setReceiveTimeout(milliseconds: 200)
+        try router.setMaxMessageSize(ControlMessage.maxBytes)
+        if o.authenticate {
+            // Fresh keys for every launch (and restart), in a file only this user can read.
+            let keys = try RunKeys.generate(worldSize: o.hosts.worldSize, mechanism: o.authMechanism)
+            let path = o.runDir + "/.hv-run-keys-\(getpid())-\(UUID().uuidString.prefix(8)).json"
+            try keys.write(to: path)
+            keyFile = path
+            try keys.auth(rank: nil).configureServer(router) { [weak self] in self?.emit("hv-coord: control socket " + $0) }
+        } else {
+            emit("hv-coord: WARNING: --insecure-no-auth: control and data sockets accept any peer that can reach them")
+        }
+        defer { if let k = keyFile { unlink(k) } }
         // Bind all interfaces unless a specific address was given; advertise a name workers can reach.
         let bindAddress = o.coordinatorAddress.first?.isNumber == true ? o.coordinatorAddress : "*"
         try router.bind("tcp://\(bindAddress):\(o.port == 0 ? "*" : String(o.port))")
@@ -228,34 +272,62 @@ public final class Coordinator: @unchecked Sendable {
         } catch { stopAll(nil); throw error }
 
         func fail(_ e: Error) -> Error { stopAll(router); return e }
+        var lastSeen = [Date](repeating: Date(), count: W)
+        var lastStepOf = [Int](repeating: 0, count: W)
+        func reject(_ why: String) {
+            rejectedMessages += 1
+            if rejectedMessages <= 20 || rejectedMessages % 1000 == 0 {
+                emit("hv-coord: ignoring a control message \(why) (\(rejectedMessages) so far)")
+            }
+        }
+        func receive() throws -> (Int, ControlMessage)? {
+            guard let frames = try? router.receiveMultipartMessages() else { return nil }
+            let sender = frames[frames.count - 1].senderDescription
+            guard frames.count == 2 else { reject("of \(frames.count - 1) frames from \(sender), expected 1"); return nil }
+            let id = String(decoding: frames[0].bytes.prefix(64), as: UTF8.self)
+            do {
+                let m = try ControlMessage.decode(frames[1].bytes, worldSize: W)
+                // With CURVE the ZAP handler named the connection by its key: it must be the rank claimed.
+                if keyFile != nil, let r = m.rank, frames[1].property("User-Id") != "rank-\(r)" {
+                    reject("from \(sender) that claims rank \(r)"); return nil
+                }
+                if m.type == .heartbeat, let r = m.rank, id == "hb-rank-\(r)" {
+                    lastSeen[r] = Date()
+                    lastStepOf[r] = m.step ?? lastStepOf[r]
+                    try? router.send(frames[0].bytes, more: true, dontWait: true)
+                    try? router.send(ControlMessage(type: .ping).encoded(), dontWait: true)
+                    return nil
+                }
+                guard let r = m.rank, id == "rank-\(r)" else { reject("from \(id) (\(sender)) that claims rank \(m.rank ?? -1)"); return nil }
+                return (r, m)
+            } catch {
+                reject("from \(id) (\(sender)): \(error)")
+                return nil
+            }
+        }
+
+        /// After a first failure report, waits up to a second for the other ranks' reports and
+        /// names the rank whose error is its own (not "failed on rank(s) N", an echo of another's).
+        func collectFailures(first: (Int, String)) -> LaunchError {
+            var reports = [first]
+            let until = Date().addingTimeInterval(1)
+            while Date() < until && reports.count < W {
+                if let (r, m) = try? receive(), m.type == .failed { reports.append((r, m.error ?? "unknown error")) }
+            }
+            let primary = reports.first { !$0.1.contains("see their logs") } ?? reports[0]
+            return LaunchError.workerFailed(rank: primary.0, host: workers[primary.0].host, detail: primary.1, lastStep: lastStep)
+        }
         func checkExits() throws {
             for w in workers where !w.process.isRunning && !w.exitReported {
                 w.exitReported = true
                 if !(w.done && w.process.terminationStatus == 0 && w.process.terminationReason == .exit) {
                     usleep(200_000)  // let the last log lines arrive
+                    // A worker that reported why it failed: use its report rather than its exit status.
+                    for _ in 0..<5 {
+                        if let (r, m) = try? receive(), m.type == .failed { throw fail(collectFailures(first: (r, m.error ?? "unknown error"))) }
+                    }
                     throw fail(LaunchError.workerFailed(rank: w.rank, host: w.host, detail: describeExit(w.process) + " (log: \(o.runDir)/logs/rank-\(w.rank).log)", lastStep: lastStep))
                 }
-            }
-        }
-        var lastSeen = [Date](repeating: Date(), count: W)
-        var lastStepOf = [Int](repeating: 0, count: W)
-        func receive() throws -> (Int, ControlMessage)? {
-            guard let frames = try? router.receiveMultipart(), frames.count == 2 else { return nil }
-            let id = String(decoding: frames[0], as: UTF8.self)
-            do {
-                let m = try ControlMessage.decode(frames[1], worldSize: W)
-                if m.type == .heartbeat, let r = m.rank, id == "hb-rank-\(r)" {
-                    lastSeen[r] = Date()
-                    lastStepOf[r] = m.step ?? lastStepOf[r]
-                    try? router.send(frames[0], more: true, dontWait: true)
-                    try? router.send(ControlMessage(type: .ping).encoded(), dontWait: true)
-                    return nil
-                }
-                guard id == "rank-\(m.rank ?? -1)" else { emit("hv-coord: ignoring a message from \(id) that claims rank \(m.rank ?? -1)"); return nil }
-                return (m.rank!, m)
-            } catch {
-                emit("hv-coord: ignoring a bad control message from \(id): \(error)")
-                return nil
             }
         }
 
@@ -277,7 +349,8 @@ public final class Coordinator: @unchecked Sendable {
             try router.send(Array("rank-\(r)".utf8), more: true)
             try router.send(start.encoded())
         }
-        emit("hv-coord: all \(W) workers joined")
+        emit("hv-coord: all \(W) workers joined; data-plane inboxes: \(endpoints.map { $0! }.joined(separator: " "))"
+             + (keyFile != nil ? "; " + o.authMechanism.summary : ""))
 
         // Supervise.
         let t0 = Date()
@@ -302,7 +375,7 @@ public final class Coordinator: @unchecked Sendable {
                 switch m.type {
                 case .metrics:
                     lastStep = m.step ?? lastStep
-                    if let data = try? JSONEncoder().encode(m) { metricsFile?.write(data + Data("\n".utf8)) }
+                    if let data = try? JSONEncoder().encode(m) { try? metricsFile?.write(contentsOf: data + Data("\n".utf8)) }
                     let total = totalSteps ?? 0
                     let elapsed = Date().timeIntervalSince(t0)
                     let eta = total > 0 && lastStep > 0 ? elapsed / Double(lastStep) * Double(total - lastStep) : 0
@@ -312,7 +385,7 @@ public final class Coordinator: @unchecked Sendable {
                 case .done: workers[r].done = true
                 case .saved: if let p = m.path { emit("hv-coord: checkpoint \(p) saved at step \(m.step ?? 0)") }
                 case .failed:
-                    throw fail(LaunchError.workerFailed(rank: r, host: workers[r].host, detail: m.error ?? "unknown error", lastStep: lastStep))
+                    throw fail(collectFailures(first: (r, m.error ?? "unknown error")))
                 default: break
                 }
             }

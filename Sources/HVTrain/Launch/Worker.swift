@@ -23,6 +23,10 @@ public struct WorkerOptions: Sendable {
     public var stopAt: Int? = nil
     /// Exit when the coordinator has not been heard from for this long (seconds).
     public var heartbeatTimeout: Double = 30
+    /// The run's CurveZMQ keys (a 0600 file written by the coordinator); nil: no authentication.
+    public var keyFile: String? = nil
+    /// Log a failed checkpoint save and keep training instead of stopping.
+    public var continueOnSaveError = false
 
     public init(coordinator: String, rank: Int, worldSize: Int, configPath: String, zeroStage: Int, steps: Int?, runDir: String,
                 bindHost: String?, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool) {
@@ -60,9 +64,12 @@ final class HeartbeatThread: @unchecked Sendable {
         _ = finished.wait(timeout: .now() + 3)
     }
 
-    func start(context: ZMQContext, coordinator: String, rank: Int, worldSize: Int, timeout: Double, log: @escaping @Sendable (String) -> Void) throws {
+    func start(context: ZMQContext, coordinator: String, rank: Int, worldSize: Int, timeout: Double, auth: ZMQAuth?,
+               log: @escaping @Sendable (String) -> Void) throws {
         let sock = try context.makeSocket(.dealer)
         try sock.setRoutingID(Array("hb-rank-\(rank)".utf8))
+        try sock.setMaxMessageSize(ControlMessage.maxBytes)
+        if let auth { try auth.configureClient(sock) }
         try sock.setLinger(milliseconds: 0)
         try sock.setReceiveTimeout(milliseconds: 1000)
         try sock.connect(coordinator)
@@ -90,24 +97,29 @@ final class HeartbeatThread: @unchecked Sendable {
 }
 
 public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws {
+    let auth = try o.keyFile.map { try RunKeys.read(path: $0, worldSize: o.worldSize).auth(rank: o.rank) }
     let ctx = try ZMQContext(ioThreads: 1)
     defer { ctx.close() }
     let heartbeat = HeartbeatThread()
-    try heartbeat.start(context: ctx, coordinator: o.coordinator, rank: o.rank, worldSize: o.worldSize, timeout: o.heartbeatTimeout, log: log)
+    try heartbeat.start(context: ctx, coordinator: o.coordinator, rank: o.rank, worldSize: o.worldSize, timeout: o.heartbeatTimeout,
+                        auth: auth, log: log)
     defer { heartbeat.stop() }  // runs before ctx.close(): the thread closes its own socket
     let control = try ctx.makeSocket(.dealer)
     defer { control.close() }
     try control.setRoutingID(Array("rank-\(o.rank)".utf8))
     try control.setLinger(milliseconds: 1000)
     try control.setSendTimeout(milliseconds: Int(o.rendezvousTimeout * 1000))
+    try control.setMaxMessageSize(ControlMessage.maxBytes)
+    if let auth { try auth.configureClient(control) }
     try control.connect(o.coordinator)
 
     // Advertise the address this host uses to reach the coordinator (works across namespaces).
     let coordHost = o.coordinator.replacingOccurrences(of: "tcp://", with: "").split(separator: ":").dropLast().joined(separator: ":")
     let host = o.bindHost ?? localAddress(reaching: coordHost) ?? "127.0.0.1"
     let comm = try ZMQRingCommunicator(rank: o.rank, worldSize: o.worldSize, bind: "tcp://\(host):*", context: ctx,
-                                       timeoutSeconds: o.collectiveTimeout)
+                                       timeoutSeconds: o.collectiveTimeout, auth: auth, log: log)
     defer { comm.close() }
+    log("rank \(o.rank): data-plane inbox \(comm.endpoint)" + (auth.map { $0.mechanism == .curve ? " (CurveZMQ, run keys only)" : " (HMAC tokens, not encrypted)" } ?? " (NOT authenticated)"))
     comm.wireDType = o.bf16Wire ? .bfloat16 : .float32
 
     func send(_ m: ControlMessage) { try? control.send(m.encoded()) }
@@ -141,7 +153,13 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
         }
         func save() throws {
             let t0 = Date()
-            let dir = try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep)
+            let dir: String
+            do { dir = try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep) } catch let e as CheckpointSaveError {
+                // Every rank gets the error at the same point (the save agrees on failure).
+                log("rank \(o.rank): \(e)")
+                if o.continueOnSaveError { log("rank \(o.rank): --continue-on-save-error: training goes on"); return }
+                throw e
+            }
             if o.rank == 0 {
                 log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
                 var m = ControlMessage(type: .saved)
