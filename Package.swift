@@ -58,11 +58,11 @@ let package = Package(
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "_HVTestSupport"]),
+        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "HVCheckpoint", "_HVTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVParallelTests", dependencies: ["HVParallel", "HVComm", "HVTensor", "_HVTestSupport"]),
-        .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
+        .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint", "HVTensor"], exclude: ["Fixtures"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
         .testTarget(name: "HVScalingTests", dependencies: ["HVScaling", "HVModel", "HVTrain", "_HVTestSupport"]),
     ]

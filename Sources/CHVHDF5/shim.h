@@ -42,6 +42,7 @@ static inline hid_t hv_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
 static inline hid_t hv_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
 static inline hid_t hv_H5S_ALL(void) { return H5S_ALL; }
 static inline hid_t hv_H5E_DEFAULT(void) { return H5E_DEFAULT; }
+static inline haddr_t hv_HADDR_UNDEF(void) { return HADDR_UNDEF; }
 
 // Filters.
 static inline herr_t hv_set_fletcher32(hid_t dcpl) { return H5Pset_fletcher32(dcpl); }

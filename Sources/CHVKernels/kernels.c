@@ -111,6 +111,46 @@ void hv_tune_malloc(void) {
     mallopt(M_ARENA_MAX, 2);
 }
 
+// Checkpoint checksum: Fletcher-style sums over little-endian 32-bit words in 8 independent
+// lanes (word i goes to lane i % 8): a[k] += w, b[k] += a[k] (mod 2^64). The lanes make the
+// loop vectorise (AVX2: 2+2 ymm accumulators); b makes it order-sensitive within a lane, the
+// final mix across lanes. Any single-bit change moves a (and b), so it is always detected.
+HV_CLONES uint64_t hv_checksum64(const void *data, size_t nbytes) {
+    const unsigned char *p = (const unsigned char *)data;
+    uint64_t a[8] = {0}, b[8] = {0};
+    size_t blocks = nbytes / 32;
+    for (size_t i = 0; i < blocks; i++) {
+        uint32_t w[8];
+        memcpy(w, p + 32 * i, 32);
+#pragma clang loop vectorize(enable)
+        for (int k = 0; k < 8; k++) {
+            a[k] += w[k];
+            b[k] += a[k];
+        }
+    }
+    size_t rest = nbytes - 32 * blocks;
+    if (rest) {
+        uint32_t w[8] = {0};
+        memcpy(w, p + 32 * blocks, rest);
+        for (int k = 0; k < 8; k++) {
+            a[k] += w[k];
+            b[k] += a[k];
+        }
+    }
+    const uint64_t prime = 0x100000001b3ULL;  // FNV-1a 64-bit prime, for the final mix
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)nbytes;
+    for (int k = 0; k < 8; k++) {
+        h = (h ^ a[k]) * prime;
+        h = (h ^ (a[k] >> 32)) * prime;
+        h = (h ^ b[k]) * prime;
+        h = (h ^ (b[k] >> 32)) * prime;
+    }
+    h ^= h >> 33;  // murmur3 finaliser
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
 HV_CLONES void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                         float eps, float weight_decay, float bc1, float bc2) {
     const float step_size = lr / bc1, decay = 1.0f - lr * weight_decay, inv_bc2_sqrt = 1.0f / sqrtf(bc2);

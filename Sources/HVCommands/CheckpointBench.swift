@@ -12,10 +12,14 @@ import HVTrain
 /// `--saves` steps with a checkpoint after each); the figure is rank 0's log line
 /// "saved checkpoint ... (X.XXs)", i.e. the whole collective `Checkpointing.save`: directory,
 /// barriers, every rank writing + fsyncing its shard file in parallel, manifest, rename, fsyncs.
-/// Load, timed in this process with the page cache dropped first (when root): `verify` (what the
-/// coordinator does on `--resume`: reads and checksums every dataset) and `load` into a fresh
-/// one-process Trainer (what each worker does on resume: read every shard file, reassemble,
-/// keep its own shard).
+/// Load, with the page cache dropped first (when root):
+/// - `resume`: what the workers of a `--resume` with the saved world size read — W processes
+///   (`hv-bench checkpoint-shard-read`) started together, each reading and checksumming its own
+///   shard file (`Checkpointing.readOwnShard`); the figure is the span from the first read's
+///   start to the last one's end. (The all-gather of replicated parts that follows is network.)
+/// - `load`: `Checkpointing.load` into a fresh one-process Trainer — a resume on another world
+///   size, which reads every shard file (by hyperslab, only the ranges it keeps: here all).
+/// - `verify`: what the coordinator does on `--resume`: reads and checksums every dataset.
 struct CheckpointBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
@@ -120,8 +124,30 @@ struct CheckpointBench: ParsableCommand {
             var cfg = try RunConfig.load(path: runCfg)
             cfg.train.batch_size = 1
             let trainer = try Trainer(config: cfg)
-            var verifies: [Double] = [], loads: [Double] = []
+            var verifies: [Double] = [], loads: [Double] = [], resumes: [Double] = []
             var dropped = true
+            let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            func parallelShardReads() throws -> Double {
+                let outs = (0..<manifest.world_size).map { work + "/shard-read-\($0).txt" }
+                let procs = try (0..<manifest.world_size).map { r -> Process in
+                    let p = Process()
+                    p.executableURL = URL(fileURLWithPath: me)
+                    p.arguments = ["checkpoint-shard-read", ckpt, "--rank", "\(r)", "--out", outs[r]]
+                    p.standardInput = FileHandle.nullDevice
+                    try p.run()
+                    return p
+                }
+                var spans: [(Double, Double)] = []
+                for (r, p) in procs.enumerated() {
+                    p.waitUntilExit()
+                    guard p.terminationReason == .exit, p.terminationStatus == 0,
+                          let text = try? String(contentsOfFile: outs[r], encoding: .utf8) else { throw ValidationError("checkpoint-shard-read rank \(r) failed") }
+                    let xs = text.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                    guard xs.count >= 2 else { throw ValidationError("checkpoint-shard-read rank \(r): bad output '\(text)'") }
+                    spans.append((xs[0], xs[1]))
+                }
+                return spans.map(\.1).max()! - spans.map(\.0).min()!
+            }
             for _ in 0..<rounds {
                 try ddRead()
                 dropped = benchDropCaches() && dropped
@@ -132,6 +158,8 @@ struct CheckpointBench: ParsableCommand {
                 t = Date()
                 try Checkpointing.load(trainer, from: ckpt)
                 loads.append(Date().timeIntervalSince(t))
+                _ = benchDropCaches()
+                resumes.append(try parallelShardReads())
             }
             try ddRead()
             try? fm.removeItem(atPath: ddFile)
@@ -140,9 +168,10 @@ struct CheckpointBench: ParsableCommand {
             let gb = 1e9
             func list(_ xs: [Double]) -> String { xs.map { String(format: "%.2f", $0) }.joined(separator: ", ") }
             let saveMed = benchMedian(saveTimes), writeMed = benchMedian(ddWrites), readMed = benchMedian(ddReads)
-            let verifyMed = benchMedian(verifies), loadMed = benchMedian(loads)
+            let verifyMed = benchMedian(verifies), loadMed = benchMedian(loads), resumeMed = benchMedian(resumes)
             let saveBW = Double(fileBytes) / saveMed / gb, writeBW = ddBytes / writeMed / gb, readBW = ddBytes / readMed / gb
             let verifyBW = Double(fileBytes) / verifyMed / gb, loadBW = Double(fileBytes) / loadMed / gb
+            let resumeBW = Double(fileBytes) / resumeMed / gb
             print("config \(config): \(params.formatted()) parameters in the checkpoint (DiT + text encoder), \(manifest.units.count) units, \(workers) workers, ZeRO 0")
             print(String(format: "checkpoint: %@ bytes in %d shard files (12 bytes/param = %@; HDF5 overhead %.2f%%)",
                          fileBytes.formatted() as NSString, files.count, stateBytes.formatted() as NSString,
@@ -152,11 +181,12 @@ struct CheckpointBench: ParsableCommand {
             print(String(format: "  save   hv-coord launch, rank 0 log      %.2f s  %6.3f GB/s   [%@]", saveMed, saveBW, list(saveTimes) as NSString))
             print(String(format: "  write  dd bs=4M conv=fsync              %.2f s  %6.3f GB/s   [%@]", writeMed, writeBW, list(ddWrites) as NSString))
             print(String(format: "  verify Checkpointing.verify             %.2f s  %6.3f GB/s   [%@]", verifyMed, verifyBW, list(verifies) as NSString))
+            print(String(format: "  resume %d ranks, own shard file each     %.2f s  %6.3f GB/s   [%@]", workers, resumeMed, resumeBW, list(resumes) as NSString))
             print(String(format: "  load   Checkpointing.load (1 process)   %.2f s  %6.3f GB/s   [%@]", loadMed, loadBW, list(loads) as NSString))
             print(String(format: "  read   dd bs=4M                         %.2f s  %6.3f GB/s   [%@]", readMed, readBW, list(ddReads) as NSString))
-            print(String(format: "save / raw write = %.2f   load / raw read = %.2f   verify / raw read = %.2f   (targets: save >= 0.5, load >= 0.5)",
-                         saveBW / writeBW, loadBW / readBW, verifyBW / readBW))
-            print(String(format: "(launch wall time %.1f s for %d steps + saves; on --resume the coordinator verifies once and each of the %d workers loads all shard files)",
+            print(String(format: "save / raw write = %.2f   resume load / raw read = %.2f   1-process load / raw read = %.2f   verify / raw read = %.2f   (targets: save >= 0.5, load >= 0.5)",
+                         saveBW / writeBW, resumeBW / readBW, loadBW / readBW, verifyBW / readBW))
+            print(String(format: "(launch wall time %.1f s for %d steps + saves; on --resume the coordinator verifies once, then each of the %d workers reads only its own shard file)",
                          wall, saves, workers))
         }
     }
@@ -190,4 +220,23 @@ func benchDropCaches() -> Bool {
     defer { try? h.close() }
     do { try h.write(contentsOf: Data("3\n".utf8)) } catch { return false }
     return true
+}
+
+/// One rank's disk part of a same-layout resume, for `hv-bench checkpoint`: reads and checks
+/// its own shard file and writes "START END BYTES" (seconds since the epoch) to --out.
+struct CheckpointShardRead: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "checkpoint-shard-read", abstract: "One rank of `hv-bench checkpoint`'s resume read.",
+                                                    shouldDisplay: false)
+    @Argument var checkpoint: String
+    @Option var rank: Int
+    @Option var out: String
+
+    func run() throws {
+        try runOrExit {
+            let t0 = Date().timeIntervalSince1970
+            let bytes = try Checkpointing.readOwnShard(checkpoint, rank: rank)
+            let t1 = Date().timeIntervalSince1970
+            try String(format: "%.6f %.6f %d\n", t0, t1, bytes).write(toFile: out, atomically: true, encoding: .utf8)
+        }
+    }
 }

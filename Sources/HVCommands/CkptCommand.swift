@@ -14,19 +14,36 @@ public struct CkptCommand: ParsableCommand {
     public init() {}
 }
 
-/// Full tensors by official name, in manifest order, from a (sharded) checkpoint directory.
-public func consolidatedTensors(_ dir: String) throws -> (CheckpointManifest, [(String, [Int], [Float])]) {
-    let m = try Checkpointing.verify(dir)
-    let units = try Checkpointing.readUnits(dir, m)
-    var out: [(String, [Int], [Float])] = []
+/// Full weights by official name, in manifest order, from a (sharded) checkpoint directory
+/// (only the weights datasets are read; their checksums are verified).
+public func consolidatedTensors(_ dir: String) throws -> (CheckpointManifest, [NamedTensor]) {
+    let m = try CheckpointManifest.read(directory: dir)
+    let units = try Checkpointing.readWeights(dir, m)
+    var out: [NamedTensor] = []
     for u in m.units {
-        let w = units[u.name]!.weights
+        let w = units[u.name]!
         for t in u.tensors {
             let n = t.shape.reduce(1, *)
-            out.append((t.name, t.shape, Array(w[t.offset..<(t.offset + n)])))
+            out.append(NamedTensor(name: t.name, shape: t.shape, values: Array(w[t.offset..<(t.offset + n)])))
         }
     }
     return (m, out)
+}
+
+/// Every fp32 dataset of a weights file (a consolidated `model.h5`: datasets at the root; or a
+/// file with a `weights` group, like the parity fixtures), sorted by name, and its config text.
+func weightsFileTensors(_ path: String) throws -> ([NamedTensor], config: String?) {
+    let f = try H5File(path: path, mode: .readOnly)
+    defer { try? f.close() }
+    let g: H5Group = try f.kind(of: "weights") == .group ? f.group("weights") : f
+    var out: [NamedTensor] = []
+    for name in try g.children() where try g.kind(of: name) == .dataset {
+        let ds = try g.dataset(name)
+        out.append(NamedTensor(name: name, shape: try ds.shape(), values: try ds.read(as: Float.self)))
+    }
+    guard !out.isEmpty else { throw ValidationError("\(path) holds no weight datasets (at the root or under /weights)") }
+    let config = ["model_config", "config"].lazy.compactMap { try? f.stringAttribute($0) }.first
+    return (out, config)
 }
 
 struct InspectCkpt: ParsableCommand {
@@ -45,10 +62,23 @@ struct InspectCkpt: ParsableCommand {
             print("model        \(m.model_config)")
             let count = m.units.reduce(0) { $0 + $1.count }
             print("tensors      \(m.units.reduce(0) { $0 + $1.tensors.count }) in \(m.units.count) units, \(count.formatted()) values (\(String(format: "%.1f", Double(count * 12) / 1e6)) MB with Adam state)")
-            print("checksums    OK (every dataset read back through HDF5's fletcher32 filter)")
+            let kinds = try checksumKinds(dir, m)
+            print("checksums    OK (every dataset read back and checked: \(kinds.joined(separator: ", ")))")
             if tensors { for u in m.units { for t in u.tensors { print("  \(t.name)  \(t.shape)") } } }
         }
     }
+}
+
+/// The checksum kinds used by a checkpoint's datasets (e.g. `hv-fletcher64x8`, or `fletcher32`
+/// for checkpoints written before hv's own checksums).
+func checksumKinds(_ dir: String, _ m: CheckpointManifest) throws -> [String] {
+    var kinds = Set<String>()
+    for s in m.units.first?.shards ?? [] {
+        let f = try H5File(path: dir + "/" + s.file, mode: .readOnly)
+        defer { try? f.close() }
+        for u in m.units { for ds in ["weights", "exp_avg", "exp_avg_sq"] { kinds.insert(try ChecksummedArray.protection(f.dataset("units/\(u.name)/\(ds)"))) } }
+    }
+    return kinds.sorted()
 }
 
 /// A checkpoint directory, or the one a run directory's `checkpoints/latest` names.
@@ -75,7 +105,7 @@ struct ConsolidateCkpt: ParsableCommand {
             let (m, tensors) = try consolidatedTensors(dir)
             let tmp = out + ".tmp-\(getpid())"
             let f = try H5File(path: tmp, mode: .create)
-            for (name, shape, values) in tensors { try f.write(name, values, shape: shape, options: H5DatasetOptions(fletcher32: true)) }
+            for t in tensors { try f.write(t.name, t.values, shape: t.shape, options: H5DatasetOptions(fletcher32: !t.values.isEmpty)) }
             try f.setAttribute("model_config", .string(m.model_config))
             try f.setAttribute("run_config", .string(m.run_config))
             try f.setAttribute("step", .int64(Int64(m.step)))
@@ -89,36 +119,47 @@ struct ConsolidateCkpt: ParsableCommand {
 }
 
 struct ExportCkpt: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "export", abstract: "Export the weights as .safetensors (fp32).")
-    @Argument(help: "Checkpoint directory or run directory.") var checkpoint: String
-    @Option(help: "Output file.") var out: String
-    @Option(help: "Format (safetensors).") var format = "safetensors"
-    @Option(help: "Tensor names: official (HunyuanVideo state dict).") var naming = "official"
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Export the weights as .safetensors (fp32), with official or diffusers tensor names.",
+        discussion: """
+        SOURCE is a checkpoint directory, a run directory (its `latest`), or a weights .h5 file \
+        (hv-ckpt consolidate's output, or any file of official-name datasets at the root or under /weights).
+        --naming official: the HunyuanVideo state-dict names (every tensor, including hv's text_encoder.*).
+        --naming diffusers: the names of diffusers' HunyuanVideoTransformer3DModel (fused q/k/v split, the \
+        final adaLN's (shift, scale) reordered to (scale, shift)); only the DiT's tensors are written, so the \
+        file loads with load_state_dict(strict=True).
+        """)
+    enum Naming: String, ExpressibleByArgument, CaseIterable { case official, diffusers }
+
+    @Argument(help: "Checkpoint directory, run directory, or weights .h5 file.") var checkpoint: String
+    @Option(help: "Output .safetensors file.") var out: String
+    @Option(help: "Format (only safetensors).") var format = "safetensors"
+    @Option(help: "Tensor names: official (HunyuanVideo) or diffusers (HunyuanVideoTransformer3DModel).") var naming: Naming = .official
 
     func run() throws {
         try runOrExit {
-            guard format == "safetensors" else { throw ValidationError("--format: only safetensors is supported") }
-            guard naming == "official" else { throw ValidationError("--naming: only `official` is implemented so far (diffusers naming is not)") }
-            let (m, tensors) = try consolidatedTensors(try resolveCheckpoint(checkpoint))
-            try writeSafetensors(tensors, metadata: ["format": "pt", "hv_step": "\(m.step)", "model_config": m.model_config], to: out)
-            stderrLine("hv-ckpt: wrote \(tensors.count) tensors to \(out)")
+            guard format == "safetensors" else { throw ValidationError("--format \(format): only safetensors is supported") }
+            var tensors: [NamedTensor]
+            var metadata = ["format": "pt", "hv_naming": naming.rawValue]
+            if !FileManager.default.fileExists(atPath: checkpoint + "/manifest.json"), H5File.isHDF5(path: checkpoint) {
+                let (t, config) = try weightsFileTensors(checkpoint)
+                tensors = t
+                if let config { metadata["model_config"] = config }
+            } else {
+                let (m, t) = try consolidatedTensors(try resolveCheckpoint(checkpoint))
+                tensors = t
+                metadata["hv_step"] = "\(m.step)"
+                metadata["model_config"] = m.model_config
+            }
+            if naming == .diffusers {
+                let skipped = tensors.filter { $0.name.hasPrefix("text_encoder.") }
+                tensors.removeAll { $0.name.hasPrefix("text_encoder.") }
+                tensors = try DiffusersNaming.officialToDiffusers(tensors)
+                if !skipped.isEmpty { stderrLine("hv-ckpt: left out \(skipped.count) text_encoder.* tensors (not part of diffusers' transformer)") }
+            }
+            try Safetensors.write(tensors, metadata: metadata, to: out)
+            stderrLine("hv-ckpt: wrote \(tensors.count) tensors (\(naming.rawValue) names) to \(out)")
         }
     }
-}
-
-/// safetensors: 8-byte little-endian header length, a JSON header, then the raw little-endian data.
-public func writeSafetensors(_ tensors: [(String, [Int], [Float])], metadata: [String: String], to path: String) throws {
-    var header: [String: Any] = ["__metadata__": metadata]
-    var offset = 0
-    for (name, shape, values) in tensors {
-        header[name] = ["dtype": "F32", "shape": shape, "data_offsets": [offset, offset + values.count * 4]]
-        offset += values.count * 4
-    }
-    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-    while json.count % 8 != 0 { json.append(0x20) }  // pad with spaces (allowed) to keep the data 8-byte aligned
-    var data = Data()
-    withUnsafeBytes(of: UInt64(json.count).littleEndian) { data.append(contentsOf: $0) }
-    data.append(json)
-    for (_, _, values) in tensors { values.withUnsafeBytes { data.append(contentsOf: $0) } }
-    try Durable.write(data, to: path)
 }

@@ -308,6 +308,26 @@ public final class ZeroEngine: BlockHooks {
         return (w, exp_avg[i], exp_avg_sq[i])
     }
 
+    /// Lends this rank's shard of unit `i` (weights, Adam m, v over `units[i].shard`) to `body`
+    /// without the copies of `shardState`: moments and stage-3 weights are lent in place, other
+    /// stages' weights are copied once, shard range only, from the parameter tensors.
+    public func withShardState<R>(_ i: Int, _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        let u = units[i]
+        func withMoments(_ w: UnsafeBufferPointer<Float>) throws -> R {
+            let m = stage == 0 ? exp_avg[i][u.shard] : exp_avg[i][...], v = stage == 0 ? exp_avg_sq[i][u.shard] : exp_avg_sq[i][...]
+            return try m.withUnsafeBufferPointer { m in try v.withUnsafeBufferPointer { v in try body(w, m, v) } }
+        }
+        if stage == 3 { return try shardWeights[i].withUnsafeBufferPointer { try withMoments($0) } }
+        let w = [Float](unsafeUninitializedCapacity: u.shard.count) { out, n in
+            for (k, (_, t)) in u.params.enumerated() {
+                let lo = max(u.offsets[k], u.shard.lowerBound), hi = min(u.offsets[k] + t.count, u.shard.upperBound)
+                if lo < hi { (out.baseAddress! + (lo - u.shard.lowerBound)).update(from: t.pointer + (lo - u.offsets[k]), count: hi - lo) }
+            }
+            n = u.shard.count
+        }
+        return try w.withUnsafeBufferPointer { try withMoments($0) }
+    }
+
     /// Restores unit `i` from its full flat weights and Adam moments (any world size / stage).
     public func loadFull(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
         let u = units[i]
@@ -319,6 +339,38 @@ public final class ZeroEngine: BlockHooks {
         }
         exp_avg[i] = stage == 0 ? expAvg : Array(expAvg[u.shard])
         exp_avg_sq[i] = stage == 0 ? expAvgSq : Array(expAvgSq[u.shard])
+    }
+
+    /// Restores unit `i` from exactly what this rank keeps: `weights` full (stages 0-2) or this
+    /// rank's shard (stage 3); `expAvg`/`expAvgSq` full (stage 0) or the shard (stages 1-3).
+    public func loadOwned(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) {
+        let u = units[i]
+        let w = stage == 3 ? u.shard.count : u.count, m = stage == 0 ? u.count : u.shard.count
+        precondition(weights.count == w && expAvg.count == m && expAvgSq.count == m, "unit \(u.name): size mismatch")
+        if stage == 3 { shardWeights[i] = weights } else { scatterWeights(u, weights) }
+        exp_avg[i] = expAvg
+        exp_avg_sq[i] = expAvgSq
+    }
+
+    /// Restores unit `i` from this rank's shard of the weights and moments (a checkpoint saved
+    /// with the same world size); the parts other ranks hold arrive by all-gather (collective
+    /// in stages 0-2: every rank calls it for every unit in order).
+    public func loadShard(_ i: Int, weights: [Float], expAvg: [Float], expAvgSq: [Float]) throws {
+        let u = units[i]
+        precondition(weights.count == u.shard.count && expAvg.count == u.shard.count && expAvgSq.count == u.shard.count,
+                     "unit \(u.name): shard size mismatch")
+        func gathered(_ part: [Float]) throws -> [Float] {
+            var full = [Float](repeating: 0, count: u.count)
+            full.replaceSubrange(u.shard, with: part)
+            try full.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) }
+            return full
+        }
+        let w = stage == 3 ? weights : try gathered(weights)
+        if stage == 0 {
+            loadOwned(i, weights: w, expAvg: try gathered(expAvg), expAvgSq: try gathered(expAvgSq))
+        } else {
+            loadOwned(i, weights: w, expAvg: expAvg, expAvgSq: expAvgSq)
+        }
     }
 
     /// Stage 3: materialises every unit's full weights (for evaluation or saving); `releaseAll` undoes it.

@@ -27,8 +27,12 @@ public enum CheckpointSaveError: Error, CustomStringConvertible {
 /// shard file there; rank 0 writes `manifest.json` (atomically), renames the directory to
 /// `step-N`, fsyncs the parent, then atomically replaces `latest`. A crash at any point leaves
 /// the previous checkpoint and `latest` intact: `latest` only ever names a renamed, complete
-/// directory. Load reassembles every unit from all shard files and re-shards it for the
-/// current world size and ZeRO stage.
+/// directory. Datasets are contiguous with hv's block checksums (`ChecksummedArray`); older
+/// checkpoints with HDF5's Fletcher-32 filter still load.
+///
+/// Load: with the world size of the save, each rank reads only its own shard file (stages 0-2
+/// then all-gather the replicated parts over the communicator); with another world size each
+/// rank reads, by hyperslab, only the element ranges it keeps, from the files that hold them.
 public enum Checkpointing {
     public static func directoryName(step: Int) -> String { String(format: "step-%07d", step) }
 
@@ -82,12 +86,12 @@ public enum Checkpointing {
                 try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
                 try f.setAttribute("step", .int64(Int64(trainer.step)))
                 for (i, u) in engine.units.enumerated() {
-                    let (w, m, v) = engine.shardState(i)
                     let g = try f.createGroup("units/" + u.name)
-                    let opts = H5DatasetOptions(fletcher32: !w.isEmpty)
-                    try g.write("weights", w, shape: [w.count], options: opts)
-                    try g.write("exp_avg", m, shape: [m.count], options: opts)
-                    try g.write("exp_avg_sq", v, shape: [v.count], options: opts)
+                    try engine.withShardState(i) { w, m, v in
+                        try ChecksummedArray.write(g, "weights", w)
+                        try ChecksummedArray.write(g, "exp_avg", m)
+                        try ChecksummedArray.write(g, "exp_avg_sq", v)
+                    }
                     try g.setAttribute("start", .int64(Int64(u.shard.lowerBound)))
                     try g.setAttribute("end", .int64(Int64(u.shard.upperBound)))
                 }
@@ -143,9 +147,14 @@ public enum Checkpointing {
         }
     }
 
-    /// Reads and checks every dataset (HDF5 verifies each chunk's fletcher32) of a checkpoint.
+    static let datasets = ["weights", "exp_avg", "exp_avg_sq"]
+
+    /// Reads and checks every dataset of a checkpoint (hv's block checksums, or HDF5's
+    /// Fletcher-32 for older checkpoints). Errors name the file and the dataset.
     public static func verify(_ dir: String) throws -> CheckpointManifest {
         let m = try CheckpointManifest.read(directory: dir)
+        let largest = m.units.flatMap { $0.shards.map { $0.end - $0.start } }.max() ?? 0
+        var scratch = [Float](repeating: 0, count: largest)
         for r in 0..<m.world_size {
             let path = dir + "/" + rankFile(r)
             guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(rankFile(r))") }
@@ -154,13 +163,16 @@ public enum Checkpointing {
             defer { try? f.close() }
             for u in m.units {
                 let shard = u.shards[r]
-                for ds in ["weights", "exp_avg", "exp_avg_sq"] {
-                    let values: [Float]
-                    do { values = try f.read("units/\(u.name)/\(ds)", as: Float.self) } catch {
-                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds): \(error)")
-                    }
-                    guard values.count == shard.end - shard.start else {
-                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds) has \(values.count) values, manifest says \(shard.end - shard.start)")
+                for ds in datasets {
+                    let name = "units/\(u.name)/\(ds)"
+                    do {
+                        let n = try f.dataset(name).count()
+                        guard n == shard.end - shard.start else {
+                            throw CheckpointError.corrupt(file: path, detail: "dataset \(name) has \(n) values, manifest says \(shard.end - shard.start)")
+                        }
+                        try scratch.withUnsafeMutableBufferPointer { try ChecksummedArray.read(f, name, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
+                    } catch let e as CheckpointError { throw e } catch {
+                        throw CheckpointError.corrupt(file: path, detail: "dataset \(name): \(error)")
                     }
                 }
             }
@@ -168,34 +180,81 @@ public enum Checkpointing {
         return m
     }
 
-    /// Full flat weights and Adam moments of every unit, reassembled from the shard files.
-    public static func readUnits(_ dir: String, _ m: CheckpointManifest) throws -> [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] {
-        var files: [Int: H5File] = [:]
-        defer { for (_, f) in files { try? f.close() } }
-        var out: [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] = [:]
-        for u in m.units {
-            var w = [Float](repeating: 0, count: u.count), a = w, b = w
-            for s in u.shards where s.end > s.start {
-                let path = dir + "/" + s.file
-                let f: H5File
-                if let cached = files[s.rank] { f = cached } else {
-                    do { f = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
-                    files[s.rank] = f
-                }
-                for (ds, var target) in [("weights", w), ("exp_avg", a), ("exp_avg_sq", b)] {
-                    let values: [Float]
-                    do { values = try f.read("units/\(u.name)/\(ds)", as: Float.self) } catch {
-                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds): \(error)")
+    /// Open shard files of one checkpoint, by rank, for ranged reads.
+    final class ShardReader {
+        let dir: String
+        let manifest: CheckpointManifest
+        private var files: [Int: H5File] = [:]
+        init(_ dir: String, _ m: CheckpointManifest) { self.dir = dir; manifest = m }
+        deinit { close() }
+        func close() { for (_, f) in files { try? f.close() }; files = [:] }
+
+        private func file(_ s: CheckpointManifest.ShardEntry) throws -> H5File {
+            if let f = files[s.rank] { return f }
+            let path = dir + "/" + s.file
+            guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(s.file)") }
+            do { files[s.rank] = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
+            return files[s.rank]!
+        }
+
+        /// Elements `range` of unit `u`'s flat dataset `ds` (weights / exp_avg / exp_avg_sq),
+        /// read from the shard files that hold them, checking the checksums of what is read.
+        func read(_ u: CheckpointManifest.UnitEntry, _ ds: String, _ range: Range<Int>) throws -> [Float] {
+            var out = [Float](repeating: 0, count: range.count)
+            try out.withUnsafeMutableBufferPointer { buf in
+                for s in u.shards {
+                    let lo = max(s.start, range.lowerBound), hi = min(s.end, range.upperBound)
+                    guard lo < hi else { continue }
+                    let f = try file(s)
+                    let name = "units/\(u.name)/\(ds)"
+                    do {
+                        let n = try f.dataset(name).count()
+                        guard n == s.end - s.start else {
+                            throw CheckpointError.corrupt(file: f.filePath, detail: "dataset \(name) has \(n) values, manifest says \(s.end - s.start)")
+                        }
+                        try ChecksummedArray.read(f, name, range: (lo - s.start)..<(hi - s.start),
+                                                  into: UnsafeMutableBufferPointer(rebasing: buf[(lo - range.lowerBound)..<(hi - range.lowerBound)]))
+                    } catch let e as CheckpointError { throw e } catch {
+                        throw CheckpointError.corrupt(file: f.filePath, detail: "dataset \(name): \(error)")
                     }
-                    guard values.count == s.end - s.start else {
-                        throw CheckpointError.corrupt(file: path, detail: "dataset units/\(u.name)/\(ds) has \(values.count) values, expected \(s.end - s.start)")
-                    }
-                    target.replaceSubrange(s.start..<s.end, with: values)
-                    switch ds { case "weights": w = target; case "exp_avg": a = target; default: b = target }
                 }
             }
-            out[u.name] = (w, a, b)
+            return out
         }
+    }
+
+    /// Full flat weights and Adam moments of every unit, reassembled from the shard files.
+    public static func readUnits(_ dir: String, _ m: CheckpointManifest) throws -> [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] {
+        let reader = ShardReader(dir, m)
+        defer { reader.close() }
+        var out: [String: (weights: [Float], expAvg: [Float], expAvgSq: [Float])] = [:]
+        for u in m.units {
+            let all = 0..<u.count
+            out[u.name] = (try reader.read(u, "weights", all), try reader.read(u, "exp_avg", all), try reader.read(u, "exp_avg_sq", all))
+        }
+        return out
+    }
+
+    /// Reads (and checks) rank `rank`'s own shard of every unit: the disk part of a resume with
+    /// the saved world size (`load` then all-gathers the replicated parts). Returns the bytes read.
+    public static func readOwnShard(_ dir: String, rank: Int) throws -> Int {
+        let m = try CheckpointManifest.read(directory: dir)
+        let reader = ShardReader(dir, m)
+        defer { reader.close() }
+        var bytes = 0
+        for u in m.units {
+            let s = u.shards[rank]
+            for ds in datasets { bytes += 4 * (try reader.read(u, ds, s.start..<s.end)).count }
+        }
+        return bytes
+    }
+
+    /// Full flat weights of every unit (no optimizer state: what consolidation and export need).
+    public static func readWeights(_ dir: String, _ m: CheckpointManifest) throws -> [String: [Float]] {
+        let reader = ShardReader(dir, m)
+        defer { reader.close() }
+        var out: [String: [Float]] = [:]
+        for u in m.units { out[u.name] = try reader.read(u, "weights", 0..<u.count) }
         return out
     }
 
@@ -216,16 +275,34 @@ public enum Checkpointing {
         let mine = String(decoding: try enc.encode(trainer.config.model), as: UTF8.self)
         let diff = differingFields(m.model_config, mine)
         if !diff.isEmpty { throw CheckpointError.configMismatch(checkpoint: dir, fields: diff) }
-        let units = try readUnits(dir, m)
-        for (i, u) in trainer.engine.units.enumerated() {
-            guard let entry = m.units.first(where: { $0.name == u.name }), let full = units[u.name] else {
+        let engine = trainer.engine, comm = trainer.comm
+        var entries: [CheckpointManifest.UnitEntry] = []
+        for u in engine.units {
+            guard let entry = m.units.first(where: { $0.name == u.name }) else {
                 throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "no unit \(u.name)")
             }
             let expected = zip(u.params, u.offsets).map { CheckpointManifest.TensorEntry(name: $0.0.0, shape: $0.0.1.shape, offset: $0.1) }
-            guard entry.tensors == expected else {
+            guard entry.tensors == expected, entry.count == u.count else {
                 throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "unit \(u.name) lists different tensors than this model")
             }
-            trainer.engine.loadFull(i, weights: full.weights, expAvg: full.expAvg, expAvgSq: full.expAvgSq)
+            entries.append(entry)
+        }
+        // Same world size: the saved shards are this run's shards, so a rank reads only its own
+        // file and all-gathers the rest (exact: fp32 on the wire, not with --bf16-wire).
+        let exactWire = (comm as? ZMQRingCommunicator).map { $0.wireDType == .float32 } ?? true
+        let ownFileOnly = m.world_size == comm.worldSize && exactWire
+        let reader = ShardReader(dir, m)
+        defer { reader.close() }
+        for (i, u) in engine.units.enumerated() {
+            let entry = entries[i]
+            if ownFileOnly {
+                try engine.loadShard(i, weights: try reader.read(entry, "weights", u.shard),
+                                     expAvg: try reader.read(entry, "exp_avg", u.shard), expAvgSq: try reader.read(entry, "exp_avg_sq", u.shard))
+            } else {
+                let w = engine.stage == 3 ? u.shard : 0..<u.count, mom = engine.stage == 0 ? 0..<u.count : u.shard
+                engine.loadOwned(i, weights: try reader.read(entry, "weights", w),
+                                 expAvg: try reader.read(entry, "exp_avg", mom), expAvgSq: try reader.read(entry, "exp_avg_sq", mom))
+            }
         }
         let p = m.data_position
         trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))

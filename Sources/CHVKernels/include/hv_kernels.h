@@ -1,6 +1,7 @@
 #ifndef HV_KERNELS_H
 #define HV_KERNELS_H
 #include <stddef.h>
+#include <stdint.h>
 
 /// Hot elementwise loops of the tensor core, in C so that clang vectorises them
 /// (Swift does not vectorise float reductions, and its SIMD types are slow here).
@@ -15,6 +16,11 @@ float hv_row_max(const float *row, size_t n);
 
 /// ds[j] = p[j] * (dp[j] - delta) (softmax backward inside blocked attention).
 void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
+
+
+/// Checkpoint checksum of nbytes at data: 8-lane Fletcher-style 64-bit sums over little-endian
+/// 32-bit words (tail zero-padded), mixed into 64 bits. Runs at memory speed.
+uint64_t hv_checksum64(const void *data, size_t nbytes);
 
 #endif
 

@@ -5,7 +5,8 @@ import Foundation
 ///
 /// Layout: RUN_DIR/checkpoints/step-NNNNNNN/{manifest.json, rank-RRRRR.h5}; each rank file holds,
 /// for every unit (a DiT block, or `outer`), that rank's contiguous shard of the unit's
-/// flattened weights and Adam moments (`units/<unit>/{weights,exp_avg,exp_avg_sq}`, fletcher32).
+/// flattened weights and Adam moments (`units/<unit>/{weights,exp_avg,exp_avg_sq}`: contiguous,
+/// with block checksums in attributes, see `ChecksummedArray`; older checkpoints used fletcher32).
 /// A tensor's full value is found from `units[].tensors[].offset` in the unit's flat order and the
 /// shard ranges, so any world size and ZeRO stage can read any checkpoint.
 public struct CheckpointManifest: Codable, Equatable, Sendable {

@@ -112,4 +112,42 @@ public final class H5Dataset: H5Object {
             H5Dread(id, T.h5ElementType.memoryType, all, all, H5P_DEFAULT_ID, base)
         }
     }
+
+    /// Reads elements `range` of a 1-D dataset into `buffer` (count == range.count) through a
+    /// hyperslab: only those bytes are read (for chunked datasets, the chunks they touch, whose
+    /// filters such as Fletcher-32 are checked). The stored type must be `T`'s.
+    public func read<T: H5Element>(range: Range<Int>, into buffer: UnsafeMutableBufferPointer<T>,
+                                   function: String = #function) throws {
+        let id = try liveID(function)
+        let stored = try elementType(function: function)
+        guard stored == T.h5ElementType else {
+            throw HDF5Error.typeMismatch(object: path, file: filePath, expected: T.h5ElementType.description,
+                                         found: stored?.description ?? "an unsupported type", function: function)
+        }
+        let shape = try shape(function: function)
+        guard shape.count == 1, range.lowerBound >= 0, range.upperBound <= shape[0], buffer.count == range.count else {
+            throw HDF5Error.invalidArgument("range \(range) (into \(buffer.count) elements) of a dataset of shape \(shape)",
+                                            object: path, file: filePath, function: function)
+        }
+        guard let base = buffer.baseAddress, !range.isEmpty else { return }
+        let fileSpace = try call("H5Dget_space", function: function) { H5Dget_space(id) }
+        defer { H5Sclose(fileSpace) }
+        var start = [hsize_t(range.lowerBound)], count = [hsize_t(range.count)]
+        try call("H5Sselect_hyperslab", function: function) {
+            H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, &start, nil, &count, nil)
+        }
+        let memSpace = try call("H5Screate_simple", function: function) { H5Screate_simple(1, &count, nil) }
+        defer { H5Sclose(memSpace) }
+        try call("H5Dread", function: function) {
+            H5Dread(id, T.h5ElementType.memoryType, memSpace, fileSpace, H5P_DEFAULT_ID, base)
+        }
+    }
+
+    /// Byte offset of a contiguous dataset's data in its file (nil for chunked/compact storage or
+    /// before any data is written). For tests that corrupt a dataset on purpose.
+    public func fileOffset(function: String = #function) throws -> Int? {
+        let id = try liveID(function)
+        let offset = H5Dget_offset(id)
+        return offset == hv_HADDR_UNDEF() ? nil : Int(offset)
+    }
 }

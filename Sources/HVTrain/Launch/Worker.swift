@@ -144,8 +144,9 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
         if let b = o.batchSize { cfg.train.batch_size = b }
         let trainer = try Trainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
         if let dir = o.resume {
+            let t0 = Date()
             try Checkpointing.load(trainer, from: dir)
-            if o.rank == 0 { log("resumed from \(dir) at step \(trainer.step)") }
+            log(String(format: "resumed from %@ at step %d (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
         }
         if o.rank == 0 {
             log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s) (mesh \(trainer.mesh)), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")

@@ -1,0 +1,99 @@
+import Foundation
+import HVCheckpoint
+import HVTrain
+import XCTest
+
+/// Checkpoint save / load / verify in one process (the multi-process cases are in IntegrationTests).
+final class CheckpointingTests: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("hv-ckpt-unit-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: scratch) }
+
+    func tinyRun(steps: Int) throws -> RunConfig {
+        var cfg = try RunConfig.load(path: repoRoot.appendingPathComponent("configs/runs/tiny.yaml").path)
+        cfg.train.steps = steps
+        return cfg
+    }
+
+    /// A trainer after 3 steps and a saved checkpoint of it.
+    func savedRun(stage: Int = 0) throws -> (Trainer, String) {
+        let a = try Trainer(config: try tinyRun(steps: 6), zeroStage: stage)
+        for _ in 0..<3 { _ = try a.trainStep() }
+        let dir = try Checkpointing.save(a, runDir: scratch.path, keep: 2)
+        return (a, dir)
+    }
+
+    func assertSameState(_ a: Trainer, _ b: Trainer, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.step, b.step, file: file, line: line)
+        for ((n, p), (_, q)) in zip(a.parameters, b.parameters) { XCTAssertEqual(p.scalars, q.scalars, n, file: file, line: line) }
+        XCTAssertEqual(a.engine.exp_avg, b.engine.exp_avg, file: file, line: line)
+        XCTAssertEqual(a.engine.exp_avg_sq, b.engine.exp_avg_sq, file: file, line: line)
+    }
+
+    /// Save + load into a fresh trainer restores every value; the next step's loss is identical.
+    func testSaveLoadIsExact() throws {
+        for stage in [0, 3] {
+            let (a, dir) = try savedRun(stage: stage)
+            let b = try Trainer(config: try tinyRun(steps: 6), zeroStage: stage)
+            try Checkpointing.load(b, from: dir)
+            if stage == 0 { assertSameState(a, b) }
+            XCTAssertEqual(try a.trainStep().loss, try b.trainStep().loss, "stage \(stage)")
+            try FileManager.default.removeItem(at: scratch)
+        }
+    }
+
+    /// Flipped bytes inside one dataset: verify and load fail naming the file and the dataset.
+    func testCorruptedDatasetIsNamed() throws {
+        let (_, dir) = try savedRun()
+        let path = dir + "/rank-00000.h5", dataset = "units/double_blocks.0/exp_avg_sq"
+        let f = try H5File(path: path, mode: .readOnly)
+        let offset = try XCTUnwrap(try f.dataset(dataset).fileOffset())
+        let count = try f.dataset(dataset).count()
+        try f.close()
+        let h = try XCTUnwrap(FileHandle(forUpdatingAtPath: path))
+        try h.seek(toOffset: UInt64(offset + 4 * (count / 2)))
+        try h.write(contentsOf: Data([0x12, 0x34, 0x56]))
+        try h.close()
+        XCTAssertThrowsError(try Checkpointing.verify(dir)) { e in
+            XCTAssert("\(e)".contains("rank-00000.h5") && "\(e)".contains(dataset) && "\(e)".contains("checksum mismatch"), "\(e)")
+        }
+        let b = try Trainer(config: try tinyRun(steps: 6))
+        XCTAssertThrowsError(try Checkpointing.load(b, from: dir)) { e in
+            XCTAssert("\(e)".contains("rank-00000.h5") && "\(e)".contains(dataset), "\(e)")
+        }
+    }
+
+    /// Checkpoints written before hv's own checksums (chunked datasets with HDF5's Fletcher-32
+    /// filter) still verify and load.
+    func testLegacyFletcher32CheckpointLoads() throws {
+        let (a, dir) = try savedRun()
+        let path = dir + "/rank-00000.h5", old = dir + "/old.h5"
+        do {
+            let src = try H5File(path: path, mode: .readOnly), dst = try H5File(path: old, mode: .create)
+            for attr in ["rank", "world_size", "step"] { try dst.setAttribute(attr, src.attribute(attr)) }
+            for unit in try src.group("units").children() {
+                let g = try src.group("units/" + unit), out = try dst.createGroup("units/" + unit)
+                for ds in ["weights", "exp_avg", "exp_avg_sq"] {
+                    let v = try g.read(ds, as: Float.self)
+                    try out.write(ds, v, shape: [v.count], options: H5DatasetOptions(fletcher32: !v.isEmpty))
+                }
+                for attr in ["start", "end"] { try out.setAttribute(attr, g.attribute(attr)) }
+            }
+            try src.close(); try dst.close()
+        }
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.moveItem(atPath: old, toPath: path)
+        let f = try H5File(path: path, mode: .readOnly)
+        XCTAssertEqual(try ChecksummedArray.protection(f.dataset("units/outer/weights")), "fletcher32")
+        try f.close()
+        XCTAssertNoThrow(try Checkpointing.verify(dir))
+        let b = try Trainer(config: try tinyRun(steps: 6))
+        try Checkpointing.load(b, from: dir)
+        assertSameState(a, b)
+    }
+}
