@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "_HVTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVTrain", "HVSampling"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVModel", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint"]),
         .testTarget(name: "HVDataTests", dependencies: ["HVData"]),
