@@ -24,6 +24,9 @@ static inline AVRational hv_AV_TIME_BASE_Q(void) { return AV_TIME_BASE_Q; }
 static inline int hv_AV_TIME_BASE(void) { return AV_TIME_BASE; }
 static inline int hv_AV_CODEC_FLAG_GLOBAL_HEADER(void) { return AV_CODEC_FLAG_GLOBAL_HEADER; }
 static inline int hv_AVFMT_GLOBALHEADER(void) { return AVFMT_GLOBALHEADER; }
+static inline int hv_AV_CODEC_FLAG_BITEXACT(void) { return AV_CODEC_FLAG_BITEXACT; }
+static inline int hv_AVFMT_FLAG_BITEXACT(void) { return AVFMT_FLAG_BITEXACT; }
+static inline int hv_SWS_BITEXACT_ACCURATE_RND(void) { return SWS_BITEXACT | SWS_ACCURATE_RND; }
 static inline int hv_AVFMT_NOFILE(void) { return AVFMT_NOFILE; }
 static inline int hv_AVSEEK_FLAG_BACKWARD(void) { return AVSEEK_FLAG_BACKWARD; }
 static inline int hv_AVIO_FLAG_WRITE(void) { return AVIO_FLAG_WRITE; }

@@ -26,13 +26,13 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Negative prompt for classifier-free guidance.") var negativePrompt = ""
     @Option(help: "Output mp4 path.") var out: String
     @Option(help: "Random seed (same seed, same video).") var seed: UInt64 = 0
-    @Option(help: "Sampling steps.") var steps = 50
+    @Option(help: "Sampling steps (default: the run config's sample.steps, 50 unless the run says otherwise).") var steps: Int?
     @Option(help: "Frames (1 + 4k). Default: the training clips' length.") var frames: Int?
     @Option(help: "Height in pixels (multiple of 16). Default: the training size.") var height: Int?
     @Option(help: "Width in pixels (multiple of 16). Default: the training size.") var width: Int?
-    @Option(help: "Classifier-free guidance scale (1 = off; > 1 runs two passes per step).") var guidance = 1.0
+    @Option(help: "Classifier-free guidance scale (1 = off; > 1 runs two passes per step; default: the run config's sample.guidance).") var guidance: Double?
     @Option(help: "Embedded guidance scale for guidance-distilled models.") var embeddedGuidance = 6.0
-    @Option(help: "Time-step shift (larger for fewer steps).") var shift = 7.0
+    @Option(help: "Time-step shift (larger for fewer steps; default: the run config's sample.shift, 7 unless the run says otherwise).") var shift: Double?
     @Option(help: "VAE weights (hv-coord train-vae --out) to decode latents to pixels.") var vae: String?
     @Option(help: "Frames per second of the mp4.") var fps = 8.0
     @OptionGroup var threads: ThreadOptions
@@ -66,8 +66,11 @@ struct GenerateCommand: ParsableCommand {
             guard (F - 1) % 4 == 0, H % (8 * p[1]) == 0, W % (8 * p[2]) == 0 else {
                 throw ValidationError("size \(F) frames x \(H) x \(W): frames must be 1 + 4k and height/width multiples of \(8 * p[1]) (VAE 8x and patch \(p[1]))")
             }
-            var o = SamplingOptions()
-            o.steps = steps; o.shift = shift; o.guidance = guidance; o.embeddedGuidance = embeddedGuidance; o.seed = seed
+            var o = run.samplingDefaults
+            if let steps { o.steps = steps }
+            if let shift { o.shift = shift }
+            if let guidance { o.guidance = guidance }
+            o.embeddedGuidance = embeddedGuidance; o.seed = seed
             o.latentFrames = 1 + (F - 1) / 4; o.latentHeight = H / 8; o.latentWidth = W / 8
             // Models trained on synthetic latents have one latent frame per video frame.
             if decoder == nil { o.latentFrames = (F - 1) / 4 + 1 }
@@ -100,7 +103,7 @@ struct GenerateCommand: ParsableCommand {
                 let sheet = (path as NSString).deletingPathExtension + ".png"
                 try writeVideo(rgb, width: fw, height: fh, fps: fps, mp4: path, contactSheet: sheet)
                 stderrLine(String(format: "hv-sample: \"%@\" -> %@ (%d frames, %.2fs per step)", text as NSString, path as NSString, rgb.count,
-                                  Date().timeIntervalSince(t0) / Double(steps)))
+                                  Date().timeIntervalSince(t0) / Double(o.steps)))
             }
         }
     }

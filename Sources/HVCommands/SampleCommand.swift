@@ -10,7 +10,7 @@ public struct SampleCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "hv-sample",
         abstract: "Evaluate or sample a trained HunyuanVideo DiT.",
-        subcommands: [GenerateCommand.self, VelocityCommand.self],
+        subcommands: [GenerateCommand.self, EvalPromptsCommand.self, VelocityCommand.self],
         defaultSubcommand: GenerateCommand.self)
     public init() {}
 }

@@ -21,6 +21,16 @@ public struct SamplingOptions: Sendable {
     public init() {}
 }
 
+extension RunConfig {
+    /// Sampling options from the run's `sample` section, at the training latent size.
+    public var samplingDefaults: SamplingOptions {
+        var o = SamplingOptions()
+        o.steps = sample.steps; o.shift = sample.shift; o.guidance = sample.guidance
+        o.latentFrames = data.frames; o.latentHeight = data.height; o.latentWidth = data.width
+        return o
+    }
+}
+
 /// A trained text-to-video model: DiT + text encoder (+ optional VAE), loaded from a
 /// consolidated HDF5 file or a (sharded) checkpoint directory.
 public final class TextToVideo {
@@ -117,7 +127,7 @@ public enum LatentPreview {
 
     /// latents [1, C, T, H, W] -> T frames of (H*scale) x (W*scale) RGB24.
     public static func frames(_ z: Tensor, channels: Int, scale: Int = 8) -> [[UInt8]] {
-        let palette = SyntheticLatents(count: 1, channels: channels, frames: 1, height: 1, width: 1, seed: 0).palette
+        let palette = SyntheticLatents.palette(channels: channels)
         let T = z.shape[2], H = z.shape[3], W = z.shape[4]
         let zc = z.contiguous()
         let norm2 = palette.map { $0.map { $0 * $0 }.reduce(0, +) }
@@ -182,12 +192,12 @@ public enum PromptChecker {
     }
 }
 
-/// Writes frames as H.264 mp4 (yuv420p, single-threaded encoder so the bytes are reproducible)
-/// and a PNG contact sheet (frames side by side).
-public func writeVideo(_ frames: [[UInt8]], width: Int, height: Int, fps: Double, mp4: String, contactSheet: String?) throws {
-    var opts = VideoWriter.Options()
-    opts.threads = 1
-    opts.crf = 12
+/// Writes frames as H.264 mp4 (yuv420p) and a PNG contact sheet (frames side by side). The
+/// encoder runs in its deterministic configuration (`VideoWriter.Options.deterministic`: one
+/// thread, x264's C code, bit-exact muxing) so the same frames give the same bytes on any machine.
+public func writeVideo(_ frames: [[UInt8]], width: Int, height: Int, fps: Double, mp4: String, contactSheet: String?,
+                       options: VideoWriter.Options = .deterministic(crf: 12)) throws {
+    let opts = options
     let w = try VideoWriter(path: mp4, width: width, height: height, fps: fps, options: opts)
     for f in frames { try w.append(rgb: f) }
     try w.finish()

@@ -21,7 +21,7 @@ public enum HeldOutEval {
     public static func loss(model: HunyuanDiT, textEncoder: HashTextEncoder, run: RunConfig, samples K: Int = 64, batch: Int = 16) -> Double {
         let d = run.data, m = run.model
         let data = SyntheticLatents(count: K, channels: m.in_channels, frames: d.frames, height: d.height, width: d.width,
-                                    seed: d.seed &+ seedOffset)
+                                    seed: d.seed &+ seedOffset, objectSize: d.object_size, randomStart: d.random_start, speed: d.speed)
         let sigmas = (0..<K).map { i -> Float in
             let p = (Double(i) + 0.5) / Double(K)
             let s = run.flow.logit_normal ? 1 / (1 + Foundation.exp(-inverseNormalCDF(p))) : p

@@ -16,8 +16,28 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var train = TrainConfig()
     public var flow = FlowConfig()
     public var checkpoint = CheckpointConfig()
+    public var sample = SampleConfig()
 
     public init() {}
+
+    /// hv-sample's defaults for models of this run (its flags override them). The official
+    /// sampler's are 50 steps, shift 7, no CFG (REFERENCE.md); a small model trained briefly
+    /// with caption dropout samples better with fewer steps, less shift and CFG.
+    public struct SampleConfig: Codable, Sendable, Equatable {
+        public var steps = 50
+        public var shift = 7.0
+        /// Classifier-free guidance scale (1 = off). CFG needs a model trained with
+        /// flow.caption_dropout > 0 (the empty prompt is the unconditional branch).
+        public var guidance = 1.0
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Self()
+            steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
+            shift = try c.decodeIfPresent(Double.self, forKey: .shift) ?? d.shift
+            guidance = try c.decodeIfPresent(Double.self, forKey: .guidance) ?? d.guidance
+        }
+    }
 
     public struct CheckpointConfig: Codable, Sendable, Equatable {
         /// Save every N steps (0 = only at the end and on a graceful stop).
@@ -55,6 +75,14 @@ public struct RunConfig: Codable, Sendable, Equatable {
         /// Fraction of batches made of single-frame (image) samples.
         public var image_ratio = 0.0
         public var seed: UInt64 = 0
+        /// Side of the moving shape in latent pixels (0: a third of the smaller side, at least 2).
+        public var object_size = 0
+        /// true: the shape starts anywhere it fits; false: its path is centred in the frame, so
+        /// the caption determines the clip up to the background (learnable in a CPU minute).
+        public var random_start = true
+        /// Latent pixels the shape moves per frame (a multiple of the patch size moves it a
+        /// whole token per frame).
+        public var speed = 1
         public init() {}
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -66,6 +94,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
             width = try c.decodeIfPresent(Int.self, forKey: .width) ?? d.width
             image_ratio = try c.decodeIfPresent(Double.self, forKey: .image_ratio) ?? d.image_ratio
             seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
+            object_size = try c.decodeIfPresent(Int.self, forKey: .object_size) ?? d.object_size
+            random_start = try c.decodeIfPresent(Bool.self, forKey: .random_start) ?? d.random_start
+            speed = try c.decodeIfPresent(Int.self, forKey: .speed) ?? d.speed
         }
     }
 
@@ -121,6 +152,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
         /// Guidance scales for the CFG-distilled variant are drawn uniformly from this range.
         public var guidance_min = 1.0
         public var guidance_max = 8.0
+        /// Fraction of training samples whose caption is replaced by the empty prompt, so the
+        /// model also learns the unconditional velocity that classifier-free guidance needs.
+        public var caption_dropout = 0.0
         public init() {}
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -129,10 +163,11 @@ public struct RunConfig: Codable, Sendable, Equatable {
             logit_normal = try c.decodeIfPresent(Bool.self, forKey: .logit_normal) ?? d.logit_normal
             guidance_min = try c.decodeIfPresent(Double.self, forKey: .guidance_min) ?? d.guidance_min
             guidance_max = try c.decodeIfPresent(Double.self, forKey: .guidance_max) ?? d.guidance_max
+            caption_dropout = try c.decodeIfPresent(Double.self, forKey: .caption_dropout) ?? d.caption_dropout
         }
     }
 
-    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow, checkpoint }
+    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow, checkpoint, sample }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -143,6 +178,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         train = try c.decodeIfPresent(TrainConfig.self, forKey: .train) ?? TrainConfig()
         flow = try c.decodeIfPresent(FlowConfig.self, forKey: .flow) ?? FlowConfig()
         checkpoint = try c.decodeIfPresent(CheckpointConfig.self, forKey: .checkpoint) ?? CheckpointConfig()
+        sample = try c.decodeIfPresent(SampleConfig.self, forKey: .sample) ?? SampleConfig()
     }
 
     public func validate(file: String = "<config>") throws {
@@ -170,6 +206,14 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if checkpoint.every < 0 { try fail("checkpoint.every", "must be >= 0") }
         if checkpoint.keep < 1 { try fail("checkpoint.keep", "must be >= 1") }
         if flow.guidance_min > flow.guidance_max { try fail("flow.guidance_min", "must not exceed guidance_max") }
+        if !(0..<1).contains(flow.caption_dropout) { try fail("flow.caption_dropout", "must be in [0, 1)") }
+        if data.object_size < 0 || data.object_size > min(data.height, data.width) {
+            try fail("data.object_size", "\(data.object_size) must be 0 (default) or fit in the \(data.height)x\(data.width) latent frame")
+        }
+        if data.speed < 1 { try fail("data.speed", "must be >= 1") }
+        if sample.steps < 1 { try fail("sample.steps", "must be >= 1") }
+        if !(sample.shift > 0) { try fail("sample.shift", "must be > 0") }
+        if !(sample.guidance >= 1) { try fail("sample.guidance", "must be >= 1 (1 = no classifier-free guidance)") }
     }
 
     /// Reads a run config; a string `model:` value is a path to a model YAML (relative to the

@@ -2,9 +2,10 @@ import Foundation
 import HVTensor
 
 /// A learnable, checkable text-to-video set in latent space: one coloured shape per clip moving
-/// one latent pixel per frame in a direction, captioned "a red square moving left".
-/// A colour is a fixed direction in channel space; a shape is a hard square or a soft blob.
-/// Sample i is a pure function of (seed, i).
+/// `speed` latent pixels per frame in a direction, captioned "a red square moving left".
+/// A colour is a fixed direction in channel space (the six are orthogonal, so colours neither
+/// blend into each other in the model's targets nor in the renderer's projections); a shape is a
+/// hard square or a soft blob. Sample i is a pure function of (seed, i).
 public struct SyntheticLatents: Sendable {
     public static let colors = ["red", "green", "blue", "yellow", "purple", "cyan"]
     public static let shapes = ["square", "blob"]
@@ -12,18 +13,44 @@ public struct SyntheticLatents: Sendable {
 
     public let count: Int, channels: Int, frames: Int, height: Int, width: Int
     public let seed: UInt64
+    /// Side of the shape in latent pixels.
+    public let objectSize: Int
+    /// false: the shape's path is centred in the frame, so colour, shape and direction (the
+    /// caption) determine the clip up to the background; true: it starts anywhere it fits.
+    public let randomStart: Bool
+    /// Latent pixels moved per frame.
+    public let speed: Int
     /// [colors.count][channels] unit channel directions.
     public let palette: [[Float]]
 
-    public init(count: Int, channels: Int, frames: Int, height: Int, width: Int, seed: UInt64) {
+    /// `objectSize` 0: a third of the smaller side (at least 2).
+    public init(count: Int, channels: Int, frames: Int, height: Int, width: Int, seed: UInt64, objectSize: Int = 0,
+                randomStart: Bool = true, speed: Int = 1) {
         self.count = count; self.channels = channels; self.frames = frames; self.height = height; self.width = width
         self.seed = seed
-        var rng = HVRandom(seed: 0x5EED).split("palette")  // the palette is the same for every dataset seed
-        palette = SyntheticLatents.colors.map { _ in
-            let v = (0..<channels).map { _ in rng.normal() }
+        self.randomStart = randomStart
+        self.speed = max(1, speed)
+        self.objectSize = objectSize > 0 ? objectSize : max(2, min(height, width) / 3)
+        palette = SyntheticLatents.palette(channels: channels)
+    }
+
+    /// Unit random directions in channel space, Gram-Schmidt orthogonalised while there are
+    /// channels to spare, scaled to norm 0.8 sqrt(C). The same for every dataset seed.
+    public static func palette(channels: Int) -> [[Float]] {
+        var rng = HVRandom(seed: 0x5EED).split("palette")
+        var out: [[Float]] = []
+        for _ in colors {
+            var v = (0..<channels).map { _ in rng.normal() }
+            if out.count < channels {
+                for u in out {
+                    let d = zip(u, v).map { $0 * $1 }.reduce(0, +) / u.map { $0 * $0 }.reduce(0, +)
+                    v = zip(v, u).map { $0 - d * $1 }
+                }
+            }
             let n = v.map { $0 * $0 }.reduce(0, +).squareRoot()
-            return v.map { $0 / n * Float(channels).squareRoot() * 0.8 }
+            out.append(v.map { $0 / n * Float(channels).squareRoot() * 0.8 })
         }
+        return out
     }
 
     public struct Item: Sendable {
@@ -39,13 +66,13 @@ public struct SyntheticLatents: Sendable {
         let color = rng.int(below: SyntheticLatents.colors.count)
         let shape = rng.int(below: SyntheticLatents.shapes.count)
         let direction = rng.int(below: SyntheticLatents.directions.count)
-        let size = max(2, min(height, width) / 3)
-        let (dx, dy): (Int, Int) = [(-1, 0), (1, 0), (0, -1), (0, 1)][direction]
+        let size = objectSize
+        let (dx, dy): (Int, Int) = [(-speed, 0), (speed, 0), (0, -speed), (0, speed)][direction]
         // Start so that the shape stays inside the frame when possible.
         func start(_ extent: Int, _ d: Int) -> Int {
             let travel = (T - 1) * abs(d)
             let room = max(0, extent - size - travel)
-            let s = rng.int(below: room + 1)
+            let s = randomStart ? rng.int(below: room + 1) : room / 2
             return d < 0 ? s + travel : s
         }
         let x0 = start(width, dx), y0 = start(height, dy)

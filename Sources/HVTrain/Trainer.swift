@@ -74,7 +74,7 @@ public final class Trainer {
         optimizer = AdamW(lr: Float(t.lr), beta1: Float(t.beta1), beta2: Float(t.beta2), weightDecay: Float(t.weight_decay))
         let d = config.data
         dataset = SyntheticLatents(count: d.count, channels: config.model.in_channels, frames: d.frames, height: d.height,
-                                   width: d.width, seed: d.seed)
+                                   width: d.width, seed: d.seed, objectSize: d.object_size, randomStart: d.random_start, speed: d.speed)
         order = DataOrder(count: d.count, seed: d.seed)
         engine = try ZeroEngine(stage: zeroStage, comm: comm, model: model, extraOuter: textEncoder.trainableParameters(),
                                 optimizer: optimizer)
@@ -101,7 +101,7 @@ public final class Trainer {
     @discardableResult
     public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> Float {
         let cfg = config
-        let (x0, captions) = dataset.batch(sampleIndices, frames: T)
+        let (x0, batchCaptions) = dataset.batch(sampleIndices, frames: T)
         let B = sampleIndices.count
         // Per-sample random draws keyed by (seed, step, position in the global batch).
         var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
@@ -113,6 +113,14 @@ public final class Trainer {
             noiseParts.append(Tensor.randn([1] + perSample, rng: &rng))
         }
         let noise = Tensor.concat(noiseParts, axis: 0)
+        // Caption dropout on its own random stream, so runs without it draw exactly as before.
+        var captions = batchCaptions
+        if cfg.flow.caption_dropout > 0 {
+            for (j, p) in positions.enumerated() {
+                var rng = HVRandom(seed: cfg.train.seed).split("caption-dropout").split(UInt64(s)).split(UInt64(p))
+                if rng.uniformDouble() < cfg.flow.caption_dropout { captions[j] = "" }
+            }
+        }
         let (xt, target) = FlowMatching.noisedInputs(x0: x0, noise: noise, sigmas: sigmas)
         let text = textEncoder.encode(captions)
         let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,

@@ -48,6 +48,39 @@ final class VideoTests: XCTestCase {
         XCTAssertEqual(mean.b, Double(expected.b), accuracy: Self.tolerance, message, file: file, line: line)
     }
 
+    /// The deterministic configuration gives the same bytes for the same frames (textured
+    /// frames, so motion search and the SIMD paths have work to do), and still decodes.
+    func testDeterministicOptionsGiveIdenticalBytes() throws {
+        var rng = SystemRandomNumberGenerator()
+        let frames = (0..<6).map { t in
+            VideoFrame(width: Self.width, height: Self.height, rgb: (0..<(Self.width * Self.height * 3)).map { i in
+                UInt8(truncatingIfNeeded: (i / 3 % Self.width) * 3 + t * 7 + (i % 3) * 40 + Int.random(in: 0..<24, using: &rng))
+            })
+        }
+        func encode(_ name: String) throws -> Data {
+            let path = directory.appendingPathComponent(name).path
+            let writer = try VideoWriter(path: path, width: Self.width, height: Self.height, fps: 8, options: .deterministic(crf: 12))
+            for f in frames { try writer.append(f) }
+            try writer.finish()
+            return try Data(contentsOf: URL(fileURLWithPath: path))
+        }
+        let a = try encode("a.mp4"), b = try encode("b.mp4")
+        XCTAssertEqual(a, b, "same frames, same bytes")
+        XCTAssertNil(a.range(of: Data("Lavf".utf8)), "bit-exact muxing writes no library version")
+        let reader = try VideoReader(path: directory.appendingPathComponent("a.mp4").path)
+        XCTAssertEqual(try reader.readAllFrames().count, frames.count)
+    }
+
+    /// x264-params reach libx264: x264 writes its effective settings into the stream (SEI).
+    func testX264ParamsArePassedThrough() throws {
+        let path = directory.appendingPathComponent("p.mp4").path
+        let writer = try VideoWriter(path: path, width: 16, height: 16, fps: 8, options: .init(x264Params: "keyint=7:threads=1"))
+        for t in 0..<3 { try writer.append(VideoFrame(width: 16, height: 16, color: (UInt8(40 * t), 90, 200))) }
+        try writer.finish()
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertNotNil(bytes.range(of: Data("keyint=7 ".utf8)), "x264's settings string should show keyint=7")
+    }
+
     func testWriteThenDecodeSolidColourFrames() throws {
         let path = try writeSolidColourVideo(name: "solid.mp4")
         let reader = try VideoReader(path: path)

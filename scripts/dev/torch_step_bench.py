@@ -1,4 +1,6 @@
-"""PyTorch side of `hv-bench step`: the same training step on diffusers' HunyuanVideoTransformer3DModel.
+"""PyTorch side of `hv-bench step` and `hv-bench sample`: the same training step (--mode train) or
+sampling step (--mode sample: one no-grad forward + the Euler update) on diffusers'
+HunyuanVideoTransformer3DModel.
 
 Run by hv-bench with the venv's python (`--torch /path/to/venv`); prints one JSON line:
 {"step_seconds": ..., "torch": "...", "diffusers": "...", "threads": N, "params": N}.
@@ -24,6 +26,7 @@ p.add_argument("--text-tokens", type=int, required=True)
 p.add_argument("--batch", type=int, default=1)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--repeats", type=int, default=3)
+p.add_argument("--mode", choices=["train", "sample"], default="train")
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -44,7 +47,14 @@ mask = torch.ones(B, L, dtype=torch.bool)
 pooled = torch.randn(B, a.pooled_dim)
 t = torch.full((B,), 500.0)
 
-def step():
+def sample_step():
+    global x
+    with torch.no_grad():
+        v = model(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
+                  pooled_projections=pooled, return_dict=False)[0]
+        x = x - 0.02 * v
+
+def train_step():
     opt.zero_grad(set_to_none=True)
     v = model(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
               pooled_projections=pooled, return_dict=False)[0]
@@ -52,6 +62,11 @@ def step():
     loss.backward()
     opt.step()
 
+if a.mode == "sample":
+    model.eval()
+    step = sample_step
+else:
+    step = train_step
 step()
 best = float("inf")
 for _ in range(a.repeats):

@@ -21,15 +21,34 @@ public final class VideoWriter {
         public var fastStart: Bool
         /// Encoder threads (0: FFmpeg chooses).
         public var threads: Int
+        /// Extra libx264 settings, `key=value:key=value` as `ffmpeg -x264-params` takes them
+        /// (e.g. `asm=0:threads=1`); passed through as the encoder's `x264-params` option.
+        public var x264Params: String?
+        /// Bit-exact output: AV_CODEC_FLAG_BITEXACT on the encoder, AVFMT_FLAG_BITEXACT on the
+        /// muxer (no library version strings in the file) and an exact, SIMD-independent
+        /// RGB -> YUV conversion (SWS_BITEXACT | SWS_ACCURATE_RND).
+        public var bitExact: Bool
 
         public init(crf: Int = 23, preset: String = "medium", codec: String = "libx264", keyframeInterval: Int? = nil,
-                    fastStart: Bool = false, threads: Int = 0) {
+                    fastStart: Bool = false, threads: Int = 0, x264Params: String? = nil, bitExact: Bool = false) {
             self.crf = crf
             self.preset = preset
             self.codec = codec
             self.keyframeInterval = keyframeInterval
             self.fastStart = fastStart
             self.threads = threads
+            self.x264Params = x264Params
+            self.bitExact = bitExact
+        }
+
+        /// Same frames, same bytes — run to run and machine to machine: one encoder thread (no
+        /// sliced or lookahead threads, whose scheduling changes decisions), x264's portable C
+        /// code instead of the assembly it picks per CPU (`asm=0`: the AVX-512 paths here gave
+        /// different bytes), bit-exact muxing and colour conversion. Slower; meant for small
+        /// clips such as sampler output.
+        public static func deterministic(crf: Int = 23, preset: String = "medium") -> Options {
+            Options(crf: crf, preset: preset, threads: 1,
+                    x264Params: "threads=1:sliced-threads=0:lookahead-threads=1:asm=0", bitExact: true)
         }
     }
 
@@ -106,6 +125,10 @@ public final class VideoWriter {
         codec.pointee.framerate = rate
         codec.pointee.thread_count = Int32(options.threads)
         if let interval = options.keyframeInterval { codec.pointee.gop_size = Int32(interval) }
+        if options.bitExact {
+            codec.pointee.flags |= hv_AV_CODEC_FLAG_BITEXACT()
+            format.pointee.flags |= hv_AVFMT_FLAG_BITEXACT()
+        }
         if format.pointee.oformat.pointee.flags & hv_AVFMT_GLOBALHEADER() != 0 {
             codec.pointee.flags |= hv_AV_CODEC_FLAG_GLOBAL_HEADER()
         }
@@ -113,8 +136,14 @@ public final class VideoWriter {
         defer { av_dict_free(&codecOptions) }
         av_dict_set(&codecOptions, "crf", String(options.crf), 0)
         av_dict_set(&codecOptions, "preset", options.preset, 0)
+        if let params = options.x264Params { av_dict_set(&codecOptions, "x264-params", params, 0) }
         try avCall("avcodec_open2(\(options.codec))", path: path, function: function) {
             avcodec_open2(codec, encoder, &codecOptions)
+        }
+        // An option the encoder did not take is left in the dictionary: x264-params given to
+        // another encoder would otherwise be ignored silently.
+        if options.x264Params != nil, av_dict_get(codecOptions, "x264-params", nil, 0) != nil {
+            throw VideoError.invalidArgument("encoder \(options.codec) does not take x264-params", path: path, function: function)
         }
         try avCall("avcodec_parameters_from_context", path: path, function: function) {
             avcodec_parameters_from_context(stream.pointee.codecpar, codec)
@@ -138,7 +167,7 @@ public final class VideoWriter {
         c.rgb = try makeFrame(format: AV_PIX_FMT_RGB24, width: width, height: height, path: path, function: function)
         c.yuv = try makeFrame(format: AV_PIX_FMT_YUV420P, width: width, height: height, path: path, function: function)
         c.sws = sws_getContext(Int32(width), Int32(height), AV_PIX_FMT_RGB24, Int32(width), Int32(height),
-                               AV_PIX_FMT_YUV420P, SWS_BICUBIC, nil, nil, nil)
+                               AV_PIX_FMT_YUV420P, SWS_BICUBIC | (options.bitExact ? hv_SWS_BITEXACT_ACCURATE_RND() : 0), nil, nil, nil)
         guard c.sws != nil else {
             throw VideoError.invalidArgument("no RGB24 to yuv420p conversion", path: path, function: function)
         }
