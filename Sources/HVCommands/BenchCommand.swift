@@ -7,7 +7,7 @@ public struct BenchCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "hv-bench",
         abstract: "Measure hv's kernels and training step (build with -c release).",
-        subcommands: [KernelsBench.self, StepBench.self, AllReduceBench.self, AllReduceRank.self, CheckpointBench.self, MemoryBench.self],
+        subcommands: [KernelsBench.self, StepBench.self, AllReduceBench.self, AllReduceRank.self, CheckpointBench.self, MemoryBench.self, VAEDecodeBench.self],
         defaultSubcommand: KernelsBench.self)
     public init() {}
 }

@@ -228,7 +228,7 @@ public enum Checkpointing {
             trainer.engine.loadFull(i, weights: full.weights, expAvg: full.expAvg, expAvgSq: full.expAvgSq)
         }
         let p = m.data_position
-        trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
+        try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
         trainer.optimizer.setStep(m.optimizer_step)
     }
 
