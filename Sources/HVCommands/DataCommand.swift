@@ -150,6 +150,8 @@ struct EncodeCommand: ParsableCommand {
     @Flag(help: "Also cache each clip's first frame as an image (1-frame) sample.") var imageSamples = false
     @Option(help: "Encode clips longer than this many latent frames (+1) in temporal tiles (official 16; 0 = never).") var temporalTile = 0
     @Option(help: "Temporal tile overlap in latent frames.") var temporalOverlap = 4
+    @Option(help: "Encode frames larger than this many latent pixels in spatial tiles (official 32 = 256 px; 0 = never).") var tile = 0
+    @Option(help: "Spatial tile overlap in latent pixels.") var overlap = 8
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -173,6 +175,11 @@ struct EncodeCommand: ParsableCommand {
             }
             o.temporalTile = temporalTile
             o.temporalOverlap = temporalOverlap
+            guard tile >= 0, tile == 0 || (overlap >= 1 && overlap < tile) else {
+                throw ValidationError("--tile must be >= 0 and --overlap in 1..<tile")
+            }
+            o.spatialTile = tile
+            o.spatialOverlap = overlap
             let start = Date()
             let index = try LatentEncoding.encode(manifest: manifest, vae: vae, out: out, options: o) { stderrLine($0) }
             var buckets: [String: Int] = [:]

@@ -15,9 +15,9 @@ struct VAEDecodeBench: ParsableCommand {
     @Option(help: "VAE config YAML.") var config = "configs/vae/hunyuan-vae.yaml"
     @Option(help: "Video frames (1 + 4k).") var frames = 33
     @Option(help: "Video height and width in pixels (multiple of 8).") var size = 256
-    @Option(help: "Spatial tile / overlap in latent pixels.") var tile = 16
-    @Option(help: "Spatial overlap in latent pixels.") var overlap = 4
-    @Option(help: "Temporal tile in latent frames (a tile decodes tile + 1 latent frames).") var temporalTile = 4
+    @Option(help: "Spatial tile in latent pixels (official: 32 = 256 px).") var tile = 32
+    @Option(help: "Spatial overlap in latent pixels (official: 8 = 64 px).") var overlap = 8
+    @Option(help: "Temporal tile in latent frames (a tile decodes tile + 1 latent frames, 1 + 4 x tile video frames).") var temporalTile = 3
     @Option(help: "Temporal overlap in latent frames.") var temporalOverlap = 1
     @Option(help: "OpenBLAS threads (default: all cores).") var threads: Int?
 

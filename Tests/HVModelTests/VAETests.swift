@@ -175,5 +175,17 @@ final class VAETests: XCTestCase {
             XCTAssertLessThan(maxAbsDiff(m, mean), 1e-3, "encode temporal tile \(tt) overlap \(to)")
             XCTAssertLessThan(maxAbsDiff(lv, logvar), 1e-3)
         }
+        // Spatial tiles of the encoder (and both kinds at once) on a video constant over space.
+        let flat = randomTensor([1, 3, 9, 1, 1], seed: 12) + Tensor(zeros: [1, 3, 9, 32, 32])
+        let flatWhole = GradMode.withoutGrad { vae.encode(flat).mean }
+        XCTAssertEqual(GradMode.withoutGrad { vae.tiledEncode(flat, tile: 4, overlap: 1) }.mean.scalars, flatWhole.scalars)
+        for (tile, overlap) in [(2, 1), (3, 1)] {
+            let m = GradMode.withoutGrad { vae.tiledEncode(flat, tile: tile, overlap: overlap).mean }
+            XCTAssertEqual(m.shape, [1, 16, 3, 4, 4])
+            XCTAssertLessThan(maxAbsDiff(m, flatWhole), 1e-3, "encode spatial tile \(tile) overlap \(overlap)")
+        }
+        let still = randomTensor([1, 3, 1, 1, 1], seed: 13) + Tensor(zeros: [1, 3, 9, 32, 32])
+        let both = GradMode.withoutGrad { vae.tiledEncode(still, tile: 2, overlap: 1, temporalTile: 1, temporalOverlap: 0).mean }
+        XCTAssertLessThan(maxAbsDiff(both, GradMode.withoutGrad { vae.encode(still).mean }), 1e-3, "spatial and temporal tiles")
     }
 }

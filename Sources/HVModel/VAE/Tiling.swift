@@ -25,20 +25,72 @@ extension CausalVAE {
         }
     }
 
-    /// Posterior moments [B, 2·latent, T', H/8, W/8] (mean, then logvar) of `x`, in temporal tiles.
-    public func tiledEncodeMoments(_ x: Tensor, temporalTile: Int = 16, temporalOverlap: Int = 4) -> Tensor {
+    /// Posterior moments [B, 2·latent, T', H/8, W/8] (mean, then logvar) of `x`, in temporal
+    /// tiles, each in spatial tiles of `tile` latent pixels (`tile` x 8 video pixels) overlapping
+    /// by `overlap` latent pixels.
+    public func tiledEncodeMoments(_ x: Tensor, tile: Int = 32, overlap: Int = 8, temporalTile: Int = 16, temporalOverlap: Int = 4) -> Tensor {
         CausalVAE.temporalTiledEncode(x, tile: temporalTile, overlap: temporalOverlap, compression: config.temporal_compression) {
-            self.quant_conv(self.encoder($0))
+            self.spatialTiledEncodeMoments($0, tile: tile, overlap: overlap)
         }
     }
 
-    /// `encode` in temporal tiles: (mean, logvar clamped to [-30, 20]).
-    public func tiledEncode(_ x: Tensor, temporalTile: Int = 16, temporalOverlap: Int = 4) -> (mean: Tensor, logvar: Tensor) {
+    /// Spatial tiles only: the moments of `x`, tiles of `tile` latent pixels blended over `overlap`.
+    public func spatialTiledEncodeMoments(_ x: Tensor, tile: Int = 32, overlap: Int = 8) -> Tensor {
+        let s = config.spatial_compression
+        let H = x.shape[3] / s, W = x.shape[4] / s
+        if H <= tile && W <= tile { return quant_conv(encoder(x)) }
+        precondition(overlap > 0 && overlap < tile, "overlap must be in 1..<tile")
+        let ys = CausalVAE.tileStarts(H, tile: tile, overlap: overlap), xs = CausalVAE.tileStarts(W, tile: tile, overlap: overlap)
+        var out: Tensor? = nil, wsum = [Float](repeating: 0, count: H * W)
+        for (iy, y) in ys.enumerated() {
+            for (ix, x0) in xs.enumerated() {
+                let part = x.slice(axis: 3, start: y * s, length: min(tile, H - y) * s).slice(axis: 4, start: x0 * s, length: min(tile, W - x0) * s).contiguous()
+                let t = quant_conv(encoder(part)).contiguous()
+                let BC = t.shape[0] * t.shape[1], T = t.shape[2], th = t.shape[3], tw = t.shape[4]
+                let acc = out ?? Tensor(zeros: [t.shape[0], t.shape[1], T, H, W])
+                out = acc
+                // Linear ramps over the overlaps with the previous/next tile in each direction.
+                func ramp(_ p: Int, _ n: Int, _ hasPrev: Bool, _ hasNext: Bool, _ prevOverlap: Int, _ nextOverlap: Int) -> Float {
+                    var w: Float = 1
+                    if hasPrev && p < prevOverlap { w *= Float(p + 1) / Float(prevOverlap + 1) }
+                    if hasNext && p >= n - nextOverlap { w *= Float(n - p) / Float(nextOverlap + 1) }
+                    return w
+                }
+                let prevY = iy > 0 ? ys[iy - 1] + tile - y : 0, nextY = iy + 1 < ys.count ? y + th - ys[iy + 1] : 0
+                let prevX = ix > 0 ? xs[ix - 1] + tile - x0 : 0, nextX = ix + 1 < xs.count ? x0 + tw - xs[ix + 1] : 0
+                for py in 0..<th {
+                    let wy = ramp(py, th, iy > 0, iy + 1 < ys.count, prevY, nextY)
+                    for px in 0..<tw {
+                        let w = wy * ramp(px, tw, ix > 0, ix + 1 < xs.count, prevX, nextX)
+                        wsum[(y + py) * W + x0 + px] += w
+                        for bc in 0..<BC { for f in 0..<T {
+                            acc.pointer[((bc * T + f) * H + y + py) * W + x0 + px] += w * t.pointer[((bc * T + f) * th + py) * tw + px]
+                        }}
+                    }
+                }
+            }
+        }
+        let acc = out!
+        let planes = acc.count / (H * W)
+        for k in 0..<planes { for p in 0..<(H * W) { acc.pointer[k * H * W + p] /= wsum[p] } }
+        return acc
+    }
+
+    /// Tile starts along an axis of `n` latent pixels: stride tile - overlap, the last tile flush with the end.
+    static func tileStarts(_ n: Int, tile: Int, overlap: Int) -> [Int] {
+        if n <= tile { return [0] }
+        var out = Array(Swift.stride(from: 0, to: n - tile, by: tile - overlap))
+        out.append(n - tile)
+        return out.reduce(into: [Int]()) { if $0.last != $1 { $0.append($1) } }
+    }
+
+    /// `encode` in temporal and spatial tiles: (mean, logvar clamped to [-30, 20]).
+    public func tiledEncode(_ x: Tensor, tile: Int = 32, overlap: Int = 8, temporalTile: Int = 16, temporalOverlap: Int = 4) -> (mean: Tensor, logvar: Tensor) {
         let T = x.shape[2], H = x.shape[3], W = x.shape[4]
         let s = config.spatial_compression, tc = config.temporal_compression
         precondition((T - 1) % tc == 0 && H % s == 0 && W % s == 0,
                      "VAE input \(T)x\(H)x\(W): frames must be 1 + \(tc)k and height/width multiples of \(s)")
-        let moments = tiledEncodeMoments(x, temporalTile: temporalTile, temporalOverlap: temporalOverlap).chunk(2, axis: 1)
+        let moments = tiledEncodeMoments(x, tile: tile, overlap: overlap, temporalTile: temporalTile, temporalOverlap: temporalOverlap).chunk(2, axis: 1)
         return (moments[0], moments[1].clamp(min: -30, max: 20))
     }
 

@@ -16,6 +16,9 @@ public enum LatentEncoding {
         /// Encode in temporal tiles of this many latent frames (+1) when a clip is longer (0 = never).
         public var temporalTile = 0
         public var temporalOverlap = 4
+        /// Encode in spatial tiles of this many latent pixels when a frame is larger (0 = never).
+        public var spatialTile = 0
+        public var spatialOverlap = 8
         public init() {}
     }
 
@@ -34,9 +37,13 @@ public enum LatentEncoding {
     }
 
     /// Latent of a [1, 3, T, H, W] video: posterior mean x scaling factor, [C, T', H/8, W/8].
-    public static func latent(_ vae: CausalVAE, _ x: Tensor, temporalTile: Int = 0, temporalOverlap: Int = 4) -> Tensor {
+    public static func latent(_ vae: CausalVAE, _ x: Tensor, options o: Options = .init()) -> Tensor {
         GradMode.withoutGrad {
-            let mean = temporalTile > 0 ? vae.tiledEncode(x, temporalTile: temporalTile, temporalOverlap: temporalOverlap).mean : vae.encode(x).mean
+            let never = 1 << 20
+            let mean = o.temporalTile > 0 || o.spatialTile > 0
+                ? vae.tiledEncode(x, tile: o.spatialTile > 0 ? o.spatialTile : never, overlap: o.spatialOverlap,
+                                  temporalTile: o.temporalTile > 0 ? o.temporalTile : never, temporalOverlap: o.temporalOverlap).mean
+                : vae.encode(x).mean
             return (mean * Float(vae.config.scaling_factor)).squeeze(0).contiguous()
         }
     }
@@ -67,11 +74,11 @@ public enum LatentEncoding {
             }
             let caption = captionText(e)
             let tokens = tokenizer.encode(caption).ids
-            let z = latent(vae, videoTensor(frames), temporalTile: o.temporalTile, temporalOverlap: o.temporalOverlap)
+            let z = latent(vae, videoTensor(frames), options: o)
             try writer.append(latent: z, tokens: tokens, caption: caption, bucket: bucket.description, source: e.label)
             if o.imageSamples && bucket.frames > 1 {
                 let image = ClipLoader.Bucket(width: bucket.width, height: bucket.height, frames: 1)
-                try writer.append(latent: latent(vae, videoTensor([frames[0]])), tokens: tokens, caption: caption,
+                try writer.append(latent: latent(vae, videoTensor([frames[0]]), options: o), tokens: tokens, caption: caption,
                                   bucket: image.description, source: e.label + "#frame0")
             }
             if (n + 1) % 25 == 0 || n + 1 == manifest.entries.count { log("hv-data: encoded \(n + 1)/\(manifest.entries.count) entries") }
