@@ -8,7 +8,7 @@ public struct BenchCommand: ParsableCommand {
         commandName: "hv-bench",
         abstract: "Measure hv's kernels and training step (build with -c release).",
         subcommands: [KernelsBench.self, StepBench.self, SampleBench.self, AllReduceBench.self, AllReduceRank.self, CheckpointBench.self,
-                      CheckpointShardRead.self, MemoryBench.self, RingAttentionBench.self, RingAttentionRank.self],
+                      CheckpointShardRead.self, MemoryBench.self, RingAttentionBench.self, RingAttentionRank.self, VAEDecodeBench.self],
         defaultSubcommand: KernelsBench.self)
     public init() {}
 }

@@ -55,6 +55,7 @@ struct TrainCommand: ParsableCommand {
             let start = Date()
             for _ in 0..<cfg.train.steps {
                 let s = try trainer.trainStep()
+                if trainer.endsStage(trainer.step) { stderrLine("hv: stage \(trainer.stage) (\(cfg.stages[trainer.stage].name)) done at step \(trainer.step)") }
                 csv += "\(s.step),\(s.loss),\(s.gradNorm),\(s.lr)\n"
                 window.append(s)
                 if (s.step + 1) % cfg.train.log_every == 0 || s.step + 1 == cfg.train.steps {

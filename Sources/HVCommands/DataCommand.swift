@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HVData
+import HVTrain
 
 /// `hv-data`: synthetic datasets and curation of video manifests.
 public struct DataCommand: ParsableCommand {
@@ -11,8 +12,10 @@ public struct DataCommand: ParsableCommand {
         Synthetic set:  hv-data synth --out data/synth --count 200
         Curate it:      hv-data curate --in data/synth/manifest.jsonl \\
                           --out data/synth/curated.jsonl
+        Cache latents:  hv-data encode --vae vae.h5 \\
+                          --manifest data/synth/curated.jsonl --out data/latents
         """,
-        subcommands: [SynthCommand.self, CurateCommand.self])
+        subcommands: [SynthCommand.self, CurateCommand.self, EncodeCommand.self])
     public init() {}
 }
 
@@ -114,6 +117,76 @@ struct CurateCommand: ParsableCommand {
             for e in report.kept { buckets[e.bucket ?? "?", default: 0] += 1 }
             print("buckets    " + buckets.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
             stderrLine("hv-data: kept \(report.kept.count) of \(report.stages.first?.input ?? 0) entries -> \(out)")
+        }
+    }
+}
+
+struct EncodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encode",
+        abstract: "Cache VAE latents and tokenised captions of a manifest's clips in HDF5 shards for DiT training.",
+        discussion: """
+        Each entry is decoded (frames start_frame ..< start_frame + T of its
+        bucket "WxHxT", as hv-data curate assigns; entries without a bucket get
+        curation's rule), centre-cropped to W x H, scaled to [-1, 1] and
+        encoded; the posterior mean times the VAE's scaling factor is stored
+        with the caption's token ids. --image-samples also stores each clip's
+        first frame as a 1-frame sample (joint image + video training).
+        DIR/shard-NNNNN.h5 hold the samples, DIR/index.json (written last)
+        lists them. Unreadable clips are skipped and listed in the index.
+        Train on it with a run config's
+          data: {kind: latent-cache, path: DIR}
+        The tokenizer settings must equal the run's text_encoder fields
+        (--config RUN.yaml takes them from the run).
+        """)
+
+    @Option(help: "VAE weights written by hv-coord train-vae --out (HDF5 with a vae_config attribute).") var vae: String
+    @Option(help: "Input manifest (JSON lines), e.g. from hv-data curate.") var manifest: String
+    @Option(help: "Output directory (created if missing).") var out: String
+    @Option(help: "Take text_encoder.vocab_size and max_tokens from this run config.") var config: String?
+    @Option(help: "Tokenizer vocabulary size (default 4096, or the run's).") var vocabSize: Int?
+    @Option(help: "Tokens per caption (default 16, or the run's).") var maxTokens: Int?
+    @Option(help: "Samples per HDF5 shard.") var shardSize = 256
+    @Flag(help: "Also cache each clip's first frame as an image (1-frame) sample.") var imageSamples = false
+    @Option(help: "Encode clips longer than this many latent frames (+1) in temporal tiles (official 16; 0 = never).") var temporalTile = 0
+    @Option(help: "Temporal tile overlap in latent frames.") var temporalOverlap = 4
+    @Option(help: "Encode frames larger than this many latent pixels in spatial tiles (official 32 = 256 px; 0 = never).") var tile = 0
+    @Option(help: "Spatial tile overlap in latent pixels.") var overlap = 8
+    @OptionGroup var threads: ThreadOptions
+
+    func run() throws {
+        try runOrExit {
+            threads.apply()
+            var o = LatentEncoding.Options()
+            if let config {
+                let run = try RunConfig.load(path: config)
+                o.vocabSize = run.text_encoder.vocab_size
+                o.maxTokens = run.text_encoder.max_tokens
+            }
+            if let vocabSize { o.vocabSize = vocabSize }
+            if let maxTokens { o.maxTokens = maxTokens }
+            guard o.vocabSize >= 2, o.maxTokens >= 1, shardSize >= 1 else {
+                throw ValidationError("--vocab-size must be >= 2, --max-tokens and --shard-size >= 1")
+            }
+            o.shardSize = shardSize
+            o.imageSamples = imageSamples
+            guard temporalTile >= 0, temporalOverlap >= 0, temporalTile == 0 || temporalOverlap < temporalTile else {
+                throw ValidationError("--temporal-tile must be >= 0 and --temporal-overlap in 0..<temporal-tile")
+            }
+            o.temporalTile = temporalTile
+            o.temporalOverlap = temporalOverlap
+            guard tile >= 0, tile == 0 || (overlap >= 1 && overlap < tile) else {
+                throw ValidationError("--tile must be >= 0 and --overlap in 1..<tile")
+            }
+            o.spatialTile = tile
+            o.spatialOverlap = overlap
+            let start = Date()
+            let index = try LatentEncoding.encode(manifest: manifest, vae: vae, out: out, options: o) { stderrLine($0) }
+            var buckets: [String: Int] = [:]
+            for s in index.samples { buckets[s.shape.map(String.init).joined(separator: "x"), default: 0] += 1 }
+            print("latent shapes (CxTxHxW): " + buckets.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
+            stderrLine(String(format: "hv-data: cached %d samples in %d shard(s) under %@ (%d skipped) in %.1fs", index.samples.count,
+                              index.shards.count, out, index.skipped.count, Date().timeIntervalSince(start)))
         }
     }
 }

@@ -36,12 +36,7 @@ struct TrainVAECommand: ParsableCommand {
             let psnr = trainer.heldOutPSNR()
             outLine(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
             if let out {
-                let f = try H5File(path: out, mode: .create)
-                try ModelWeights.save(trainer.vae.namedParameters(), to: f)
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.sortedKeys]
-                try f.setAttribute("vae_config", .string(String(decoding: try enc.encode(cfg.vae), as: UTF8.self)))
-                try f.close()
+                try VAEWeights.save(trainer.vae, to: out)
                 stderrLine("hv: wrote VAE weights to \(out)")
             }
         }

@@ -305,7 +305,7 @@ public enum Checkpointing {
             }
         }
         let p = m.data_position
-        trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
+        try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
         trainer.optimizer.setStep(m.optimizer_step)
     }
 

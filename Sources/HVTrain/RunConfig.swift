@@ -39,6 +39,44 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// Progressive training: stages run one after another, each with its own data (the run's
+    /// `data` fields, overridden by the stage's) and steps, one model and optimizer throughout;
+    /// `train.steps` is their total and the LR schedule spans it. Empty: one stage of `data`.
+    public var stages: [StageConfig] = []
+
+    public struct StageConfig: Codable, Sendable, Equatable {
+        public var name = ""
+        public var steps = 0
+        /// Global batch size in this stage (default: train.batch_size).
+        public var batch_size: Int?
+        public var data = DataConfig()
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decodeIfPresent(String.self, forKey: .name) ?? ""
+            steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? 0
+            batch_size = try c.decodeIfPresent(Int.self, forKey: .batch_size)
+            data = try c.decodeIfPresent(DataConfig.self, forKey: .data) ?? DataConfig()
+        }
+    }
+
+    /// Step ranges of the stages (one range over train.steps when there are none).
+    public var stageRanges: [Range<Int>] {
+        if stages.isEmpty { return [0..<train.steps] }
+        var start = 0
+        return stages.map { st in defer { start += st.steps }; return start..<(start + st.steps) }
+    }
+
+    /// The stage that trains step `s` (the last stage for steps past the end).
+    public func stageIndex(forStep s: Int) -> Int {
+        stageRanges.firstIndex { $0.contains(s) } ?? max(stageRanges.count - 1, 0)
+    }
+
+    /// Data and batch size of stage `i`.
+    public func stageData(_ i: Int) -> (data: DataConfig, batchSize: Int) {
+        stages.isEmpty ? (data, train.batch_size) : (stages[i].data, stages[i].batch_size ?? train.batch_size)
+    }
+
     public struct CheckpointConfig: Codable, Sendable, Equatable {
         /// Save every N steps (0 = only at the end and on a graceful stop).
         public var every = 0
@@ -66,7 +104,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
 
     public struct DataConfig: Codable, Sendable, Equatable {
         /// `synthetic-latents`: coloured shapes moving in latent space (see SyntheticLatents).
+        /// `latent-cache`: VAE latents and tokenised captions written by `hv-data encode` into
+        /// the directory `path`; batches never mix bucket shapes; the image/video mix follows the
+        /// cache (`frames`, `height`, `width`, `count` and `image_ratio` are not used).
         public var kind = "synthetic-latents"
+        /// Directory of a latent cache (kind latent-cache).
+        public var path = ""
         public var count = 256
         /// Latent frames, height, width of video samples (images are 1 frame).
         public var frames = 3
@@ -83,11 +126,13 @@ public struct RunConfig: Codable, Sendable, Equatable {
         /// Latent pixels the shape moves per frame (a multiple of the patch size moves it a
         /// whole token per frame).
         public var speed = 1
+        public static let kinds = ["synthetic-latents", "latent-cache"]
         public init() {}
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             let d = Self()
             kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? d.kind
+            path = try c.decodeIfPresent(String.self, forKey: .path) ?? d.path
             count = try c.decodeIfPresent(Int.self, forKey: .count) ?? d.count
             frames = try c.decodeIfPresent(Int.self, forKey: .frames) ?? d.frames
             height = try c.decodeIfPresent(Int.self, forKey: .height) ?? d.height
@@ -167,7 +212,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
     }
 
-    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow, checkpoint, sample }
+    enum CodingKeys: String, CodingKey { case version, model, text_encoder, data, train, flow, checkpoint, sample, stages }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -179,19 +224,34 @@ public struct RunConfig: Codable, Sendable, Equatable {
         flow = try c.decodeIfPresent(FlowConfig.self, forKey: .flow) ?? FlowConfig()
         checkpoint = try c.decodeIfPresent(CheckpointConfig.self, forKey: .checkpoint) ?? CheckpointConfig()
         sample = try c.decodeIfPresent(SampleConfig.self, forKey: .sample) ?? SampleConfig()
+        stages = try c.decodeIfPresent([StageConfig].self, forKey: .stages) ?? []
     }
 
     public func validate(file: String = "<config>") throws {
         func fail(_ field: String, _ message: String) throws -> Never { throw ConfigError.invalid(file: file, field: field, message: message) }
         if version != RunConfig.currentVersion { try fail("version", "unsupported version \(version) (this hv reads \(RunConfig.currentVersion))") }
         do { try model.validate() } catch let DiTConfig.ValidationError.invalid(field, message) { try fail("model.\(field)", message) }
-        if data.kind != "synthetic-latents" { try fail("data.kind", "unknown kind '\(data.kind)' (known: synthetic-latents)") }
-        if data.count < 1 { try fail("data.count", "must be >= 1") }
-        let p = model.patch_size
-        if data.frames < 1 || data.frames % p[0] != 0 { try fail("data.frames", "\(data.frames) must be a positive multiple of patch t \(p[0])") }
-        if data.height < 1 || data.height % p[1] != 0 { try fail("data.height", "\(data.height) must be a positive multiple of patch h \(p[1])") }
-        if data.width < 1 || data.width % p[2] != 0 { try fail("data.width", "\(data.width) must be a positive multiple of patch w \(p[2])") }
-        if !(0...1).contains(data.image_ratio) { try fail("data.image_ratio", "must be in [0, 1]") }
+        func check(_ data: DataConfig, _ prefix: String) throws {
+            if !DataConfig.kinds.contains(data.kind) { try fail(prefix + "kind", "unknown kind '\(data.kind)' (known: \(DataConfig.kinds.joined(separator: ", ")))") }
+            if data.kind == "latent-cache" {
+                if data.path.isEmpty { try fail(prefix + "path", "kind latent-cache needs the cache directory written by hv-data encode") }
+                if data.image_ratio != 0 { try fail(prefix + "image_ratio", "not used with kind latent-cache: the image/video mix follows the cache (hv-data encode --image-samples adds 1-frame samples)") }
+            }
+            if data.count < 1 { try fail(prefix + "count", "must be >= 1") }
+            let p = model.patch_size
+            if data.frames < 1 || data.frames % p[0] != 0 { try fail(prefix + "frames", "\(data.frames) must be a positive multiple of patch t \(p[0])") }
+            if data.height < 1 || data.height % p[1] != 0 { try fail(prefix + "height", "\(data.height) must be a positive multiple of patch h \(p[1])") }
+            if data.width < 1 || data.width % p[2] != 0 { try fail(prefix + "width", "\(data.width) must be a positive multiple of patch w \(p[2])") }
+            if !(0...1).contains(data.image_ratio) { try fail(prefix + "image_ratio", "must be in [0, 1]") }
+        }
+        try check(data, "data.")
+        for (i, st) in stages.enumerated() {
+            try check(st.data, "stages.\(i).data.")
+            if st.steps < 1 { try fail("stages.\(i).steps", "must be >= 1") }
+            if let b = st.batch_size, b < 1 || b % train.grad_accum != 0 {
+                try fail("stages.\(i).batch_size", "\(b) must be >= 1 and a multiple of train.grad_accum \(train.grad_accum)")
+            }
+        }
         if train.steps < 0 { try fail("train.steps", "must be >= 0") }
         if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
         if train.context_parallel < 1 { try fail("train.context_parallel", "must be >= 1") }
@@ -236,12 +296,33 @@ public struct RunConfig: Codable, Sendable, Equatable {
             do { dict["model"] = try Yams.load(yaml: modelText) } catch { throw ConfigError.syntax(file: found, reason: "\(error)") }
         }
         try checkUnknownKeys(dict, file: path)
-        let config: RunConfig
+        var stepsGiven: Int? = nil
+        if let stages = dict["stages"] {
+            guard let list = stages as? [Any] else { throw ConfigError.invalid(file: path, field: "stages", message: "must be a list of stages") }
+            let runData = dict["data"] as? [String: Any] ?? [:]
+            dict["stages"] = try list.enumerated().map { (i, item) -> [String: Any] in
+                guard var st = item as? [String: Any] else { throw ConfigError.invalid(file: path, field: "stages.\(i)", message: "must be a mapping (name, steps, batch_size, data)") }
+                try checkUnknownKeys(st, file: path, known: RunConfig.StageConfig(), prefix: "stages.\(i).")
+                guard st["steps"] != nil else { throw ConfigError.invalid(file: path, field: "stages.\(i).steps", message: "missing") }
+                // The stage's data fields override the run's.
+                st["data"] = runData.merging(st["data"] as? [String: Any] ?? [:]) { $1 }
+                return st
+            }
+            stepsGiven = (dict["train"] as? [String: Any])?["steps"] as? Int
+        }
+        var config: RunConfig
         do {
             let normalized = try Yams.dump(object: dict)
             config = try YAMLDecoder().decode(RunConfig.self, from: normalized)
         } catch let e as DecodingError {
             throw ConfigError.from(e, file: path)
+        }
+        if !config.stages.isEmpty {
+            let total = config.stages.reduce(0) { $0 + $1.steps }
+            if let given = stepsGiven, given != total {
+                throw ConfigError.invalid(file: path, field: "train.steps", message: "\(given) differs from the stages' total \(total) (leave it out: with stages it is their sum)")
+            }
+            config.train.steps = total
         }
         try config.validate(file: path)
         return config
@@ -258,8 +339,13 @@ public struct RunConfig: Codable, Sendable, Equatable {
 
 /// Rejects keys that no field reads (typos would otherwise be silently ignored).
 func checkUnknownKeys(_ user: [String: Any], file: String) throws {
-    guard let data = try? JSONEncoder().encode(RunConfig()),
-          let known = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return }
+    try checkUnknownKeys(user, file: file, known: RunConfig(), prefix: "")
+}
+
+func checkUnknownKeys<T: Encodable>(_ user: [String: Any], file: String, known value: T, prefix: String) throws {
+    guard let data = try? JSONEncoder().encode(value),
+          var known = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return }
+    if T.self == RunConfig.StageConfig.self { known["batch_size"] = 0 }  // nil optionals are not encoded
     func walk(_ u: [String: Any], _ k: [String: Any], _ prefix: String) throws {
         for (key, value) in u {
             guard let kv = k[key] else {
@@ -268,7 +354,7 @@ func checkUnknownKeys(_ user: [String: Any], file: String) throws {
             if let uSub = value as? [String: Any], let kSub = kv as? [String: Any] { try walk(uSub, kSub, prefix + key + ".") }
         }
     }
-    try walk(user, known, "")
+    try walk(user, known, prefix)
 }
 
 /// Loads a bare model YAML (DiTConfig fields).

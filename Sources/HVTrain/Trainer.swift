@@ -21,8 +21,16 @@ public final class Trainer {
     public let comm: Communicator
     /// dp x cp layout of the ranks (`train.context_parallel`).
     public let mesh: DeviceMesh
-    public let dataset: SyntheticLatents
+    /// The current stage's data (see RunConfig.stages): synthetic latents, or the latent cache
+    /// when its kind is latent-cache (then `order` runs over batch slots).
+    public private(set) var dataset: SyntheticLatents
+    public private(set) var cache: LatentCache?
+    public private(set) var data: RunConfig.DataConfig
+    /// Global batch size of the current stage.
+    public private(set) var batchSize: Int
+    public private(set) var stage = 0
     public var order: DataOrder
+    private var plan: (epoch: Int, batches: [[Int]])?
     public private(set) var step = 0
     public private(set) var samplesSeen = 0
 
@@ -40,10 +48,12 @@ public final class Trainer {
     public enum SetupError: Error, CustomStringConvertible {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
         case tooFewVideoTokens(tokens: Int, cp: Int)
+        case cacheMismatch(LatentCacheError)
         public var description: String {
             switch self {
             case .tooFewVideoTokens(let n, let cp):
                 "a batch has \(n) video tokens, fewer than train.context_parallel \(cp): every context-parallel rank needs at least one"
+            case .cacheMismatch(let e): "\(e)"
             case .batchNotDivisible(let b, let w, let a):
                 "train.batch_size \(b) must be divisible by data-parallel replicas (\(w) = workers / context_parallel) x grad_accum (\(a)) so every rank gets equal micro-batches"
             }
@@ -53,8 +63,11 @@ public final class Trainer {
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
         let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, rank: comm.rank)
-        guard config.train.batch_size % (mesh.dp * config.train.grad_accum) == 0 else {
-            throw SetupError.batchNotDivisible(batch: config.train.batch_size, world: mesh.dp, accum: config.train.grad_accum)
+        for i in config.stageRanges.indices {
+            let b = config.stageData(i).batchSize
+            guard b % (mesh.dp * config.train.grad_accum) == 0 else {
+                throw SetupError.batchNotDivisible(batch: b, world: mesh.dp, accum: config.train.grad_accum)
+            }
         }
         self.mesh = mesh
         self.comm = comm
@@ -72,12 +85,49 @@ public final class Trainer {
                                       seed: config.train.seed)
         let t = config.train
         optimizer = AdamW(lr: Float(t.lr), beta1: Float(t.beta1), beta2: Float(t.beta2), weightDecay: Float(t.weight_decay))
-        let d = config.data
-        dataset = SyntheticLatents(count: d.count, channels: config.model.in_channels, frames: d.frames, height: d.height,
-                                   width: d.width, seed: d.seed, objectSize: d.object_size, randomStart: d.random_start, speed: d.speed)
-        order = DataOrder(count: d.count, seed: d.seed)
+        let first = try Trainer.makeData(config, stage: 0)
+        dataset = first.0
+        cache = first.1
+        order = first.2
+        data = config.stageData(0).data
+        batchSize = config.stageData(0).batchSize
         engine = try ZeroEngine(stage: zeroStage, comm: comm, model: model, extraOuter: textEncoder.trainableParameters(),
                                 optimizer: optimizer)
+    }
+
+    /// The data source and a fresh order for stage `i`.
+    static func makeData(_ config: RunConfig, stage i: Int) throws -> (SyntheticLatents, LatentCache?, DataOrder) {
+        let (d, B) = config.stageData(i)
+        let dataset = SyntheticLatents(count: d.count, channels: config.model.in_channels, frames: d.frames, height: d.height,
+                                       width: d.width, seed: d.seed, objectSize: d.object_size, randomStart: d.random_start, speed: d.speed)
+        guard d.kind == "latent-cache" else { return (dataset, nil, DataOrder(count: d.count, seed: d.seed)) }
+        let c = try LatentCache(directory: d.path)
+        func mismatch(_ field: String, _ m: String) -> SetupError { .cacheMismatch(.mismatch(directory: d.path, field: field, message: m)) }
+        if c.index.vae_config.latent_channels != config.model.in_channels {
+            throw mismatch("model.in_channels", "the cache holds \(c.index.vae_config.latent_channels)-channel latents, the DiT takes \(config.model.in_channels)")
+        }
+        if c.index.vocab_size != config.text_encoder.vocab_size || c.index.max_tokens != config.text_encoder.max_tokens {
+            throw mismatch("text_encoder", "captions were tokenised with vocab_size \(c.index.vocab_size), max_tokens \(c.index.max_tokens); the run has \(config.text_encoder.vocab_size), \(config.text_encoder.max_tokens) (re-encode with matching --vocab-size/--max-tokens or change the run)")
+        }
+        let p = config.model.patch_size
+        if let bad = c.buckets.first(where: { $0.shape[1] % p[0] != 0 || $0.shape[2] % p[1] != 0 || $0.shape[3] % p[2] != 0 }) {
+            throw mismatch("model.patch_size", "latent shape \(bad.shape) (C, T, H, W) is not divisible by the patch \(p)")
+        }
+        return (dataset, c, DataOrder(count: c.slotsPerEpoch(batchSize: B), seed: d.seed))
+    }
+
+    /// Switches to stage `i`'s data with a fresh data order.
+    func enterStage(_ i: Int) throws {
+        guard i != stage else { return }
+        (dataset, cache, order) = try Trainer.makeData(config, stage: i)
+        (data, batchSize) = config.stageData(i)
+        plan = nil
+        stage = i
+    }
+
+    /// Whether `step` ends a stage that is not the last (the worker checkpoints there).
+    public func endsStage(_ step: Int) -> Bool {
+        config.stageRanges.dropLast().contains { $0.upperBound == step }
     }
 
     /// Every trainable tensor with its checkpoint name: the DiT's official names, then `text_encoder.*`.
@@ -90,9 +140,9 @@ public final class Trainer {
 
     /// Latent frames for `step`'s batch: 1 (an image batch) with probability `image_ratio`.
     public func frames(forStep s: Int) -> Int {
-        guard config.data.image_ratio > 0 else { return config.data.frames }
+        guard data.image_ratio > 0 else { return data.frames }
         var rng = HVRandom(seed: config.train.seed).split("batch-kind").split(UInt64(s))
-        return rng.uniformDouble() < config.data.image_ratio ? 1 : config.data.frames
+        return rng.uniformDouble() < data.image_ratio ? 1 : data.frames
     }
 
     /// Forward + backward on the samples at `positions` (indices within the global batch of
@@ -100,9 +150,27 @@ public final class Trainer {
     /// Returns the mean loss over these samples.
     @discardableResult
     public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> Float {
+        let (x0, captions) = dataset.batch(sampleIndices, frames: T)
+        let dropped = captionDropout(positions: positions, step: s)
+        return accumulateGradients(x0: x0, text: textEncoder.encode(zip(captions, dropped).map { $1 ? "" : $0 }), positions: positions, step: s)
+    }
+
+    /// Which samples of `positions` train with the empty prompt (flow.caption_dropout), drawn on
+    /// their own random stream so that runs without dropout draw exactly as before.
+    func captionDropout(positions: [Int], step s: Int) -> [Bool] {
+        let rate = config.flow.caption_dropout
+        return positions.map { p in
+            guard rate > 0 else { return false }
+            var rng = HVRandom(seed: config.train.seed).split("caption-dropout").split(UInt64(s)).split(UInt64(p))
+            return rng.uniformDouble() < rate
+        }
+    }
+
+    /// The same on given latents x0 [B, C, T, H, W] and encoded text.
+    @discardableResult
+    func accumulateGradients(x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor), positions: [Int], step s: Int) -> Float {
         let cfg = config
-        let (x0, batchCaptions) = dataset.batch(sampleIndices, frames: T)
-        let B = sampleIndices.count
+        let B = x0.shape[0]
         // Per-sample random draws keyed by (seed, step, position in the global batch).
         var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
         let perSample = Array(x0.shape.dropFirst())
@@ -113,16 +181,7 @@ public final class Trainer {
             noiseParts.append(Tensor.randn([1] + perSample, rng: &rng))
         }
         let noise = Tensor.concat(noiseParts, axis: 0)
-        // Caption dropout on its own random stream, so runs without it draw exactly as before.
-        var captions = batchCaptions
-        if cfg.flow.caption_dropout > 0 {
-            for (j, p) in positions.enumerated() {
-                var rng = HVRandom(seed: cfg.train.seed).split("caption-dropout").split(UInt64(s)).split(UInt64(p))
-                if rng.uniformDouble() < cfg.flow.caption_dropout { captions[j] = "" }
-            }
-        }
         let (xt, target) = FlowMatching.noisedInputs(x0: x0, noise: noise, sigmas: sigmas)
-        let text = textEncoder.encode(captions)
         let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
                                text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
         let loss: Tensor
@@ -135,7 +194,7 @@ public final class Trainer {
         } else {
             loss = model(inputs).mseLoss(target)
         }
-        (loss * (Float(B) / Float(cfg.train.batch_size))).backward()
+        (loss * (Float(B) / Float(batchSize))).backward()
         return loss.item
     }
 
@@ -145,16 +204,33 @@ public final class Trainer {
     /// update applied by the ZeRO engine. The reported loss is the global batch mean.
     public func trainStep() throws -> StepStats {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let B = config.train.batch_size, dpRank = mesh.dpRank
+        try enterStage(config.stageIndex(forStep: step))
+        let B = batchSize, dpRank = mesh.dpRank
         let local = B / mesh.dp, micro = local / config.train.grad_accum
-        let indices = order.next(B)
-        let T = frames(forStep: step)
+        let indices: [Int]
+        if let cache {
+            // One batch slot per step: B samples of one bucket shape.
+            let slot = order.next(1)[0]
+            if plan?.epoch != order.epoch { plan = (order.epoch, cache.batchPlan(epoch: order.epoch, batchSize: B, seed: data.seed)) }
+            indices = plan!.batches[slot]
+        } else {
+            indices = order.next(B)
+        }
+        var T = frames(forStep: step), latentH = data.height, latentW = data.width
+        if let cache { let shape = cache.index.samples[indices[0]].shape; T = shape[1]; latentH = shape[2]; latentW = shape[3] }
         comm.step = step
         try engine.beginStep()
         var lossSum: Float = 0
         for m in 0..<config.train.grad_accum {
             let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
-            lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
+            if let cache {
+                let (x0, tokens, _) = try cache.batch(pos.map { indices[$0] })
+                let dropped = captionDropout(positions: pos, step: step)
+                let text = textEncoder.encode(tokens: zip(tokens, dropped).map { $1 ? textEncoder.tokenizer.encode("").ids : $0 })
+                lossSum += accumulateGradients(x0: x0, text: text, positions: pos, step: step) * Float(micro)
+            } else {
+                lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
+            }
         }
         let lr = schedule.lr(at: step)
         let norm = try engine.finishStep(lr: lr, clip: Float(config.train.clip_grad))
@@ -163,16 +239,27 @@ public final class Trainer {
         let s = step
         step += 1
         samplesSeen += B
-        let tokens = B * config.model.videoTokens(latentT: T, latentH: config.data.height, latentW: config.data.width)
+        let tokens = B * config.model.videoTokens(latentT: T, latentH: latentH, latentW: latentW)
         return StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
                          seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
     }
 
-    /// Restores counters after loading a checkpoint.
-    public func restore(step: Int, samplesSeen: Int, order: DataOrder) {
+    /// Restores counters after loading a checkpoint. With stages, `order` belongs to the stage of
+    /// the last trained step; when `step` starts a new stage, that stage begins with a fresh order.
+    public func restore(step: Int, samplesSeen: Int, order: DataOrder) throws {
+        let trained = config.stageIndex(forStep: max(step - 1, 0)), next = config.stageIndex(forStep: step)
+        try enterStage(trained)
+        defer { self.optimizer.setStep(step) }
+        if trained != next {
+            try enterStage(next)
+            self.step = step
+            self.samplesSeen = samplesSeen
+            return
+        }
         self.step = step
         self.samplesSeen = samplesSeen
-        self.order = order
-        optimizer.setStep(step)
+        // A latent cache's slot count depends on the batch size: a resume with another batch
+        // size starts the checkpoint's epoch over.
+        self.order = order.count == self.order.count ? order : DataOrder(count: self.order.count, seed: order.seed, epoch: order.epoch)
     }
 }

@@ -108,4 +108,84 @@ final class VAETests: XCTestCase {
             XCTAssertLessThan(maxAbsDiff(tiled, wholeFlat), 1e-3, "tile \(tile) overlap \(overlap)")
         }
     }
+
+    /// Temporal tiling bookkeeping, exactly: with a causal stand-in for the decoder (frame j of
+    /// latent l repeated 4x, plus half of latent l-1 when the tile has it) and for the encoder
+    /// (frame 4l plus half of frame 4l-1), tiled equals untiled bit for bit for any tile and
+    /// overlap: each tile's first frame, which lacks its history, is dropped and the rest lines up.
+    func testTemporalTilingBookkeeping() throws {
+        func fakeDecode(_ z: Tensor) -> Tensor {
+            let B = z.shape[0], C = z.shape[1], L = z.shape[2], P = z.shape[3] * z.shape[4]
+            let F = 1 + 4 * (L - 1)
+            let out = Tensor(zeros: [B, C, F, z.shape[3], z.shape[4]])
+            for bc in 0..<(B * C) { for f in 0..<F {
+                let l = (f + 3) / 4
+                for p in 0..<P {
+                    out.pointer[(bc * F + f) * P + p] = z.pointer[(bc * L + l) * P + p] + (l > 0 ? 0.5 * z.pointer[(bc * L + l - 1) * P + p] : 0)
+                }
+            }}
+            return out
+        }
+        func fakeEncode(_ x: Tensor) -> Tensor {
+            let B = x.shape[0], C = x.shape[1], F = x.shape[2], P = x.shape[3] * x.shape[4]
+            let L = 1 + (F - 1) / 4
+            let out = Tensor(zeros: [B, C, L, x.shape[3], x.shape[4]])
+            for bc in 0..<(B * C) { for l in 0..<L { for p in 0..<P {
+                out.pointer[(bc * L + l) * P + p] = x.pointer[(bc * F + 4 * l) * P + p] + (l > 0 ? 0.5 * x.pointer[(bc * F + 4 * l - 1) * P + p] : 0)
+            }}}
+            return out
+        }
+        let z = randomTensor([1, 2, 9, 2, 3], seed: 4), x = randomTensor([1, 2, 33, 2, 3], seed: 5)
+        let whole = fakeDecode(z), wholeEnc = fakeEncode(x)
+        for (tile, overlap) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 3), (8, 1), (16, 4)] {
+            let ranges = CausalVAE.temporalTileRanges(latentFrames: 9, tile: tile, overlap: overlap)
+            XCTAssertEqual(ranges.first?.lowerBound, 0)
+            XCTAssertEqual(ranges.last?.upperBound, 8)
+            let tiled = CausalVAE.temporalTiledDecode(z, tile: tile, overlap: overlap, compression: 4, decode: fakeDecode)
+            XCTAssertEqual(tiled.shape, whole.shape)
+            XCTAssertLessThan(maxAbsDiff(tiled, whole), 1e-6, "decode tile \(tile) overlap \(overlap)")
+            let enc = CausalVAE.temporalTiledEncode(x, tile: tile, overlap: overlap, compression: 4, encode: fakeEncode)
+            XCTAssertEqual(enc.shape, wholeEnc.shape)
+            XCTAssertLessThan(maxAbsDiff(enc, wholeEnc), 1e-6, "encode tile \(tile) overlap \(overlap)")
+        }
+        XCTAssertEqual(CausalVAE.temporalTileRanges(latentFrames: 17, tile: 16, overlap: 4), [0...16])  // official 65-frame tile
+        XCTAssertEqual(CausalVAE.temporalTileRanges(latentFrames: 33, tile: 16, overlap: 4), [0...16, 12...28, 24...32])
+    }
+
+    /// The real VAE in temporal (and spatial) tiles: equal to the whole decode/encode within 1e-3
+    /// for a latent/video that is constant over time (every tile then sees the same statistics;
+    /// with random weights and varying content, per-tile GroupNorm statistics differ, as in
+    /// the official code); exactly equal when one tile covers the input.
+    func testTemporalTiledVAE() throws {
+        let vae = CausalVAE(config: try tinyConfig(), seed: 7)
+        let perFrame = randomTensor([1, 16, 1, 3, 3], seed: 10)
+        let z = perFrame + Tensor(zeros: [1, 16, 7, 3, 3])
+        let whole = GradMode.withoutGrad { vae.decode(z) }
+        XCTAssertEqual(GradMode.withoutGrad { vae.tiledDecode(z, tile: 3, overlap: 1, temporalTile: 6, temporalOverlap: 2) }.scalars, whole.scalars)
+        for (tt, to) in [(2, 1), (3, 1), (4, 2)] {
+            let tiled = GradMode.withoutGrad { vae.tiledDecode(z, tile: 3, overlap: 1, temporalTile: tt, temporalOverlap: to) }
+            XCTAssertEqual(tiled.shape, [1, 3, 25, 24, 24])
+            XCTAssertLessThan(maxAbsDiff(tiled, whole), 1e-3, "decode temporal tile \(tt) overlap \(to)")
+        }
+        let x = randomTensor([1, 3, 1, 16, 16], seed: 11) + Tensor(zeros: [1, 3, 25, 16, 16])
+        let (mean, logvar) = GradMode.withoutGrad { vae.encode(x) }
+        for (tt, to) in [(2, 1), (3, 1)] {
+            let (m, lv) = GradMode.withoutGrad { vae.tiledEncode(x, temporalTile: tt, temporalOverlap: to) }
+            XCTAssertEqual(m.shape, [1, 16, 7, 2, 2])
+            XCTAssertLessThan(maxAbsDiff(m, mean), 1e-3, "encode temporal tile \(tt) overlap \(to)")
+            XCTAssertLessThan(maxAbsDiff(lv, logvar), 1e-3)
+        }
+        // Spatial tiles of the encoder (and both kinds at once) on a video constant over space.
+        let flat = randomTensor([1, 3, 9, 1, 1], seed: 12) + Tensor(zeros: [1, 3, 9, 32, 32])
+        let flatWhole = GradMode.withoutGrad { vae.encode(flat).mean }
+        XCTAssertEqual(GradMode.withoutGrad { vae.tiledEncode(flat, tile: 4, overlap: 1) }.mean.scalars, flatWhole.scalars)
+        for (tile, overlap) in [(2, 1), (3, 1)] {
+            let m = GradMode.withoutGrad { vae.tiledEncode(flat, tile: tile, overlap: overlap).mean }
+            XCTAssertEqual(m.shape, [1, 16, 3, 4, 4])
+            XCTAssertLessThan(maxAbsDiff(m, flatWhole), 1e-3, "encode spatial tile \(tile) overlap \(overlap)")
+        }
+        let still = randomTensor([1, 3, 1, 1, 1], seed: 13) + Tensor(zeros: [1, 3, 9, 32, 32])
+        let both = GradMode.withoutGrad { vae.tiledEncode(still, tile: 2, overlap: 1, temporalTile: 1, temporalOverlap: 0).mean }
+        XCTAssertLessThan(maxAbsDiff(both, GradMode.withoutGrad { vae.encode(still).mean }), 1e-3, "spatial and temporal tiles")
+    }
 }

@@ -58,6 +58,27 @@ final class CheckpointTests: XCTestCase {
 
     func dir(_ run: String, _ step: Int) -> String { run + "/checkpoints/" + Checkpointing.directoryName(step: step) }
 
+    /// Progressive stages through the launcher (configs/runs/tiny-stages.yaml: 4 image steps, then
+    /// 4 video steps at another batch size; 2 workers, ZeRO 2): a checkpoint at the stage
+    /// boundary, the switch logged, and a run resumed from the boundary checkpoint continues in
+    /// the video stage with the same losses and final state, bit for bit.
+    func testStagesCheckpointAtBoundaryAndResume() throws {
+        var text = try String(contentsOfFile: repoRoot.appendingPathComponent("configs/runs/tiny-stages.yaml").path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "model: ../models/tiny.yaml", with: "model: \(repoRoot.appendingPathComponent("configs/models/tiny.yaml").path)")
+        let cfg = scratch.appendingPathComponent("stages.yaml").path
+        try text.write(toFile: cfg, atomically: true, encoding: .utf8)
+        let straight = scratch.appendingPathComponent("stages-straight").path, resumed = scratch.appendingPathComponent("stages-resumed").path
+        try launch(2, zero: 2, steps: 8, runDir: straight, config: cfg)
+        XCTAssert(FileManager.default.fileExists(atPath: dir(straight, 4) + "/manifest.json"), "no checkpoint at the stage boundary")
+        let log = try String(contentsOfFile: straight + "/logs/rank-0.log", encoding: .utf8)
+        XCTAssert(log.contains("stage 0 (image-low-res) done at step 4; next: stage 1 (video)"), log)
+        try launch(2, zero: 2, steps: 8, runDir: resumed, config: cfg, resume: dir(straight, 4))
+        let a = try losses(straight), b = try losses(resumed)
+        XCTAssertEqual(a.count, 8)
+        for s in 5...8 { XCTAssertEqual(a[s], b[s], "step \(s) loss") }
+        XCTAssertEqual(try weights(dir(straight, 8)), try weights(dir(resumed, 8)), "parameters and Adam state")
+    }
+
     /// 10 steps + save + stop + resume + 10 steps == 20 straight steps, bit for bit (ZeRO 0 and 3, 2 workers).
     func testExactResume() throws {
         for stage in [0, 3] {

@@ -71,11 +71,18 @@ public final class HashTextEncoder: Module, TextEncoder {
     public func trainableParameters() -> [(String, Tensor)] { namedParameters(prefix: "text_encoder") }
 
     public func encode(_ prompts: [String]) -> (states: Tensor, mask: Tensor, pooled: Tensor) {
-        let B = prompts.count, L = tokenizer.maxTokens
+        encode(tokens: prompts.map { tokenizer.encode($0).ids })
+    }
+
+    /// Encodes token ids as `tokenizer.encode` gives them (0-padded to `maxTokens`; real ids are
+    /// never 0), e.g. captions tokenised ahead of time in a latent cache.
+    public func encode(tokens: [[Int]]) -> (states: Tensor, mask: Tensor, pooled: Tensor) {
+        let B = tokens.count, L = tokenizer.maxTokens
         var ids: [Int] = [], mask: [Float] = []
-        for p in prompts {
-            let (t, n) = tokenizer.encode(p)
+        for t in tokens {
+            precondition(t.count == L, "token ids must be padded to \(L)")
             ids += t
+            let n = t.firstIndex(of: 0) ?? L
             // An empty prompt keeps one (padding) token unmasked so attention has a key.
             mask += (0..<L).map { $0 < max(n, 1) ? 1 : 0 }
         }

@@ -148,6 +148,9 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
             try Checkpointing.load(trainer, from: dir)
             log(String(format: "resumed from %@ at step %d (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
         }
+        if o.rank == 0 && !cfg.stages.isEmpty {
+            log("stages: " + cfg.stages.enumerated().map { "\($0.offset) \($0.element.name) \($0.element.steps) steps" }.joined(separator: ", ") + "; now stage \(cfg.stageIndex(forStep: trainer.step))")
+        }
         if o.rank == 0 {
             log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s) (mesh \(trainer.mesh)), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
         }
@@ -189,6 +192,12 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
                 send(m)
             }
             if cfg.checkpoint.every > 0 && trainer.step % cfg.checkpoint.every == 0 { try save(); lastSaved = trainer.step }
+            if trainer.endsStage(trainer.step) && trainer.step < lastStep {
+                // Progressive training: a checkpoint between stages; a resume from it starts the next stage.
+                if lastSaved != trainer.step { try save(); lastSaved = trainer.step }
+                let next = cfg.stageIndex(forStep: trainer.step)
+                if o.rank == 0 { log("stage \(next - 1) (\(cfg.stages[next - 1].name)) done at step \(trainer.step); next: stage \(next) (\(cfg.stages[next].name))") }
+            }
         }
         if lastSaved != trainer.step { try save() }
         if stopRequested && o.rank == 0 { log("stopped on request at step \(trainer.step)") }
