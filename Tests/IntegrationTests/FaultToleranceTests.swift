@@ -87,7 +87,11 @@ final class FaultToleranceTests: XCTestCase {
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         let deadline = Date().addingTimeInterval(120)
-        while !FileManager.default.fileExists(atPath: run + "/metrics.jsonl") && p.isRunning && Date() < deadline { usleep(20_000) }
+        // Training is under way (the file exists from the launch on, so wait for logged steps).
+        func stepsLogged() -> Int {
+            ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count
+        }
+        while stepsLogged() < 3 && p.isRunning && Date() < deadline { usleep(20_000) }
         // "[-]" keeps the pattern from matching the shell that runs pkill.
         let pattern = "[-]-rank 1 --world 2 --config \(cfg)"
         _ = try runProcess(URL(fileURLWithPath: "/bin/sh"), ["-c", "pkill -STOP -f -- '\(pattern)' || true"], timeout: 10)
