@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "HVTrainTests", dependencies: ["HVTrain", "HVModel", "HVNN", "HVSampling", "HVData", "HVCheckpoint", "_HVTestSupport"]),
+        .testTarget(name: "HVTrainTests", dependencies: ["HVTensor", "HVTrain", "HVModel", "HVNN", "HVSampling", "HVData", "HVCheckpoint", "_HVTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVModel", "HVTrain", "HVSampling"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVParallelTests", dependencies: ["HVParallel", "HVComm", "HVTensor", "_HVTestSupport"]),

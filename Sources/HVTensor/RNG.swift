@@ -97,3 +97,7 @@ extension Tensor {
         return t
     }
 }
+
+/// Lets the standard library's random APIs (`Int.random(in:using:)`, `shuffled(using:)`) draw
+/// from hv's seeded generator (fuzz inputs, rogue peers).
+extension HVRandom: RandomNumberGenerator {}

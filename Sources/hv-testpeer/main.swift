@@ -18,6 +18,7 @@
 //
 // Exit codes: 0 done, 1 ZeroMQ error or timeout (message on stderr), 2 usage error.
 import Foundation
+import HVTensor
 import HVComm
 
 func fail(_ message: String, code: Int32) -> Never {
@@ -73,23 +74,12 @@ func echo(_ options: [String: String]) throws {
     }
 }
 
-/// SplitMix64: the seeded generator of the garbage.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func rogue(_ options: [String: String]) throws {
     guard let endpoint = options["connect"], let messages = Int(options["messages"] ?? "200"),
           let seed = UInt64(options["seed"] ?? "1") else { fail(usage, code: 2) }
     let type: ZMQSocketType = options["socket"] == "dealer" ? .dealer : .push
-    var rng = SplitMix(state: seed)
+    var rng = HVRandom(seed: seed)
     let context = try ZMQContext(defaultLingerMilliseconds: 1000)
     defer { context.close() }
     let socket = try context.makeSocket(type)

@@ -1,22 +1,12 @@
 import Foundation
+import HVTensor
 import HVComm
 import XCTest
 
-/// SplitMix64, the seeded source of the fuzz inputs (a failure names its seed and index).
-struct FuzzRNG: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Random and mutated data-plane frames against the parser and a live inbox.
 final class WireFormatFuzzTests: XCTestCase {
-    static func mutate(_ frame: [UInt8], _ rng: inout FuzzRNG) -> [UInt8] {
+    static func mutate(_ frame: [UInt8], _ rng: inout HVRandom) -> [UInt8] {
         var f = frame
         switch Int.random(in: 0..<6, using: &rng) {
         case 0: if !f.isEmpty { f[Int.random(in: 0..<f.count, using: &rng)] ^= 1 << UInt8.random(in: 0..<8, using: &rng) }
@@ -33,7 +23,7 @@ final class WireFormatFuzzTests: XCTestCase {
     /// magic and known kind/dtype, and what it accepts re-encodes to the same bytes.
     func testParserOnRandomAndMutatedHeaders() {
         let seed: UInt64 = 20_261_126
-        var rng = FuzzRNG(state: seed)
+        var rng = HVRandom(seed: seed)
         var accepted = 0, rejected = 0
         for i in 0..<50_000 {
             let valid = WireHeader(source: Int.random(in: 0..<64, using: &rng), kind: [.reduceScatter, .allGather, .broadcast, .pointToPoint, .barrier].randomElement(using: &rng)!,
@@ -67,7 +57,7 @@ final class WireFormatFuzzTests: XCTestCase {
         let rogue = try ctx.makeSocket(.push)
         defer { rogue.close() }
         try rogue.connect("inproc://fuzz-\(tag)")
-        var rng = FuzzRNG(state: 77)
+        var rng = HVRandom(seed: 77)
         var outcomes: [String: Int] = [:]
         var buffer = [Float](repeating: 0, count: 8)
         for i in 0..<3_000 {

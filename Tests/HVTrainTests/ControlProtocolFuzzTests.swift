@@ -1,19 +1,10 @@
 import Foundation
+import HVTensor
 import HVTrain
 import XCTest
 
 /// Random and mutated control-plane messages against `ControlMessage.decode`.
 final class ControlProtocolFuzzTests: XCTestCase {
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     func samples() -> [ControlMessage] {
         var hello = ControlMessage(type: .hello)
@@ -35,7 +26,7 @@ final class ControlProtocolFuzzTests: XCTestCase {
     /// within bounds (rank in the world, bounded strings, endpoints that look like endpoints).
     func testDecodeOnRandomAndMutatedMessages() {
         let seed: UInt64 = 10
-        var rng = SplitMix(state: seed)
+        var rng = HVRandom(seed: seed)
         let valid = samples().map { $0.encoded() }
         for v in valid { XCTAssertNoThrow(try ControlMessage.decode(v, worldSize: 2), String(decoding: v, as: UTF8.self)) }
         let tokens = Array("{}[]\":,0123456789-eE.tfnul \\".utf8) + [0, 0xFF, 0xC3]
