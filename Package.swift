@@ -53,7 +53,7 @@ let package = Package(
         // Peer process for the multi-process bridge tests (not a user-facing tool).
         .executableTarget(name: "hv-testpeer", dependencies: ["HVComm", "HVParallel", "HVTensor"]),
 
-        .target(name: "_HVTestSupport", dependencies: ["HVTensor"], path: "Sources/_HVTestSupport"),
+        .target(name: "_HVTestSupport", dependencies: ["HVTensor", "HVTrain"], path: "Sources/_HVTestSupport"),
         .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVNNTests", dependencies: ["HVNN", "_HVTestSupport"]),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],

@@ -1,4 +1,5 @@
 import Foundation
+@_exported import func HVTrain.readPipe
 
 /// Finds a product executable (e.g. `hv-coord`) built next to the running test bundle, or at
 /// the path in `HV_<NAME>` (upper-cased, dashes as underscores).
@@ -19,25 +20,6 @@ public func locateExecutable(_ name: String) throws -> URL {
     }
     struct NotFound: Error, CustomStringConvertible { let description: String }
     throw NotFound(description: "\(name) not found next to the tests (searched \(dirs.map(\.path))); build it or set \(key)")
-}
-
-/// Reads `pipe` on its own thread with blocking reads until end of file, handing each chunk to
-/// `consume`. Returns a semaphore signalled at end of file.
-@discardableResult
-public func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
-    let done = DispatchSemaphore(value: 0)
-    Thread.detachNewThread {
-        let fd = pipe.fileHandleForReading.fileDescriptor
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            consume(Data(buffer[0..<n]))
-        }
-        done.signal()
-    }
-    return done
 }
 
 /// Runs a process to completion (with a time limit); returns (status, stdout, stderr).

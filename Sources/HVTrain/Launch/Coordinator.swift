@@ -89,9 +89,10 @@ final class LineBuffer: @unchecked Sendable {
 }
 
 /// Reads `pipe` on its own thread with blocking reads until end of file, handing each chunk to
-/// `consume` (on that thread). Returns a semaphore signalled at end of file.
+/// `consume` (on that thread). Returns a semaphore signalled at end of file. (Not
+/// `FileHandle.readabilityHandler`: its teardown crashed hv-coord in libdispatch on Linux.)
 @discardableResult
-func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
+public func readPipe(_ pipe: Pipe, _ consume: @escaping @Sendable (Data) -> Void) -> DispatchSemaphore {
     let done = DispatchSemaphore(value: 0)
     Thread.detachNewThread {
         let fd = pipe.fileHandleForReading.fileDescriptor
