@@ -19,8 +19,11 @@ public final class Trainer {
     /// Data parallelism with ZeRO (a one-rank engine when training alone).
     public let engine: ZeroEngine
     public let comm: Communicator
-    /// dp x cp layout of the ranks (`train.context_parallel`).
+    /// dp x cp x pp layout of the ranks (`train.context_parallel`, `train.pipeline_parallel`).
     public let mesh: DeviceMesh
+    /// Pipeline parallelism: this replica's stages as a point-to-point group and the blocks of
+    /// each stage (nil when pipeline_parallel is 1).
+    public let pipeline: (group: PointToPointGroup, partition: PipelinePartition)?
     public let dataset: SyntheticLatents
     public var order: DataOrder
     public private(set) var step = 0
@@ -35,13 +38,23 @@ public final class Trainer {
         public var videoTokens: Int
         public var seconds: Double
         public var commSeconds: Double
+        /// Pipeline parallelism: seconds all ranks spent waiting for activations or gradients
+        /// over the seconds all ranks spent in the 1F1B schedule (the measured bubble fraction).
+        public var pipelineIdleSeconds = 0.0, pipelineSeconds = 0.0
     }
 
     public enum SetupError: Error, CustomStringConvertible {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
         case tooFewVideoTokens(tokens: Int, cp: Int)
+        case pipelineWithZeRO3
+        case pipelineBatchNotDivisible(batch: Int, dp: Int, microBatches: Int)
         public var description: String {
             switch self {
+            case .pipelineWithZeRO3:
+                "train.pipeline_parallel > 1 runs with ZeRO stages 0-2 (ZeRO-3 gathers every block on every rank in the same order, which pipeline stages do not); use --zero 0, 1 or 2"
+            case .pipelineBatchNotDivisible(let b, let dp, let m):
+                "train.batch_size \(b) must be divisible by data-parallel replicas (\(dp) = workers / (context_parallel x pipeline_parallel)) x micro_batches (\(m))"
+
             case .tooFewVideoTokens(let n, let cp):
                 "a batch has \(n) video tokens, fewer than train.context_parallel \(cp): every context-parallel rank needs at least one"
             case .batchNotDivisible(let b, let w, let a):
@@ -52,7 +65,19 @@ public final class Trainer {
 
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
-        let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, rank: comm.rank)
+        let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, pp: config.train.pipeline_parallel, rank: comm.rank)
+        if mesh.pp > 1 {
+            guard zeroStage < 3 else { throw SetupError.pipelineWithZeRO3 }
+            guard config.train.batch_size % (mesh.dp * config.train.micro_batches) == 0 else {
+                throw SetupError.pipelineBatchNotDivisible(batch: config.train.batch_size, dp: mesh.dp, microBatches: config.train.micro_batches)
+            }
+            let partition = try PipelinePartition(config: config.model, stages: mesh.pp,
+                                                  videoTokens: config.model.videoTokens(latentT: config.data.frames, latentH: config.data.height, latentW: config.data.width),
+                                                  textTokens: config.text_encoder.max_tokens)
+            pipeline = (PointToPointGroup(parent: comm, members: mesh.ppGroup), partition)
+        } else {
+            pipeline = nil
+        }
         guard config.train.batch_size % (mesh.dp * config.train.grad_accum) == 0 else {
             throw SetupError.batchNotDivisible(batch: config.train.batch_size, world: mesh.dp, accum: config.train.grad_accum)
         }
@@ -100,6 +125,26 @@ public final class Trainer {
     /// Returns the mean loss over these samples.
     @discardableResult
     public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> Float {
+        let (inputs, target) = makeInputs(sampleIndices: sampleIndices, positions: positions, step: s, frames: T)
+        let B = sampleIndices.count
+        let loss: Tensor
+        if let cp = model.contextParallel {
+            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
+            let tokens = model.patchify(target)                                     // [B, N, P]
+            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
+            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
+            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
+        } else {
+            loss = model(inputs).mseLoss(target)
+        }
+        (loss * (Float(B) / Float(config.train.batch_size))).backward()
+        return loss.item
+    }
+
+    /// The DiT inputs and velocity target [B, C, T, H, W] of the samples at `positions` of
+    /// `step`'s global batch (noise, sigma and guidance drawn per sample); the text encoder runs
+    /// with gradients recorded.
+    func makeInputs(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> (DiTInputs, Tensor) {
         let cfg = config
         let (x0, captions) = dataset.batch(sampleIndices, frames: T)
         let B = sampleIndices.count
@@ -117,18 +162,7 @@ public final class Trainer {
         let text = textEncoder.encode(captions)
         let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
                                text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
-        let loss: Tensor
-        if let cp = model.contextParallel {
-            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
-            let tokens = model.patchify(target)                                     // [B, N, P]
-            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
-            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
-            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
-        } else {
-            loss = model(inputs).mseLoss(target)
-        }
-        (loss * (Float(B) / Float(cfg.train.batch_size))).backward()
-        return loss.item
+        return (inputs, target)
     }
 
     /// One optimizer step over the next global batch: this rank's data-parallel replica takes
@@ -144,20 +178,28 @@ public final class Trainer {
         comm.step = step
         try engine.beginStep()
         var lossSum: Float = 0
-        for m in 0..<config.train.grad_accum {
-            let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
-            lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
+        var pipeTimes = (idle: 0.0, total: 0.0)
+        if pipeline != nil {
+            (lossSum, pipeTimes.idle, pipeTimes.total) = try pipelineGradients(indices: indices, step: step, frames: T)
+        } else {
+            for m in 0..<config.train.grad_accum {
+                let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
+                lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
+            }
         }
         let lr = schedule.lr(at: step)
         let norm = try engine.finishStep(lr: lr, clip: Float(config.train.clip_grad))
-        var total = [lossSum]
-        try total.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
+        // Only the last pipeline stage has a loss; the other stages add 0 (and their idle times).
+        var total = pipeline == nil ? [lossSum] : [lossSum, Float(pipeTimes.idle), Float(pipeTimes.total)]
+        try total.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: $0.count) }
         let s = step
         step += 1
         samplesSeen += B
         let tokens = B * config.model.videoTokens(latentT: T, latentH: config.data.height, latentW: config.data.width)
-        return StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
-                         seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
+        var stats = StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
+                              seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
+        if pipeline != nil { stats.pipelineIdleSeconds = Double(total[1]); stats.pipelineSeconds = Double(total[2]) }
+        return stats
     }
 
     /// Restores counters after loading a checkpoint.
