@@ -147,7 +147,6 @@ public final class Trainer {
     func makeInputs(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> (DiTInputs, Tensor) {
         let cfg = config
         let (x0, captions) = dataset.batch(sampleIndices, frames: T)
-        let B = sampleIndices.count
         // Per-sample random draws keyed by (seed, step, position in the global batch).
         var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
         let perSample = Array(x0.shape.dropFirst())
