@@ -195,13 +195,20 @@ struct LaunchCommand: ParsableCommand {
             if let steps { cfg.train.steps = steps }
             if let batchSize { cfg.train.batch_size = batchSize }
             let world = hosts.worldSize
-            let cp = cfg.train.context_parallel
+            let cp = cfg.train.context_parallel, pp = cfg.train.pipeline_parallel
             guard cp >= 1, world % cp == 0 else {
                 throw ValidationError("\(config): train.context_parallel \(cp) does not divide the \(world) slots of \(nodes) (world = dp x cp)")
             }
-            let dp = world / cp
-            guard cfg.train.batch_size % (dp * cfg.train.grad_accum) == 0 else {
-                throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(dp) data-parallel replicas (\(world) workers / cp \(cp)) x grad_accum \(cfg.train.grad_accum)")
+            guard pp >= 1, world % (cp * pp) == 0 else {
+                throw ValidationError("\(config): train.context_parallel \(cp) x train.pipeline_parallel \(pp) does not divide the \(world) slots of \(nodes) (world = dp x cp x pp)")
+            }
+            let dp = world / (cp * pp)
+            if pp > 1 && zero == 3 {
+                throw ValidationError("\(config): train.pipeline_parallel \(pp) runs with --zero 0, 1 or 2, not 3")
+            }
+            let accum = pp > 1 ? cfg.train.micro_batches : cfg.train.grad_accum
+            guard cfg.train.batch_size % (dp * accum) == 0 else {
+                throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(dp) data-parallel replicas (\(world) workers / (cp \(cp) x pp \(pp))) x \(pp > 1 ? "micro_batches" : "grad_accum") \(accum)")
             }
             let allLocal = hosts.hosts.allSatisfy(HostsFile.isLocal)
             let addr = coordAddress ?? (allLocal ? "127.0.0.1" : ProcessInfo.processInfo.hostName)

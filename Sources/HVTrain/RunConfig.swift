@@ -166,6 +166,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
         /// Context-parallel degree: video tokens split over this many ranks (ring attention);
         /// the workers form a dp x cp mesh, dp = workers / cp.
         public var context_parallel = 1
+        /// Pipeline-parallel degree: the DiT's blocks cut into this many stages (balanced by
+        /// FLOPs); the workers form a dp x cp x pp mesh, dp = workers / (cp x pp).
+        public var pipeline_parallel = 1
+        /// Micro-batches per optimizer step of each pipeline (1F1B schedule); with
+        /// pipeline_parallel > 1 they replace grad_accum (which must then be 1).
+        public var micro_batches = 1
         public var log_every = 10
         public init() {}
         public init(from decoder: Decoder) throws {
@@ -185,6 +191,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
             seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
             recompute = try c.decodeIfPresent(Bool.self, forKey: .recompute) ?? d.recompute
             context_parallel = try c.decodeIfPresent(Int.self, forKey: .context_parallel) ?? d.context_parallel
+            pipeline_parallel = try c.decodeIfPresent(Int.self, forKey: .pipeline_parallel) ?? d.pipeline_parallel
+            micro_batches = try c.decodeIfPresent(Int.self, forKey: .micro_batches) ?? d.micro_batches
             log_every = try c.decodeIfPresent(Int.self, forKey: .log_every) ?? d.log_every
         }
     }
@@ -255,6 +263,19 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if train.steps < 0 { try fail("train.steps", "must be >= 0") }
         if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
         if train.context_parallel < 1 { try fail("train.context_parallel", "must be >= 1") }
+        if train.pipeline_parallel < 1 { try fail("train.pipeline_parallel", "must be >= 1") }
+        if train.pipeline_parallel > model.mm_double_blocks_depth + model.mm_single_blocks_depth {
+            try fail("train.pipeline_parallel", "\(train.pipeline_parallel) is more than the model's \(model.mm_double_blocks_depth + model.mm_single_blocks_depth) blocks: every stage needs one")
+        }
+        if train.pipeline_parallel > 1 && train.context_parallel > 1 {
+            try fail("train.pipeline_parallel", "is not yet supported together with train.context_parallel > 1")
+        }
+        if train.micro_batches < 1 || train.batch_size % train.micro_batches != 0 {
+            try fail("train.micro_batches", "\(train.micro_batches) must divide batch_size \(train.batch_size)")
+        }
+        if train.pipeline_parallel > 1 && train.grad_accum != 1 {
+            try fail("train.grad_accum", "must be 1 with train.pipeline_parallel > 1: use train.micro_batches (the pipeline's gradient accumulation)")
+        }
         if train.grad_accum < 1 || train.batch_size % train.grad_accum != 0 {
             try fail("train.grad_accum", "\(train.grad_accum) must divide batch_size \(train.batch_size)")
         }

@@ -19,8 +19,11 @@ public final class Trainer {
     /// Data parallelism with ZeRO (a one-rank engine when training alone).
     public let engine: ZeroEngine
     public let comm: Communicator
-    /// dp x cp layout of the ranks (`train.context_parallel`).
+    /// dp x cp x pp layout of the ranks (`train.context_parallel`, `train.pipeline_parallel`).
     public let mesh: DeviceMesh
+    /// Pipeline parallelism: this replica's stages as a point-to-point group and the blocks of
+    /// each stage (nil when pipeline_parallel is 1).
+    public let pipeline: (group: PointToPointGroup, partition: PipelinePartition)?
     /// The current stage's data (see RunConfig.stages): synthetic latents, or the latent cache
     /// when its kind is latent-cache (then `order` runs over batch slots).
     public private(set) var dataset: SyntheticLatents
@@ -43,14 +46,23 @@ public final class Trainer {
         public var videoTokens: Int
         public var seconds: Double
         public var commSeconds: Double
+        /// Pipeline parallelism: seconds all ranks spent waiting for activations or gradients
+        /// over the seconds all ranks spent in the 1F1B schedule (the measured bubble fraction).
+        public var pipelineIdleSeconds = 0.0, pipelineSeconds = 0.0
     }
 
     public enum SetupError: Error, CustomStringConvertible {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
         case tooFewVideoTokens(tokens: Int, cp: Int)
         case cacheMismatch(LatentCacheError)
+        case pipelineWithZeRO3
+        case pipelineBatchNotDivisible(batch: Int, dp: Int, microBatches: Int)
         public var description: String {
             switch self {
+            case .pipelineWithZeRO3:
+                "train.pipeline_parallel > 1 runs with ZeRO stages 0-2 (ZeRO-3 gathers every block on every rank in the same order, which pipeline stages do not); use --zero 0, 1 or 2"
+            case .pipelineBatchNotDivisible(let b, let dp, let m):
+                "batch size \(b) must be divisible by data-parallel replicas (\(dp) = workers / (context_parallel x pipeline_parallel)) x train.micro_batches (\(m))"
             case .tooFewVideoTokens(let n, let cp):
                 "a batch has \(n) video tokens, fewer than train.context_parallel \(cp): every context-parallel rank needs at least one"
             case .cacheMismatch(let e): "\(e)"
@@ -62,12 +74,24 @@ public final class Trainer {
 
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
-        let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, rank: comm.rank)
+        let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, pp: config.train.pipeline_parallel, rank: comm.rank)
         for i in config.stageRanges.indices {
             let b = config.stageData(i).batchSize
             guard b % (mesh.dp * config.train.grad_accum) == 0 else {
                 throw SetupError.batchNotDivisible(batch: b, world: mesh.dp, accum: config.train.grad_accum)
             }
+            if mesh.pp > 1, b % (mesh.dp * config.train.micro_batches) != 0 {
+                throw SetupError.pipelineBatchNotDivisible(batch: b, dp: mesh.dp, microBatches: config.train.micro_batches)
+            }
+        }
+        if mesh.pp > 1 {
+            guard zeroStage < 3 else { throw SetupError.pipelineWithZeRO3 }
+            let partition = try PipelinePartition(config: config.model, stages: mesh.pp,
+                                                  videoTokens: config.model.videoTokens(latentT: config.data.frames, latentH: config.data.height, latentW: config.data.width),
+                                                  textTokens: config.text_encoder.max_tokens)
+            pipeline = (PointToPointGroup(parent: comm, members: mesh.ppGroup), partition)
+        } else {
+            pipeline = nil
         }
         self.mesh = mesh
         self.comm = comm
@@ -169,8 +193,38 @@ public final class Trainer {
     /// The same on given latents x0 [B, C, T, H, W] and encoded text.
     @discardableResult
     func accumulateGradients(x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor), positions: [Int], step s: Int) -> Float {
-        let cfg = config
         let B = x0.shape[0]
+        let (inputs, target) = makeInputs((x0, text), positions: positions, step: s)
+        let loss: Tensor
+        if let cp = model.contextParallel {
+            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
+            let tokens = model.patchify(target)                                     // [B, N, P]
+            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
+            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
+            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
+        } else {
+            loss = model(inputs).mseLoss(target)
+        }
+        (loss * (Float(B) / Float(batchSize))).backward()
+        return loss.item
+    }
+
+    /// The latents x0 [B, C, T, H, W] and encoded text (caption dropout applied) of the samples
+    /// at `positions` of `step`'s global batch, from the stage's synthetic data or latent cache.
+    func microBatch(indices: [Int], positions pos: [Int], step s: Int, frames T: Int) throws -> (x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor)) {
+        let dropped = captionDropout(positions: pos, step: s)
+        if let cache {
+            let (x0, tokens, _) = try cache.batch(pos.map { indices[$0] })
+            return (x0, textEncoder.encode(tokens: zip(tokens, dropped).map { $1 ? textEncoder.tokenizer.encode("").ids : $0 }))
+        }
+        let (x0, captions) = dataset.batch(pos.map { indices[$0] }, frames: T)
+        return (x0, textEncoder.encode(zip(captions, dropped).map { $1 ? "" : $0 }))
+    }
+
+    /// The DiT inputs and velocity target [B, C, T, H, W] for latents x0 and encoded text: noise,
+    /// sigma and guidance are drawn per sample, keyed by (seed, step, position in the global batch).
+    func makeInputs(_ batch: (x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor)), positions: [Int], step s: Int) -> (DiTInputs, Tensor) {
+        let cfg = config, x0 = batch.x0, text = batch.text
         // Per-sample random draws keyed by (seed, step, position in the global batch).
         var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
         let perSample = Array(x0.shape.dropFirst())
@@ -184,18 +238,7 @@ public final class Trainer {
         let (xt, target) = FlowMatching.noisedInputs(x0: x0, noise: noise, sigmas: sigmas)
         let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
                                text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
-        let loss: Tensor
-        if let cp = model.contextParallel {
-            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
-            let tokens = model.patchify(target)                                     // [B, N, P]
-            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
-            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
-            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
-        } else {
-            loss = model(inputs).mseLoss(target)
-        }
-        (loss * (Float(B) / Float(batchSize))).backward()
-        return loss.item
+        return (inputs, target)
     }
 
     /// One optimizer step over the next global batch: this rank's data-parallel replica takes
@@ -221,27 +264,29 @@ public final class Trainer {
         comm.step = step
         try engine.beginStep()
         var lossSum: Float = 0
-        for m in 0..<config.train.grad_accum {
-            let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
-            if let cache {
-                let (x0, tokens, _) = try cache.batch(pos.map { indices[$0] })
-                let dropped = captionDropout(positions: pos, step: step)
-                let text = textEncoder.encode(tokens: zip(tokens, dropped).map { $1 ? textEncoder.tokenizer.encode("").ids : $0 })
+        var pipeTimes = (idle: 0.0, total: 0.0)
+        if pipeline != nil {
+            (lossSum, pipeTimes.idle, pipeTimes.total) = try pipelineGradients(indices: indices, step: step, frames: T)
+        } else {
+            for m in 0..<config.train.grad_accum {
+                let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
+                let (x0, text) = try microBatch(indices: indices, positions: pos, step: step, frames: T)
                 lossSum += accumulateGradients(x0: x0, text: text, positions: pos, step: step) * Float(micro)
-            } else {
-                lossSum += accumulateGradients(sampleIndices: pos.map { indices[$0] }, positions: pos, step: step, frames: T) * Float(micro)
             }
         }
         let lr = schedule.lr(at: step)
         let norm = try engine.finishStep(lr: lr, clip: Float(config.train.clip_grad))
-        var total = [lossSum]
-        try total.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
+        // Only the last pipeline stage has a loss; the other stages add 0 (and their idle times).
+        var total = pipeline == nil ? [lossSum] : [lossSum, Float(pipeTimes.idle), Float(pipeTimes.total)]
+        try total.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: $0.count) }
         let s = step
         step += 1
         samplesSeen += B
         let tokens = B * config.model.videoTokens(latentT: T, latentH: latentH, latentW: latentW)
-        return StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
-                         seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
+        var stats = StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
+                              seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
+        if pipeline != nil { stats.pipelineIdleSeconds = Double(total[1]); stats.pipelineSeconds = Double(total[2]) }
+        return stats
     }
 
     /// Restores counters after loading a checkpoint. With stages, `order` belongs to the stage of

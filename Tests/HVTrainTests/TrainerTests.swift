@@ -120,5 +120,9 @@ final class TrainerTests: XCTestCase {
         expectError("train:\n  steps: many\n", "train.steps")
         expectError("train: [1, 2\n", "not valid YAML")
         expectError("model: nowhere.yaml\n", "model")
+        expectError("train:\n  pipeline_parallel: 61\n", "train.pipeline_parallel")     // the default model has 60 blocks
+        expectError("train:\n  pipeline_parallel: 2\n  context_parallel: 2\n", "not yet supported together with train.context_parallel")
+        expectError("train:\n  batch_size: 8\n  pipeline_parallel: 2\n  grad_accum: 2\n", "use train.micro_batches")
+        expectError("train:\n  batch_size: 8\n  micro_batches: 3\n", "train.micro_batches")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import HVComm
+import HVParallel
 import HVTensor
 
 /// A training worker: joins the coordinator, connects the ring to its peers, trains its share
@@ -153,7 +154,14 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
         }
         if o.rank == 0 {
             log("training \(cfg.model.parameterCount) DiT parameters on \(o.worldSize) worker(s) (mesh \(trainer.mesh)), ZeRO stage \(o.zeroStage), batch \(cfg.train.batch_size), OpenBLAS \(BLAS.coreName)")
+            if let p = trainer.pipeline {
+                log("pipeline partition (balanced by FLOPs): \(p.partition)")
+                log("pipeline: 1F1B over \(cfg.train.micro_batches) micro-batches of \(cfg.train.batch_size / (trainer.mesh.dp * cfg.train.micro_batches)) samples per replica")
+            }
         }
+        // Measured pipeline bubble: idle / schedule seconds summed over ranks, from step 2 on
+        // (the first step also pays one-off allocation and connection set-up).
+        var bubble = (idle: 0.0, total: 0.0, steps: 0)
         func save() throws {
             let t0 = Date()
             let dir: String
@@ -185,6 +193,15 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
             if flag[0] > 0 { stopRequested = true; break }
             let s = try trainer.trainStep()
             heartbeat.setStep(trainer.step)
+            if o.rank == 0, trainer.pipeline != nil, s.pipelineSeconds > 0 {
+                if s.step > 0 { bubble.idle += s.pipelineIdleSeconds; bubble.total += s.pipelineSeconds; bubble.steps += 1 }
+                if trainer.step % cfg.train.log_every == 0 || trainer.step == lastStep {
+                    let formula = PipelineSchedule.bubbleFraction(stages: trainer.mesh.pp, microBatches: cfg.train.micro_batches)
+                    log(String(format: "pipeline bubble at step %d: measured %.3f (this step %.3f, mean of %d steps), formula (p-1)/(m+p-1) = %.3f for p %d, m %d",
+                               trainer.step, bubble.total > 0 ? bubble.idle / bubble.total : s.pipelineIdleSeconds / s.pipelineSeconds,
+                               s.pipelineIdleSeconds / s.pipelineSeconds, bubble.steps, formula, trainer.mesh.pp, cfg.train.micro_batches))
+                }
+            }
             if o.rank == 0 {
                 var m = ControlMessage(type: .metrics)
                 m.rank = 0; m.step = s.step + 1; m.loss = Double(s.loss); m.lr = Double(s.lr); m.grad_norm = Double(s.gradNorm)
