@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "HVNN", "HVCheckpoint", "HVTrain", "_HVTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "HVTrainTests", dependencies: ["HVTensor", "HVTrain", "HVModel", "HVNN", "HVSampling", "HVData", "HVCheckpoint", "_HVTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVModel", "HVTrain", "HVSampling"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["_HVTestSupport", "HVCheckpoint", "HVComm", "HVModel", "HVTrain", "HVSampling", "HVTensor"]),
         .testTarget(name: "HVCommTests", dependencies: ["HVComm", "HVTensor"]),
         .testTarget(name: "HVParallelTests", dependencies: ["HVParallel", "HVComm", "HVTensor", "_HVTestSupport"]),
         .testTarget(name: "HVCheckpointTests", dependencies: ["HVCheckpoint", "HVTensor"], exclude: ["Fixtures"]),

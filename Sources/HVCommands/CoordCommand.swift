@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import HVComm
 import HVModel
+import HVParallel
+import HVSampling
 import HVTensor
 import HVTrain
 
@@ -153,10 +155,18 @@ struct LaunchCommand: ParsableCommand {
         start as local processes; other hosts over ssh (hv built at the same path), or through --template,
         e.g. --template 'ip netns exec {host} {cmd}' for the network-namespace rig in cluster/.
         Worker logs: RUN_DIR/logs/rank-N.log; metrics: RUN_DIR/metrics.jsonl (one JSON object per step).
+
+        Sampling spread over the workers (context parallel: each rank computes the velocity of its share of the
+        video tokens, attention runs as ring attention over ZeroMQ; rank 0 writes the files): --sample, then `--`
+        and hv-sample's arguments, e.g.
+          hv-coord launch --nodes cluster/hosts.local --sample -- --checkpoint checkpoints/tiny --prompt "a red square moving right" --out red.mp4
         """)
 
     @Option(help: "Hosts file (`HOST slots=N` per line).") var nodes: String
-    @Option(help: "Run config (YAML).") var config: String
+    @Option(help: "Run config (YAML); not used with --sample (the checkpoint holds its run config).") var config: String?
+    @Flag(help: "Sample instead of training: every argument after `--` is hv-sample's (--checkpoint, --prompt, --out, ...).")
+    var sample = false
+    @Argument(parsing: .postTerminator, help: "With --sample: hv-sample's arguments, after `--`.") var sampleArguments: [String] = []
     @Option(help: "Run directory (logs, metrics, checkpoints). Default: checkpoints/<config name>.") var runDir: String?
     @Option(help: "Override train.steps.") var steps: Int?
     @Option(help: "ZeRO stage: 0 replicated, 1 optimizer state, 2 + gradients, 3 + parameters sharded.") var zero = 0
@@ -191,6 +201,9 @@ struct LaunchCommand: ParsableCommand {
             guard (0...3).contains(zero) else { throw ValidationError("--zero must be 0, 1, 2 or 3") }
             guard let mode = LaunchOptions.Launcher(rawValue: launcher) else { throw ValidationError("--launcher must be auto, local, ssh or template") }
             let hosts = try HostsFile.load(path: nodes).filtered(include: include, exclude: exclude)
+            if sample { return try launchSampling(hosts: hosts, mode: mode) }
+            guard sampleArguments.isEmpty else { throw ValidationError("arguments after `--` are hv-sample's and need --sample") }
+            guard let config else { throw ValidationError("give --config RUN.yaml (or --sample -- ... to sample from a checkpoint)") }
             var cfg = try RunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
             if let batchSize { cfg.train.batch_size = batchSize }
@@ -211,24 +224,11 @@ struct LaunchCommand: ParsableCommand {
                 throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(dp) data-parallel replicas (\(world) workers / (cp \(cp) x pp \(pp))) x \(pp > 1 ? "micro_batches" : "grad_accum") \(accum)")
             }
             let allLocal = hosts.hosts.allSatisfy(HostsFile.isLocal)
-            let addr = coordAddress ?? (allLocal ? "127.0.0.1" : ProcessInfo.processInfo.hostName)
             let name = ((config as NSString).lastPathComponent as NSString).deletingPathExtension
-            let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            let options = LaunchOptions(hosts: hosts, configPath: config, runDir: runDir ?? "checkpoints/\(name)", steps: steps, zeroStage: zero,
-                                        launcher: mode, template: template, coordinatorAddress: addr, port: port,
-                                        rendezvousTimeout: rendezvousTimeout, collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire,
-                                        workerExecutable: exe, quiet: quiet)
-            var opts = options
+            var opts = try launchOptions(hosts: hosts, mode: mode, configPath: config, runDir: runDir ?? "checkpoints/\(name)", allLocal: allLocal)
             opts.resume = resume
             opts.batchSize = batchSize
             opts.stopAt = stopAt
-            opts.heartbeatTimeout = heartbeatTimeout
-            opts.authenticate = !insecureNoAuth
-            switch authMechanism {
-            case "auto": opts.authMechanism = .best
-            case "curve", "hmac": opts.authMechanism = AuthMechanism(rawValue: authMechanism)!
-            default: throw ValidationError("--auth-mechanism must be auto, curve or hmac")
-            }
             opts.continueOnSaveError = continueOnSaveError
             var attempt = 0
             while true {
@@ -248,6 +248,41 @@ struct LaunchCommand: ParsableCommand {
             }
         }
     }
+
+    /// The options every launch shares (training or sampling).
+    func launchOptions(hosts: HostsFile, mode: LaunchOptions.Launcher, configPath: String, runDir: String, allLocal: Bool) throws -> LaunchOptions {
+        let addr = coordAddress ?? (allLocal ? "127.0.0.1" : ProcessInfo.processInfo.hostName)
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        var opts = LaunchOptions(hosts: hosts, configPath: configPath, runDir: runDir, steps: steps, zeroStage: zero,
+                                 launcher: mode, template: template, coordinatorAddress: addr, port: port,
+                                 rendezvousTimeout: rendezvousTimeout, collectiveTimeout: collectiveTimeout, bf16Wire: bf16Wire,
+                                 workerExecutable: exe, quiet: quiet)
+        opts.heartbeatTimeout = heartbeatTimeout
+        opts.authenticate = !insecureNoAuth
+        switch authMechanism {
+        case "auto": opts.authMechanism = .best
+        case "curve", "hmac": opts.authMechanism = AuthMechanism(rawValue: authMechanism)!
+        default: throw ValidationError("--auth-mechanism must be auto, curve or hmac")
+        }
+        return opts
+    }
+
+    /// `--sample`: every worker runs hv-sample's job in step, context parallel over all ranks.
+    func launchSampling(hosts: HostsFile, mode: LaunchOptions.Launcher) throws {
+        let gen: GenerateCommand
+        do { gen = try GenerateCommand.parse(sampleArguments) } catch {
+            throw ValidationError("--sample: hv-sample arguments after `--`: \(GenerateCommand.message(for: error))")
+        }
+        guard FileManager.default.fileExists(atPath: gen.checkpoint) else { throw ValidationError("--sample: \(gen.checkpoint): no such checkpoint") }
+        if config != nil || steps != nil || zero != 0 || resume != nil || batchSize != nil || stopAt != nil || maxRestarts != 0 {
+            throw ValidationError("--sample takes its settings from hv-sample's arguments after `--`; --config, --steps, --zero, --resume, --batch-size, --stop-at and --max-restarts are for training")
+        }
+        var opts = try launchOptions(hosts: hosts, mode: mode, configPath: "", runDir: runDir ?? "checkpoints/sample",
+                                     allLocal: hosts.hosts.allSatisfy(HostsFile.isLocal))
+        opts.bf16Wire = false   // velocities are assembled exactly
+        opts.sampleArguments = sampleArguments
+        try Coordinator(options: opts).run()
+    }
 }
 
 struct WorkerCommand: ParsableCommand {
@@ -257,7 +292,7 @@ struct WorkerCommand: ParsableCommand {
     @Option var coordinator: String
     @Option var rank: Int
     @Option var world: Int
-    @Option var config: String
+    @Option var config = ""
     @Option var zero = 0
     @Option var steps: Int?
     @Option var runDir = "checkpoints/run"
@@ -272,6 +307,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The run's CurveZMQ key file (0600, written by the coordinator).") var keyFile: String?
     @Flag var insecureNoAuth = false
     @Flag var continueOnSaveError = false
+    @Flag var sample = false
+    @Argument(parsing: .postTerminator) var sampleArguments: [String] = []
 
     func run() throws {
         try runOrExit {
@@ -289,7 +326,25 @@ struct WorkerCommand: ParsableCommand {
             opts.keyFile = keyFile
             opts.continueOnSaveError = continueOnSaveError
             // Unbuffered writes: lines reach the coordinator as they are logged.
-            try runWorker(opts) { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+            let log: @Sendable (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+            guard sample else { return try runWorker(opts, log: log) }
+            let gen = try GenerateCommand.parse(sampleArguments)
+            try runWorker(opts, job: { comm in
+                let model = try TextToVideo.load(gen.checkpoint)
+                let d = model.run.data
+                let tokens = model.run.model.videoTokens(latentT: d.frames, latentH: d.height, latentW: d.width)
+                guard tokens >= comm.worldSize else {
+                    throw ValidationError("\(gen.checkpoint): \(tokens) video tokens cannot be split over \(comm.worldSize) context-parallel ranks")
+                }
+                if comm.worldSize > 1 {
+                    model.dit.contextParallel = ContextParallelAttention(group: PointToPointGroup(parent: comm, members: Array(0..<comm.worldSize)))
+                    model.contextParallelSum = { try comm.allReduce($0, count: $1) }
+                }
+                if comm.rank == 0 {
+                    log("sampling context parallel over \(comm.worldSize) rank(s): \(tokens) video tokens at the training size, about \(tokens / comm.worldSize) per rank, ring attention over ZeroMQ")
+                }
+                try gen.generate(model: model, writeFiles: comm.rank == 0, log: log)
+            }, log: log)
         }
     }
 }

@@ -58,7 +58,7 @@ struct EvalPromptsCommand: ParsableCommand {
                 report = try PromptFollowing.evaluate(outDir: outDir, channels: model.run.model.in_channels) { p, i in
                     var oi = base
                     oi.seed = seed &+ UInt64(i)
-                    return model.sampleLatents(prompt: p.text, negativePrompt: negativePrompt, options: oi)
+                    return try model.sampleLatents(prompt: p.text, negativePrompt: negativePrompt, options: oi)
                 }
             }
             for o in report.outcomes {

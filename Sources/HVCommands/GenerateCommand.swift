@@ -35,76 +35,95 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Time-step shift (larger for fewer steps; default: the run config's sample.shift, 7 unless the run says otherwise).") var shift: Double?
     @Option(help: "VAE weights (hv-coord train-vae --out) to decode latents to pixels.") var vae: String?
     @Option(help: "Frames per second of the mp4.") var fps = 8.0
+    @Option(help: "Also write the sampled latents (B, C, T, H, W) as dataset `z` of this HDF5 file (with --prompts: FILE-001.h5, ...).")
+    var latents: String?
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
         try runOrExit {
             threads.apply()
-            let list: [String]
-            if let prompts {
-                list = try String(contentsOfFile: prompts, encoding: .utf8).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-                guard !list.isEmpty else { throw ValidationError("\(prompts) has no prompts") }
-            } else if let prompt {
-                list = [prompt]
-            } else { throw ValidationError("give --prompt or --prompts FILE") }
-            let model = try TextToVideo.load(checkpoint)
-            let run = model.run
-            var decoder: CausalVAE? = nil
-            if let vae {
-                let f = try H5File(path: vae, mode: .readOnly)
-                let cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(try f.stringAttribute("vae_config").utf8))
-                let v = CausalVAE(config: cfg, seed: 0)
-                try ModelWeights.load(v.namedParameters(), from: f, file: vae)
-                try f.close()
-                guard cfg.latent_channels == run.model.in_channels else {
-                    throw ValidationError("--vae has \(cfg.latent_channels) latent channels but the DiT takes \(run.model.in_channels)")
-                }
-                decoder = v
+            try generate(model: try TextToVideo.load(checkpoint), writeFiles: true)
+        }
+    }
+
+    /// Samples every prompt with `model` (whose DiT may be context parallel: then every rank runs
+    /// this in step and only the one with `writeFiles` writes the mp4, contact sheet and latents).
+    /// `log` (a worker's log): progress as lines instead of a terminal progress bar.
+    func generate(model: TextToVideo, writeFiles: Bool, log: ((String) -> Void)? = nil) throws {
+        let list: [String]
+        if let prompts {
+            list = try String(contentsOfFile: prompts, encoding: .utf8).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard !list.isEmpty else { throw ValidationError("\(prompts) has no prompts") }
+        } else if let prompt {
+            list = [prompt]
+        } else { throw ValidationError("give --prompt or --prompts FILE") }
+        let run = model.run
+        var decoder: CausalVAE? = nil
+        if let vae {
+            let f = try H5File(path: vae, mode: .readOnly)
+            let cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(try f.stringAttribute("vae_config").utf8))
+            let v = CausalVAE(config: cfg, seed: 0)
+            try ModelWeights.load(v.namedParameters(), from: f, file: vae)
+            try f.close()
+            guard cfg.latent_channels == run.model.in_channels else {
+                throw ValidationError("--vae has \(cfg.latent_channels) latent channels but the DiT takes \(run.model.in_channels)")
             }
-            let F = frames ?? 1 + 4 * (run.data.frames - 1), H = height ?? run.data.height * 8, W = width ?? run.data.width * 8
-            let p = run.model.patch_size
-            guard (F - 1) % 4 == 0, H % (8 * p[1]) == 0, W % (8 * p[2]) == 0 else {
-                throw ValidationError("size \(F) frames x \(H) x \(W): frames must be 1 + 4k and height/width multiples of \(8 * p[1]) (VAE 8x and patch \(p[1]))")
-            }
-            var o = run.samplingDefaults
-            if let steps { o.steps = steps }
-            if let shift { o.shift = shift }
-            if let guidance { o.guidance = guidance }
-            o.embeddedGuidance = embeddedGuidance; o.seed = seed
-            o.latentFrames = 1 + (F - 1) / 4; o.latentHeight = H / 8; o.latentWidth = W / 8
-            // Models trained on synthetic latents have one latent frame per video frame.
-            if decoder == nil { o.latentFrames = (F - 1) / 4 + 1 }
-            for (i, text) in list.enumerated() {
-                let path = list.count == 1 ? out : (out as NSString).deletingPathExtension + String(format: "-%03d.mp4", i + 1)
-                let t0 = Date()
-                let z = model.sampleLatents(prompt: text, negativePrompt: negativePrompt, options: o) { s, n in
-                    let bar = String(repeating: "#", count: s * 30 / n) + String(repeating: ".", count: 30 - s * 30 / n)
-                    FileHandle.standardError.write(Data("\r[\(bar)] step \(s)/\(n)".utf8))
+            decoder = v
+        }
+        let F = frames ?? 1 + 4 * (run.data.frames - 1), H = height ?? run.data.height * 8, W = width ?? run.data.width * 8
+        let p = run.model.patch_size
+        guard (F - 1) % 4 == 0, H % (8 * p[1]) == 0, W % (8 * p[2]) == 0 else {
+            throw ValidationError("size \(F) frames x \(H) x \(W): frames must be 1 + 4k and height/width multiples of \(8 * p[1]) (VAE 8x and patch \(p[1]))")
+        }
+        var o = run.samplingDefaults
+        if let steps { o.steps = steps }
+        if let shift { o.shift = shift }
+        if let guidance { o.guidance = guidance }
+        o.embeddedGuidance = embeddedGuidance; o.seed = seed
+        o.latentFrames = 1 + (F - 1) / 4; o.latentHeight = H / 8; o.latentWidth = W / 8
+        // Models trained on synthetic latents have one latent frame per video frame.
+        if decoder == nil { o.latentFrames = (F - 1) / 4 + 1 }
+        for (i, text) in list.enumerated() {
+            let path = list.count == 1 ? out : (out as NSString).deletingPathExtension + String(format: "-%03d.mp4", i + 1)
+            let t0 = Date()
+            let z = try model.sampleLatents(prompt: text, negativePrompt: negativePrompt, options: o) { s, n in
+                guard writeFiles else { return }
+                if let log {
+                    if s == n || s % max(1, n / 5) == 0 { log("sampling step \(s)/\(n)") }
+                    return
                 }
-                FileHandle.standardError.write(Data("\n".utf8))
-                let rgb: [[UInt8]]
-                let (fw, fh): (Int, Int)
-                if let decoder {
-                    let video = GradMode.withoutGrad { decoder.tiledDecode(z * Float(1 / decoder.config.scaling_factor)) }
-                    let T = video.shape[2], vh = video.shape[3], vw = video.shape[4]
-                    rgb = (0..<T).map { t in
-                        var img = [UInt8](repeating: 0, count: vh * vw * 3)
-                        for c in 0..<3 { for q in 0..<(vh * vw) {
-                            let v = (video.pointer[(c * T + t) * vh * vw + q] + 1) / 2
-                            img[q * 3 + c] = UInt8(max(0, min(255, (v * 255).rounded())))
-                        }}
-                        return img
-                    }
-                    (fw, fh) = (vw, vh)
-                } else {
-                    rgb = LatentPreview.frames(z, channels: run.model.in_channels)
-                    (fw, fh) = (o.latentWidth * 8, o.latentHeight * 8)
-                }
-                let sheet = (path as NSString).deletingPathExtension + ".png"
-                try writeVideo(rgb, width: fw, height: fh, fps: fps, mp4: path, contactSheet: sheet)
-                stderrLine(String(format: "hv-sample: \"%@\" -> %@ (%d frames, %.2fs per step)", text as NSString, path as NSString, rgb.count,
-                                  Date().timeIntervalSince(t0) / Double(o.steps)))
+                let bar = String(repeating: "#", count: s * 30 / n) + String(repeating: ".", count: 30 - s * 30 / n)
+                FileHandle.standardError.write(Data("\r[\(bar)] step \(s)/\(n)".utf8))
             }
+            guard writeFiles else { continue }
+            if log == nil { FileHandle.standardError.write(Data("\n".utf8)) }
+            if let latents {
+                let file = try H5File(path: list.count == 1 ? latents : (latents as NSString).deletingPathExtension + String(format: "-%03d.h5", i + 1), mode: .create)
+                try TensorIO.write(z, to: file, name: "z", checksum: false)
+                try file.close()
+            }
+            let rgb: [[UInt8]]
+            let (fw, fh): (Int, Int)
+            if let decoder {
+                let video = GradMode.withoutGrad { decoder.tiledDecode(z * Float(1 / decoder.config.scaling_factor)) }
+                let T = video.shape[2], vh = video.shape[3], vw = video.shape[4]
+                rgb = (0..<T).map { t in
+                    var img = [UInt8](repeating: 0, count: vh * vw * 3)
+                    for c in 0..<3 { for q in 0..<(vh * vw) {
+                        let v = (video.pointer[(c * T + t) * vh * vw + q] + 1) / 2
+                        img[q * 3 + c] = UInt8(max(0, min(255, (v * 255).rounded())))
+                    }}
+                    return img
+                }
+                (fw, fh) = (vw, vh)
+            } else {
+                rgb = LatentPreview.frames(z, channels: run.model.in_channels)
+                (fw, fh) = (o.latentWidth * 8, o.latentHeight * 8)
+            }
+            let sheet = (path as NSString).deletingPathExtension + ".png"
+            try writeVideo(rgb, width: fw, height: fh, fps: fps, mp4: path, contactSheet: sheet)
+            stderrLine(String(format: "hv-sample: \"%@\" -> %@ (%d frames, %.2fs per step)", text as NSString, path as NSString, rgb.count,
+                              Date().timeIntervalSince(t0) / Double(o.steps)))
         }
     }
 }

@@ -37,6 +37,10 @@ public final class TextToVideo {
     public let dit: HunyuanDiT
     public let textEncoder: HashTextEncoder
     public let run: RunConfig
+    /// Context-parallel sampling (`hv-coord launch --sample`): with `dit.contextParallel` set,
+    /// every rank computes the velocity of its share of the video tokens and this sum over the
+    /// ranks (an all-reduce of zero-padded [B, N, P] buffers) assembles the whole velocity.
+    public var contextParallelSum: ((UnsafeMutablePointer<Float>, Int) throws -> Void)?
 
     public init(dit: HunyuanDiT, textEncoder: HashTextEncoder, run: RunConfig) {
         self.dit = dit; self.textEncoder = textEncoder; self.run = run
@@ -93,8 +97,8 @@ public final class TextToVideo {
     /// CFG against `negativePrompt` when guidance > 1, and embedded guidance for distilled models.
     /// `progress(step, total)` is called after every step.
     public func sampleLatents(prompt: String, negativePrompt: String = "", options o: SamplingOptions,
-                              progress: (Int, Int) -> Void = { _, _ in }) -> Tensor {
-        GradMode.withoutGrad {
+                              progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
+        try GradMode.withoutGrad {
             let c = dit.config
             var rng = HVRandom(seed: o.seed).split("sample-noise")
             var x = Tensor.randn([1, c.in_channels, o.latentFrames, o.latentHeight, o.latentWidth], rng: &rng)
@@ -104,9 +108,9 @@ public final class TextToVideo {
             let g: [Float]? = c.guidance_embed ? [Float(o.embeddedGuidance * 1000)] : nil
             for i in 0..<o.steps {
                 let t = [Float(sigmas[i] * 1000)]
-                var v = dit(DiTInputs(x: x, t: t, text_states: pos.states, text_mask: pos.mask, text_states_2: pos.pooled, guidance: g))
+                var v = try velocity(DiTInputs(x: x, t: t, text_states: pos.states, text_mask: pos.mask, text_states_2: pos.pooled, guidance: g))
                 if let neg {
-                    let vn = dit(DiTInputs(x: x, t: t, text_states: neg.states, text_mask: neg.mask, text_states_2: neg.pooled, guidance: g))
+                    let vn = try velocity(DiTInputs(x: x, t: t, text_states: neg.states, text_mask: neg.mask, text_states_2: neg.pooled, guidance: g))
                     v = vn + (v - vn) * Float(o.guidance)
                 }
                 x = x + v * Float(sigmas[i + 1] - sigmas[i])
@@ -114,6 +118,24 @@ public final class TextToVideo {
             }
             return x
         }
+    }
+
+    /// The DiT's velocity [B, C, T, H, W]; with context parallelism, this rank's video tokens
+    /// written into a zero buffer and summed over the ranks (adding zeros is exact, so every
+    /// rank gets the same bits).
+    func velocity(_ inputs: DiTInputs) throws -> Tensor {
+        guard let cp = dit.contextParallel, let contextParallelSum else { return dit(inputs) }
+        let local = dit.forwardTokens(inputs).contiguous()                         // [B, n, P]
+        let grid = dit.tokenGrid(inputs.x.shape)
+        let B = local.shape[0], n = local.shape[1], P = local.shape[2], N = grid.t * grid.h * grid.w
+        let mine = cp.videoTokenRange(N)
+        precondition(mine.count == n, "context-parallel forward returned \(n) tokens, expected \(mine.count) of \(N)")
+        let full = Tensor(zeros: [B, N, P])
+        for b in 0..<B {
+            (full.pointer + (b * N + mine.lowerBound) * P).update(from: local.pointer + b * n * P, count: n * P)
+        }
+        try contextParallelSum(full.pointer, full.count)
+        return dit.unpatchify(full, grid: grid)
     }
 }
 

@@ -39,6 +39,8 @@ public struct LaunchOptions: Sendable {
     public var authMechanism: AuthMechanism = .best
     /// A failed checkpoint save is logged and training goes on (default: the run stops).
     public var continueOnSaveError = false
+    /// Sampling instead of training (`hv-coord launch --sample -- ARGS`): hv-sample's arguments.
+    public var sampleArguments: [String]? = nil
 
     public init(hosts: HostsFile, configPath: String, runDir: String, steps: Int?, zeroStage: Int, launcher: Launcher, template: String?,
                 coordinatorAddress: String, port: Int, rendezvousTimeout: Double, collectiveTimeout: Double, bf16Wire: Bool,
@@ -153,6 +155,7 @@ public final class Coordinator: @unchecked Sendable {
         args += ["--heartbeat-timeout", "\(o.heartbeatTimeout)"]
         if let k = keyFile { args += ["--key-file", k] } else { args.append("--insecure-no-auth") }
         if o.continueOnSaveError { args.append("--continue-on-save-error") }
+        if let s = o.sampleArguments { args += ["--sample", "--"] + s }
         return args
     }
 
@@ -398,6 +401,9 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         if stopSent != nil { throw LaunchError.interrupted }
+        if o.sampleArguments != nil {
+            return emit(String(format: "hv-coord: sampled on %d worker(s) in %.1fs; logs in %@/logs", W, Date().timeIntervalSince(t0), o.runDir as NSString))
+        }
         emit(String(format: "hv-coord: finished %d steps on %d worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,
                     Date().timeIntervalSince(t0), o.runDir as NSString))
     }

@@ -97,7 +97,9 @@ final class HeartbeatThread: @unchecked Sendable {
     }
 }
 
-public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws {
+/// Runs a worker: rendezvous, the data plane, then training — or, when `job` is given, that job
+/// on the connected communicator instead (e.g. context-parallel sampling), followed by a barrier.
+public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? = nil, log: @escaping @Sendable (String) -> Void) throws {
     let auth = try o.keyFile.map { try RunKeys.read(path: $0, worldSize: o.worldSize).auth(rank: o.rank) }
     let ctx = try ZMQContext(ioThreads: 1)
     defer { ctx.close() }
@@ -140,6 +142,14 @@ public func runWorker(_ o: WorkerOptions, log: @escaping @Sendable (String) -> V
     try comm.connect(peers: peers)
 
     do {
+        if let job {
+            try job(comm)
+            try comm.barrier()
+            var done = ControlMessage(type: .done)
+            done.rank = o.rank
+            send(done)
+            return
+        }
         var cfg = try RunConfig.load(path: o.configPath)
         if let steps = o.steps { cfg.train.steps = steps }
         if let b = o.batchSize { cfg.train.batch_size = b }
