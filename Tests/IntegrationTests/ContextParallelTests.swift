@@ -50,7 +50,7 @@ final class ContextParallelTests: XCTestCase {
         let steps = 10
         let reference = try run(workers: 1, cp: 1, zero: 0, steps: steps)
         XCTAssertEqual(reference.count, steps)
-        for (workers, cp, zero) in [(2, 2, 0), (3, 3, 1), (4, 2, 2)] {
+        for (workers, cp, zero) in [(2, 2, 0), (3, 3, 1), (4, 4, 3), (4, 2, 2)] {
             let l = try run(workers: workers, cp: cp, zero: zero, steps: steps)
             XCTAssertEqual(l.count, steps, "\(workers) workers cp \(cp)")
             for s in 1...steps {
