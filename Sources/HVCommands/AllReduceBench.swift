@@ -24,6 +24,8 @@ struct AllReduceBench: ParsableCommand {
     @Flag(help: "bf16 on the wire (hv: wireDType .bfloat16; gloo: a bf16 tensor of the same element count).") var bf16 = false
     @Option(help: "hv: elements per message (ZMQRingCommunicator.chunkElements; default its own, 262144 = 1 MiB).") var chunk: Int?
     @Option(help: "hv: ZeroMQ I/O threads per rank.") var ioThreads = 1
+    @Option(help: "hv: the ring's transport, ipc (Unix domain sockets: what `hv-coord launch` uses between workers on one host) or tcp (loopback).")
+    var transport = "ipc"
     @Flag(inversion: .prefixedNo,
           help: "Set MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 for the rank processes (both sides).")
     var mallocTuning = true
@@ -36,6 +38,7 @@ struct AllReduceBench: ParsableCommand {
     func run() throws {
         try runOrExit {
             if let prototype, !["copy", "nocopy"].contains(prototype) { throw ValidationError("--prototype copy|nocopy") }
+            guard ["ipc", "tcp"].contains(transport) else { throw ValidationError("--transport must be ipc or tcp") }
             guard ranks >= 2 else { throw ValidationError("--ranks must be at least 2") }
             let sizes = try bytes.map(benchParseBytes)
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
@@ -47,7 +50,7 @@ struct AllReduceBench: ParsableCommand {
             let hv = try runHV(exe: exe, sizes: sizes, env: env)
             let chunkUsed = hv.chunk
             let n = Double(ranks)
-            print("hv ring all-reduce: \(ranks) processes on tcp://127.0.0.1, \(runs) runs per size (median of the slowest rank per run), wire \(bf16 ? "bf16" : "fp32"), ZeroMQ I/O threads \(ioThreads), malloc tuning \(mallocTuning ? "MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1GiB" : "off")")
+            print("hv ring all-reduce: \(ranks) processes over \(transport == "ipc" ? "Unix sockets (ipc://, as hv-coord launch on one host)" : "tcp://127.0.0.1"), \(runs) runs per size (median of the slowest rank per run), wire \(bf16 ? "bf16" : "fp32"), ZeroMQ I/O threads \(ioThreads), malloc tuning \(mallocTuning ? "MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1GiB" : "off")")
             if let prototype { print("*** timing the minimal prototype ring (--prototype \(prototype)), not ZMQRingCommunicator ***") }
             print("algorithm: ring reduce-scatter + all-gather, chunk \(chunkUsed) elements (\(benchFormatBytes(chunkUsed * 4)) fp32), each chunk sent before the matching one is received")
             var gloo: [Int: (median: Double, min: Double)] = [:]
@@ -102,7 +105,7 @@ struct AllReduceBench: ParsableCommand {
         for r in 0..<ranks {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: exe)
-            var args = ["allreduce-rank", "--parent", endpoint, "--rank", "\(r)", "--world", "\(ranks)", "--runs", "\(runs)",
+            var args = ["allreduce-rank", "--parent", endpoint, "--rank", "\(r)", "--world", "\(ranks)", "--runs", "\(runs)", "--transport", transport,
                         "--io-threads", "\(ioThreads)", "--timeout", "\(timeout)"]
             for s in sizes { args += ["--bytes", "\(s)"] }
             if let chunk { args += ["--chunk", "\(chunk)"] }
@@ -214,6 +217,7 @@ struct AllReduceRank: ParsableCommand {
     @Flag var bf16 = false
     @Option var prototype: String?
     @Option var keyFile: String?
+    @Option var transport = "tcp"
 
     func run() throws {
         try runOrExit {
@@ -228,7 +232,7 @@ struct AllReduceRank: ParsableCommand {
             try control.connect(parent)
             let auth = try keyFile.map { try RunKeys.read(path: $0, worldSize: world).auth(rank: rank) }
             let comm = try ZMQRingCommunicator(rank: rank, worldSize: world, bind: "tcp://127.0.0.1:*", context: ctx, timeoutSeconds: timeout,
-                                               auth: auth)
+                                               auth: auth, sameHostIPC: transport == "ipc")
             defer { comm.close() }
             if let chunk { comm.chunkElements = chunk }
             if bf16 { comm.wireDType = .bfloat16 }

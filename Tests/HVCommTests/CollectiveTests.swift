@@ -44,6 +44,50 @@ final class CollectiveTests: XCTestCase {
 
     func input(rank: Int, count: Int) -> [Float] { (0..<count).map { Float(($0 * 7 + rank * 13) % 29) * 0.25 - 3 + Float(rank) } }
 
+    /// Ranks on one host and network namespace advertise TCP plus an abstract Unix socket and
+    /// reach each other over the socket; a peer from elsewhere (another host key) is reached over
+    /// TCP; an all-reduce over the Unix sockets is exact.
+    func testSameHostPeersUseUnixSockets() throws {
+        let world = 3, count = 70_001
+        let contexts = try (0..<world).map { _ in try ZMQContext() }
+        defer { for c in contexts { c.close() } }
+        let comms = try (0..<world).map { r in
+            try ZMQRingCommunicator(rank: r, worldSize: world, bind: "tcp://127.0.0.1:*", context: contexts[r], timeoutSeconds: 20, sameHostIPC: true)
+        }
+        defer { for c in comms { c.close() } }
+        for c in comms {
+            let parts = c.endpoint.split(separator: ",")
+            XCTAssertEqual(parts.count, 2, c.endpoint)
+            XCTAssert(parts[0].hasPrefix("tcp://127.0.0.1:") && parts[1].hasPrefix("ipc://@hv-\(ZMQRingCommunicator.hostKey)-"), c.endpoint)
+            try c.connect(peers: comms.map(\.endpoint))
+            XCTAssertEqual(c.routes, comms.map { String($0.endpoint.split(separator: ",")[1]) })
+        }
+        XCTAssertEqual(ZMQRingCommunicator.route("tcp://10.0.0.7:4100,ipc://@hv-0123456789abcdef-77-1-ff"), "tcp://10.0.0.7:4100")
+        XCTAssertEqual(ZMQRingCommunicator.route("tcp://10.0.0.7:4100"), "tcp://10.0.0.7:4100")
+        let inputs = (0..<world).map { input(rank: $0, count: count) }
+        let box = ResultBox<[Float]>(world)
+        let lock = NSLock(), group = DispatchGroup()
+        for r in 0..<world {
+            let c = comms[r]
+            group.enter()
+            Thread.detachNewThread {
+                let res = Result { () throws -> [Float] in
+                    var b = inputs[r]
+                    try b.withUnsafeMutableBufferPointer { try c.allReduce($0.baseAddress!, count: count) }
+                    return b
+                }
+                lock.withLock { box.results[r] = res }
+                group.leave()
+            }
+        }
+        group.wait()
+        let out = try box.results.map { try $0!.get() }
+        for i in stride(from: 0, to: count, by: 997) {
+            XCTAssertEqual(out[0][i], inputs.reduce(Float(0)) { $0 + $1[i] }, accuracy: 1e-4)
+        }
+        XCTAssert(out.allSatisfy { $0 == out[0] })
+    }
+
     func testAllReduceReduceScatterAllGatherBroadcast() throws {
         for world in 1...5 {
             for count in [1, 3, 13, 1001, 4099] {

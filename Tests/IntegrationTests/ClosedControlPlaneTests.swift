@@ -113,6 +113,8 @@ final class ClosedControlPlaneTests: XCTestCase {
 
         let (p, sink, control, inboxes) = try start(["launch", "--nodes", hosts, "--config", cfg, "--steps", "\(steps)", "--run-dir", run, "--quiet"])
         XCTAssertEqual(inboxes.count, 2)
+        // Each worker's inbox: TCP and, for peers on this host, an abstract Unix socket; rogues try both.
+        XCTAssert(inboxes.allSatisfy { $0.hasPrefix("tcp://") && $0.contains(",ipc://@hv-") }, "\(inboxes)")
         let keyFiles = try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix(".hv-run-keys-") }
         XCTAssertEqual(keyFiles.count, 1)
         let keyPath = run + "/" + keyFiles[0]
@@ -123,7 +125,7 @@ final class ClosedControlPlaneTests: XCTestCase {
         XCTAssertFalse(ps.contains(keys.server!.secretKey) || keys.ranks!.contains { ps.contains($0.secretKey) }, "a secret key is visible in ps")
 
         var specs: [(endpoint: String, socket: String, serverKey: String?)] = [(control, "dealer", nil), (control, "dealer", keys.server!.publicKey)]
-        for ep in inboxes { specs += [(ep, "push", nil), (ep, "push", keys.server!.publicKey)] }
+        for ep in inboxes.flatMap({ $0.split(separator: ",").map(String.init) }) { specs += [(ep, "push", nil), (ep, "push", keys.server!.publicKey)] }
         try rogues(specs)
         XCTAssert(p.isRunning, "the run ended before the rogues were done; make it longer")
 
@@ -154,7 +156,7 @@ final class ClosedControlPlaneTests: XCTestCase {
         XCTAssert(sink.text.contains("HMAC shared-secret authentication on"), sink.text)
         let forged = RunKeys.hmacToken(secret: String(repeating: "f", count: 64), rank: 0)
         var specs: [(endpoint: String, socket: String, serverKey: String?)] = [(control, "dealer", nil)]
-        for ep in inboxes { specs.append((ep, "push", nil)) }
+        for ep in inboxes.flatMap({ $0.split(separator: ",").map(String.init) }) { specs.append((ep, "push", nil)) }
         try rogues(specs, extra: ["--plain-user", "rank-0", "--plain-password", forged])
         try rogues(specs)
         XCTAssert(p.isRunning, "the run ended before the rogues were done; make it longer")
@@ -181,7 +183,7 @@ final class ClosedControlPlaneTests: XCTestCase {
         XCTAssert(sink.text.contains("hv-coord: ignoring a control message"), String(sink.text.suffix(3000)))
         XCTAssert(sink.text.contains("127.0.0.1 (unauthenticated)"), String(sink.text.suffix(3000)))
 
-        try rogues([(inboxes[1], "push", nil)])
+        try rogues([(String(inboxes[1].split(separator: ",")[0]), "push", nil)])
         let status = finish(p, timeout: 60)
         let log = sink.text
         XCTAssertNotEqual(status, 0)

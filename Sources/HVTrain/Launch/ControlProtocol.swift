@@ -66,9 +66,12 @@ public struct ControlMessage: Codable, Equatable, Sendable {
 }
 
 /// `tcp://host:port`, `ipc://path` or `inproc://name`, at most 512 bytes, printable ASCII.
+/// One tcp/ipc/inproc endpoint, or a comma-separated list of up to 4 (a worker's inbox: TCP,
+/// then its same-host Unix socket).
 func isEndpoint(_ s: String) -> Bool {
     guard s.utf8.count <= 512, s.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return false }
-    return s.hasPrefix("tcp://") || s.hasPrefix("ipc://") || s.hasPrefix("inproc://")
+    let parts = s.split(separator: ",", omittingEmptySubsequences: false)
+    return parts.count <= 4 && parts.allSatisfy { $0.hasPrefix("tcp://") || $0.hasPrefix("ipc://") || $0.hasPrefix("inproc://") }
 }
 
 public enum ControlError: Error, CustomStringConvertible {

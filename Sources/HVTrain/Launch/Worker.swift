@@ -119,8 +119,10 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
     // Advertise the address this host uses to reach the coordinator (works across namespaces).
     let coordHost = o.coordinator.replacingOccurrences(of: "tcp://", with: "").split(separator: ":").dropLast().joined(separator: ":")
     let host = o.bindHost ?? localAddress(reaching: coordHost) ?? "127.0.0.1"
+    // Workers on one host and network namespace talk over Unix sockets (HV_DATA_TRANSPORT=tcp: TCP only).
     let comm = try ZMQRingCommunicator(rank: o.rank, worldSize: o.worldSize, bind: "tcp://\(host):*", context: ctx,
-                                       timeoutSeconds: o.collectiveTimeout, auth: auth, log: log)
+                                       timeoutSeconds: o.collectiveTimeout, auth: auth,
+                                       sameHostIPC: ProcessInfo.processInfo.environment["HV_DATA_TRANSPORT"] != "tcp", log: log)
     defer { comm.close() }
     log("rank \(o.rank): data-plane inbox \(comm.endpoint)" + (auth.map { $0.mechanism == .curve ? " (CurveZMQ, run keys only)" : " (HMAC tokens, not encrypted)" } ?? " (NOT authenticated)"))
     comm.wireDType = o.bf16Wire ? .bfloat16 : .float32
@@ -140,6 +142,10 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
     if start.type == .abort { throw WorkerError.aborted }
     guard start.type == .start, let peers = start.peers else { throw WorkerError.rendezvous("expected start, got \(start.type)") }
     try comm.connect(peers: peers)
+    if o.rank == 0 {
+        let local = comm.routes.filter { $0.hasPrefix("ipc://") }.count
+        log("data plane: \(local) of \(o.worldSize) inboxes reached over Unix sockets (same host), \(o.worldSize - local) over TCP")
+    }
 
     do {
         if let job {
