@@ -35,7 +35,9 @@ import HVTensor
 /// (chunks computed on, chunks arriving, partial sums computed, being sent and arriving), three
 /// in forward; ZeroMQ's staging is bounded to about one round by a credit: a rank sends round t
 /// only after r+1 has acknowledged receiving round t-1. A round is one chunk of each of the W-1
-/// remote blocks, `roundElements` floats of K|V by default.
+/// remote blocks, `roundElements` floats of K|V by default. The chunk buffers are mapped from
+/// the kernel and unmapped when freed, and transfers run on one communication thread per op
+/// (`CommWorker`), overlapped with the round's compute.
 ///
 /// Replicated text: q's text rows, localK/localV get only this rank's part of the gradient
 /// (that of its own loss share); summing gradients over the cp ranks (as the trainer does for
@@ -59,8 +61,11 @@ public final class RingAttention {
     /// Calls on this group so far (forward and backward): numbers the point-to-point tags so a
     /// rank that runs a different op is reported instead of mixing buffers.
     private var calls: UInt64 = 0
+    private let worker = CommWorker()
 
     public init(comm: PointToPoint) { self.comm = comm }
+
+    deinit { worker.stop() }
 
     public var rank: Int { comm.rank }
     public var worldSize: Int { comm.worldSize }
@@ -100,7 +105,7 @@ public final class RingAttention {
         for t in 0..<plan.rounds {
             let arriving = plan.kvSet(receivedBy: r, round: t)
             let held = computing
-            try overlapped(comm: W > 1 ? { [self] in
+            try worker.overlapped(comm: W > 1 ? { [self] in
                 try exchangeRound(call: call, phase: 0, round: t, plan: plan, k: kc, v: vc, forward: held, receive: arriving,
                                   partialsOut: nil, partialsIn: nil)
             } : nil) {
@@ -137,18 +142,18 @@ public final class RingAttention {
                                                 dq: dq, dk: dkl, dv: dvl)
             dLocal = [dkl, dvl]
         }
-        // [dK | dV] of the own block in one storage: this rank's share, then the others' sums.
-        let own = Storage(zeros: 2 * k.count)
-        let dk = Tensor(storage: own, shape: k.shape), dv = Tensor(storage: own, shape: v.shape, offset: k.count)
+        // dK, dV of the own block: this rank's share, then the others' sums. Two storages, so
+        // that autograd can free dK once copied into k.grad while dV waits.
+        let dk = Tensor(zeros: k.shape), dv = Tensor(zeros: v.shape)
         var computing = plan.emptySet()    // K|V chunks received in the previous round
         var sending = plan.emptySet()      // partial dK|dV sums computed in the previous round
         for t in 0..<plan.rounds {
             let arriving = plan.kvSet(receivedBy: r, round: t)
             // Partial sums for the chunks computed this round (from r-1's previous round).
             let incoming = plan.kvSet(receivedBy: (r - 1 + W) % W, round: t - 2)
-            let computed = plan.set(lengths: computing.lengths, zeroed: true)
+            let computed = plan.set(lengths: computing.lengths)
             let held = computing, outgoing = sending
-            try overlapped(comm: W > 1 ? { [self] in
+            try worker.overlapped(comm: W > 1 ? { [self] in
                 try exchangeRound(call: call, phase: 1, round: t, plan: plan, k: k, v: v, forward: held, receive: arriving,
                                   partialsOut: outgoing, partialsIn: incoming)
             } : nil) {
@@ -166,7 +171,7 @@ public final class RingAttention {
                 if i + 1 < W - 1 {
                     addInPlace(computed.pointer(i + 1), incoming.pointer(i), incoming.count(i))
                 } else {
-                    plan.addOwnChunk(incoming, item: i, chunk: t - W, into: own)
+                    plan.addOwnChunk(incoming, item: i, chunk: t - W, dk: dk, dv: dv)
                 }
             }
             computing = arriving
@@ -232,18 +237,18 @@ struct RingSchedule {
 
     /// The chunks rank x receives in round t (items s-1 for s = 1..W-1), as [K | V] slots.
     func kvSet(receivedBy x: Int, round t: Int) -> ChunkSet {
-        set(lengths: W == 1 ? [] : (1..<W).map { s in chunkLength(block: x - s, chunk: t - s + 1) }, zeroed: false)
+        set(lengths: W == 1 ? [] : (1..<W).map { s in chunkLength(block: x - s, chunk: t - s + 1) })
     }
 
-    func emptySet() -> ChunkSet { set(lengths: [], zeroed: false) }
+    func emptySet() -> ChunkSet { set(lengths: []) }
 
-    func set(lengths: [Int], zeroed: Bool) -> ChunkSet { ChunkSet(lengths: lengths, B: B, H: H, D: D, zeroed: zeroed) }
+    func set(lengths: [Int]) -> ChunkSet { ChunkSet(lengths: lengths, B: B, H: H, D: D) }
 
     /// Chunk c of this rank's block as one [K | V] buffer (K [B, H, L, D] then V), nil if empty.
     func packOwnChunk(k: Tensor, v: Tensor, chunk c: Int) -> Storage? {
         let L = chunkLength(block: rank, chunk: c), S = lengths[rank]
         if L == 0 { return nil }
-        let buf = Storage(uninitialized: 2 * B * H * L * D)
+        let buf = Storage(mappedZeros: 2 * B * H * L * D)
         for (part, src) in [k, v].enumerated() {
             for bh in 0..<(B * H) {
                 (buf.pointer + part * B * H * L * D + bh * L * D).update(from: src.pointer + (bh * S + c * chunkKeys) * D, count: L * D)
@@ -252,14 +257,13 @@ struct RingSchedule {
         return buf
     }
 
-    /// own [dK | dV] of this rank's block += item i of `set`, the others' sum for chunk c.
-    func addOwnChunk(_ set: ChunkSet, item i: Int, chunk c: Int, into own: Storage) {
+    /// dK, dV [B, H, S_r, D] of this rank's block += item i of `set`, the others' sum for chunk c.
+    func addOwnChunk(_ set: ChunkSet, item i: Int, chunk c: Int, dk: Tensor, dv: Tensor) {
         let L = set.lengths[i], S = lengths[rank]
         precondition(L == chunkLength(block: rank, chunk: c), "ring attention: partial sum of \(L) keys for own chunk \(c)")
-        for part in 0..<2 {
-            let src = part == 0 ? set.first(i).pointer : set.second(i).pointer
+        for (dst, src) in [(dk, set.first(i)), (dv, set.second(i))] {
             for bh in 0..<(B * H) {
-                addInPlace(own.pointer + part * B * H * S * D + (bh * S + c * chunkKeys) * D, src + bh * L * D, L * D)
+                addInPlace(dst.pointer + (bh * S + c * chunkKeys) * D, src.pointer + bh * L * D, L * D)
             }
         }
     }
@@ -274,14 +278,17 @@ struct ChunkSet: @unchecked Sendable {
     let storage: Storage
     let B: Int, H: Int, D: Int
 
-    init(lengths: [Int], B: Int, H: Int, D: Int, zeroed: Bool) {
+    /// Every element starts at zero.
+    init(lengths: [Int], B: Int, H: Int, D: Int) {
         self.lengths = lengths
         self.B = B; self.H = H; self.D = D
         var offsets: [Int] = [], acc = 0
         for L in lengths { offsets.append(acc); acc += 2 * B * H * L * D }
         self.offsets = offsets
         total = acc
-        storage = zeroed ? Storage(zeros: acc) : Storage(uninitialized: acc)
+        // Mapped straight from the kernel and unmapped when freed: a pass allocates a few of
+        // these per round, and from the heap they left it fragmented (RSS grew round by round).
+        storage = acc == 0 ? Storage(uninitialized: 0) : Storage(mappedZeros: acc)
     }
 
     var items: Range<Int> { 0..<lengths.count }
@@ -324,26 +331,50 @@ public final class ContextParallelAttention: ContextParallel {
     for j in 0..<n { dst[j] += src[j] }
 }
 
-/// Runs `comm` on its own thread while `compute` runs on this one; rethrows `comm`'s error.
-/// The communicator is used by that thread only while this call lasts (it is not thread-safe).
-func overlapped(comm: (() throws -> Void)?, compute: () -> Void) throws {
-    guard let comm else { compute(); return }
-    let task = CommTask(comm)
-    let thread = Thread { task.run() }
-    thread.stackSize = 1 << 20
-    thread.start()
-    compute()
-    task.done.wait()
-    if let e = task.error { throw e }
-}
+/// The communication thread of one `RingAttention`, started on first use and kept until the
+/// op is released: each round runs its transfers here while the caller computes. One thread for
+/// the op's life rather than one per round (a ring pass has tens to hundreds of rounds).
+final class CommWorker: @unchecked Sendable {
+    private let start = DispatchSemaphore(value: 0), finished = DispatchSemaphore(value: 0)
+    private var job: (() throws -> Void)?
+    private var error: Error?
+    private var stopping = false
+    private var running = false
 
-final class CommTask: @unchecked Sendable {
-    let body: () throws -> Void
-    var error: Error?
-    let done = DispatchSemaphore(value: 0)
-    init(_ body: @escaping () throws -> Void) { self.body = body }
-    func run() {
-        do { try body() } catch { self.error = error }
-        done.signal()
+    /// Runs `comm` on the worker while `compute` runs on this thread; rethrows `comm`'s error.
+    /// The communicator is used by the worker only while this call lasts (it is not thread-safe).
+    func overlapped(comm: (() throws -> Void)?, compute: () -> Void) throws {
+        guard let comm else { compute(); return }
+        if !running {
+            running = true
+            let thread = Thread { [self] in loop() }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        job = comm
+        error = nil
+        start.signal()
+        compute()
+        finished.wait()
+        job = nil    // drop the round's buffers now
+        if let e = error { throw e }
+    }
+
+    private func loop() {
+        while true {
+            start.wait()
+            if stopping { finished.signal(); return }
+            do { try job?() } catch { self.error = error }
+            finished.signal()
+        }
+    }
+
+    /// Ends the thread (it holds a reference to this worker until then).
+    func stop() {
+        guard running else { return }
+        stopping = true
+        start.signal()
+        finished.wait()
+        running = false
     }
 }
