@@ -51,13 +51,16 @@ import HVTensor
 public final class RingAttention {
     public let comm: PointToPoint
     /// Keys per chunk of a travelling block; any positive value (need not divide the blocks).
-    /// nil: max(1, roundElements / (2·B·H·D·(W-1))).
+    /// nil: max(`minimumChunkKeys`, roundElements / (2·B·H·D·(W-1))).
     public var chunkKeys: Int?
     /// K|V floats a rank receives per round when `chunkKeys` is nil.
     public var roundElements = RingAttention.defaultRoundElements
     /// 256 KiB of fp32 per round: small next to a block at the lengths where memory matters,
     /// large enough that the per-round cost (a thread, a few messages) stays small.
     public static let defaultRoundElements = 65_536
+    /// Floor of the automatic chunk length: with many heads (24 × 128 in the paper's model) the
+    /// round budget alone would give chunks of a few keys, too small for efficient GEMM tiles.
+    public static let minimumChunkKeys = 64
     /// Calls on this group so far (forward and backward): numbers the point-to-point tags so a
     /// rank that runs a different op is reported instead of mixing buffers.
     private var calls: UInt64 = 0
@@ -90,7 +93,7 @@ public final class RingAttention {
         let qc = q.contiguous().detached(), kc = k.contiguous().detached(), vc = v.contiguous().detached()
         let lk = localK?.contiguous().detached(), lv = localV?.contiguous().detached(), lm = localMask?.contiguous().detached()
         let plan = RingSchedule(lengths: shardLengths, rank: r, B: B, H: H, D: D,
-                                chunkKeys: chunkKeys ?? max(1, roundElements / max(1, 2 * B * H * D * max(1, W - 1))))
+                                chunkKeys: chunkKeys ?? max(Self.minimumChunkKeys, roundElements / max(1, 2 * B * H * D * max(1, W - 1))))
         let call = nextCall()
 
         // out [B, H, Sq, D], lse [B, H, Sq]: local keys, then the own block, then every chunk.
