@@ -10,8 +10,8 @@ import HVTensor
 /// Each rank holds only its shard: q/k/v/dout of its video tokens plus all text tokens. Memory
 /// is the rise of the process's resident high-water mark (VmHWM, reset through
 /// /proc/self/clear_refs after the inputs are built) during one forward + backward: the op's
-/// output, log-sum-exp, the two K|V ring buffers, dK|dV accumulators, gradients and the
-/// FlashAttention tiles. Inputs are reported separately (they are the caller's activations).
+/// output, log-sum-exp, the ring's chunk buffers (K|V chunks and dK|dV partial sums),
+/// ZeroMQ's receive staging, gradients and the FlashAttention tiles. Inputs are reported separately (they are the caller's activations).
 /// The ranks run with a fixed glibc mmap threshold (128 KiB, `--no-fixed-mmap` to keep the
 /// default): glibc otherwise raises its threshold after the first large free and keeps later
 /// freed buffers in the heap, so RSS would measure the allocator's cache, not live memory.
@@ -26,6 +26,8 @@ struct RingAttentionBench: ParsableCommand {
     @Option(help: "Head dimension.") var headDim = 64
     @Option(help: "Context-parallel degrees (comma-separated).") var cp = "1,2,4"
     @Option(help: "Seconds before a stuck rank is reported.") var timeout = 600.0
+    @Option(help: "K|V floats per ring round (sets the chunk length; RingAttention.roundElements).") var roundElements = RingAttention.defaultRoundElements
+    @Option(help: "Keys per travelling chunk (overrides --round-elements).") var chunkKeys: Int?
     @Flag(inversion: .prefixedNo, help: "Run the ranks with MALLOC_MMAP_THRESHOLD_=131072 (large buffers mapped and unmapped, so RSS follows live memory).")
     var fixedMmap = true
 
@@ -36,7 +38,7 @@ struct RingAttentionBench: ParsableCommand {
             let degrees = cp.split(separator: ",").compactMap { Int($0) }
             guard !degrees.isEmpty, degrees.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--cp takes degrees like 1,2,4") }
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            outLine("ring attention: \(tokens) video + \(text) text tokens, \(heads) heads x \(headDim), fp32, batch 1; forward + backward per rank; OpenBLAS \(BLAS.coreName), \(ProcessInfo.processInfo.activeProcessorCount) cores; malloc \(fixedMmap ? "MALLOC_MMAP_THRESHOLD_=131072" : "default")")
+            outLine("ring attention: \(tokens) video + \(text) text tokens, \(heads) heads x \(headDim), fp32, batch 1; \(chunkKeys.map { "chunks of \($0) keys" } ?? "\(roundElements) K|V floats per ring round"); forward + backward per rank; OpenBLAS \(BLAS.coreName), \(ProcessInfo.processInfo.activeProcessorCount) cores; malloc \(fixedMmap ? "MALLOC_MMAP_THRESHOLD_=131072" : "default")")
             outLine(" cp  rank  video tok  inputs MiB  fwd peak MiB  fwd+bwd peak MiB   fwd s   bwd s")
             for w in degrees {
                 let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-ringattn-\(UUID().uuidString)").path
@@ -47,7 +49,8 @@ struct RingAttentionBench: ParsableCommand {
                     p.executableURL = URL(fileURLWithPath: exe)
                     p.environment = env
                     p.arguments = ["ringattn-rank", "--rank", "\(r)", "--world", "\(w)", "--dir", dir, "--tokens", "\(tokens)", "--text", "\(text)",
-                                   "--heads", "\(heads)", "--head-dim", "\(headDim)", "--timeout", "\(timeout)"]
+                                   "--heads", "\(heads)", "--head-dim", "\(headDim)", "--timeout", "\(timeout)",
+                                   "--round-elements", "\(roundElements)"] + (chunkKeys.map { ["--chunk-keys", "\($0)"] } ?? [])
                     p.standardOutput = out
                     p.standardError = err
                     try p.run()
@@ -85,6 +88,8 @@ struct RingAttentionRank: ParsableCommand {
     @Option var heads: Int
     @Option var headDim: Int
     @Option var timeout = 600.0
+    @Option var roundElements: Int
+    @Option var chunkKeys: Int?
 
     func run() throws {
         try runOrExit {
@@ -92,6 +97,8 @@ struct RingAttentionRank: ParsableCommand {
             defer { comm.close() }
             try comm.connect(peers: try fileRendezvous(dir: dir, rank: rank, world: world, endpoint: comm.endpoint, timeout: timeout))
             let ring = RingAttention(comm: comm)
+            ring.roundElements = roundElements
+            ring.chunkKeys = chunkKeys
             let lengths = (0..<world).map { shardRange(count: tokens, rank: $0, world: world).count }
             let n = lengths[rank], H = heads, D = headDim
             var rng = HVRandom(seed: 7).split(UInt64(rank))

@@ -13,31 +13,62 @@ import HVTensor
 /// - localK, localV [B, H, St, D] with `localMask` [B, St] (nonzero = attend; nil = all): keys
 ///   every rank holds itself (text). They never travel.
 ///
-/// Forward: each rank computes attention of q on its local keys and on the K/V block it holds,
-/// keeps (out, log-sum-exp) and merges block after block with the online softmax in fp32:
-/// L = max(La, Lb) + log1p(exp(min - max)), O = exp(La - L)·Oa + exp(Lb - L)·Ob. The next block
-/// is received from rank r-1 (and the held one sent to r+1) on a communication thread while
-/// the current block is computed: W-1 transfers of one K|V buffer.
+/// The K|V blocks travel the ring in chunks of `chunkKeys` keys (the last chunk of a block may
+/// be shorter), so a rank never holds a whole remote block. Chunk c of block o leaves rank o
+/// in round c and moves one rank per round; in round t a rank receives from r-1 chunk t-s+1 of
+/// block r-s for s = 1..W-1 (one chunk of every remote block) and forwards the ones that have
+/// further to go, while it computes on the chunks received in round t-1. Rounds run until the
+/// longest block has passed the whole ring (`RingSchedule`).
 ///
-/// Backward: with the global out and lse, each block's FlashAttention backward gives that
-/// block's exact share of dQ and its dK/dV contribution. K/V rotate as in the forward; each
-/// block's dK|dV accumulator travels with it (one step behind, also overlapped), and after W
-/// steps the accumulator has collected every rank's contribution and arrives at its owner.
+/// Forward: out/lse start from the local (text) keys and the own block, then every received
+/// chunk is merged into them in place (`FlashAttention.forwardAccumulating`: the online softmax
+/// continues from (out, lse) — L = max(La, Lb) + log1p(exp(min - max)) in effect — so no
+/// per-chunk output exists).
+///
+/// Backward: with the global out and lse, each chunk's FlashAttention backward adds its exact
+/// share to dQ and gives that chunk's dK|dV contribution. The contribution of rank o+s to chunk
+/// c of block o is added to the partial sum arriving from rank o+s-1 and passed on one round
+/// later, so dK|dV partials travel with their chunk, one round behind it; rank o-1 sends the
+/// complete sum to the owner o, which adds it to its own dK|dV.
+///
+/// Memory per rank beyond the op's output and gradients: about five rounds of chunks in backward
+/// (chunks computed on, chunks arriving, partial sums computed, being sent and arriving), three
+/// in forward; ZeroMQ's staging is bounded to about one round by a credit: a rank sends round t
+/// only after r+1 has acknowledged receiving round t-1. A round is one chunk of each of the W-1
+/// remote blocks, `roundElements` floats of K|V by default. The chunk buffers are mapped from
+/// the kernel and unmapped when freed, and transfers run on one communication thread per op
+/// (`CommWorker`), overlapped with the round's compute.
 ///
 /// Replicated text: q's text rows, localK/localV get only this rank's part of the gradient
 /// (that of its own loss share); summing gradients over the cp ranks (as the trainer does for
 /// parameters) gives the full gradient. Every rank must call `attention` (and run backward) in
-/// the same order with the same `shardLengths`, B, H, D; errors of the forward are thrown,
-/// a communication failure in backward stops the process with the error (backward rules cannot
-/// throw). Transfers use the communicator's wire type: with a bf16 wire (`--bf16-wire`), K/V
-/// and the dK|dV accumulators are rounded to bf16 at every hop.
+/// the same order with the same `shardLengths`, B, H, D and `chunkKeys`/`roundElements`; errors
+/// of the forward are thrown, a communication failure in backward stops the process with the
+/// error (backward rules cannot throw). Transfers use the communicator's wire type: with a bf16
+/// wire (`--bf16-wire`), K/V and the dK|dV partial sums are rounded to bf16 at every hop.
+/// The schedule needs a `send` that completes without the receiver (true of ZeroMQ over TCP,
+/// which buffers): every rank sends a round before it receives it.
 public final class RingAttention {
     public let comm: PointToPoint
+    /// Keys per chunk of a travelling block; any positive value (need not divide the blocks).
+    /// nil: max(`minimumChunkKeys`, roundElements / (2·B·H·D·(W-1))).
+    public var chunkKeys: Int?
+    /// K|V floats a rank receives per round when `chunkKeys` is nil.
+    public var roundElements = RingAttention.defaultRoundElements
+    /// 256 KiB of fp32 per round: small next to a block at the lengths where memory matters,
+    /// large enough that the per-round cost (a thread, a few messages) stays small.
+    public static let defaultRoundElements = 65_536
+    /// Floor of the automatic chunk length: with many heads (24 × 128 in the paper's model) the
+    /// round budget alone would give chunks of a few keys, too small for efficient GEMM tiles.
+    public static let minimumChunkKeys = 64
     /// Calls on this group so far (forward and backward): numbers the point-to-point tags so a
     /// rank that runs a different op is reported instead of mixing buffers.
     private var calls: UInt64 = 0
+    private let worker = CommWorker()
 
     public init(comm: PointToPoint) { self.comm = comm }
+
+    deinit { worker.stop() }
 
     public var rank: Int { comm.rank }
     public var worldSize: Int { comm.worldSize }
@@ -56,13 +87,16 @@ public final class RingAttention {
                          "ring attention: localK \(localK.shape), localV \(localV.shape) for q \(q.shape)")
             if let localMask { precondition(localMask.shape == [B, localK.shape[2]], "ring attention: localMask \(localMask.shape)") }
         }
+        if let chunkKeys { precondition(chunkKeys > 0, "chunkKeys must be positive, got \(chunkKeys)") }
         let sc = scale ?? 1 / Float(D).squareRoot()
-        let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
-        let lk = localK?.contiguous(), lv = localV?.contiguous(), lm = localMask?.contiguous()
-        let headRows = B * H
+        // Detached: nothing here is recorded; the op's one backward rule is below.
+        let qc = q.contiguous().detached(), kc = k.contiguous().detached(), vc = v.contiguous().detached()
+        let lk = localK?.contiguous().detached(), lv = localV?.contiguous().detached(), lm = localMask?.contiguous().detached()
+        let plan = RingSchedule(lengths: shardLengths, rank: r, B: B, H: H, D: D,
+                                chunkKeys: chunkKeys ?? max(Self.minimumChunkKeys, roundElements / max(1, 2 * B * H * D * max(1, W - 1))))
         let call = nextCall()
 
-        // Output accumulators: out [B, H, Sq, D], lse [B, H, Sq].
+        // out [B, H, Sq, D], lse [B, H, Sq]: local keys, then the own block, then every chunk.
         let out: Tensor, lse: Tensor
         if let lk, let lv {
             (out, lse) = FlashAttention.forward(q: qc, k: lk, v: lv, keyMask: lm, scale: sc)
@@ -70,24 +104,28 @@ public final class RingAttention {
             out = Tensor(zeros: [B, H, Sq, D])
             lse = Tensor(repeating: -.infinity, shape: [B, H, Sq])
         }
-        var ring = KVRing(k: kc, v: vc, lengths: shardLengths, rank: r)
-        for s in 0..<W {
-            let src = (r - s + W) % W
-            let held = ring.current(owner: src)
-            let into = s < W - 1 ? ring.receiveParts() : []
-            try overlapped(comm: s < W - 1 ? { [self] in
-                try exchange(send: held.parts, receive: into, tag: tag(call, phase: 0, step: s))
+        var computing = plan.emptySet()    // chunks received in the previous round
+        for t in 0..<plan.rounds {
+            let arriving = plan.kvSet(receivedBy: r, round: t)
+            let held = computing
+            try worker.overlapped(comm: W > 1 ? { [self] in
+                try exchangeRound(call: call, phase: 0, round: t, plan: plan, k: kc, v: vc, forward: held, receive: arriving,
+                                  partialsOut: nil, partialsIn: nil)
             } : nil) {
-                let (o, l) = FlashAttention.forward(q: qc, k: held.k, v: held.v, keyMask: nil, scale: sc)
-                mergeSoftmax(out: out, lse: lse, block: o, blockLSE: l, rows: headRows * Sq, d: D)
+                if t == 0 {
+                    FlashAttention.forwardAccumulating(q: qc, k: kc, v: vc, keyMask: nil, scale: sc, out: out, lse: lse)
+                }
+                for i in held.items where held.lengths[i] > 0 {
+                    FlashAttention.forwardAccumulating(q: qc, k: held.first(i), v: held.second(i), keyMask: nil, scale: sc, out: out, lse: lse)
+                }
             }
-            if s < W - 1 { ring.rotate() }
+            computing = arriving
         }
         let inputs = [q, k, v] + (localK.map { [$0, localV!] } ?? [])
         return Tensor.recordCustom("ring_attention", output: out, inputs: inputs) { [self] g in
             do {
                 return try backward(q: qc, k: kc, v: vc, localK: lk, localV: lv, localMask: lm, out: out, lse: lse, dout: g,
-                                    shardLengths: shardLengths, scale: sc)
+                                    plan: plan, scale: sc)
             } catch {
                 fatalError("ring attention backward on rank \(r): \(error)")
             }
@@ -95,89 +133,176 @@ public final class RingAttention {
     }
 
     private func backward(q: Tensor, k: Tensor, v: Tensor, localK: Tensor?, localV: Tensor?, localMask: Tensor?, out: Tensor,
-                          lse: Tensor, dout: Tensor, shardLengths: [Int], scale: Float) throws -> [Tensor?] {
+                          lse: Tensor, dout: Tensor, plan: RingSchedule, scale: Float) throws -> [Tensor?] {
         let W = comm.worldSize, r = comm.rank
-        let B = q.shape[0], H = q.shape[1], D = q.shape[3]
         let g = dout.contiguous()
         let call = nextCall()
-        var dq: Tensor
+        let dq = Tensor(zeros: q.shape)
         var dLocal: [Tensor?] = []
         if let localK, let localV {
-            let (dql, dkl, dvl) = FlashAttention.backward(q: q, k: localK, v: localV, keyMask: localMask, out: out, lse: lse, dout: g, scale: scale)
-            dq = dql
+            let dkl = Tensor(zeros: localK.shape), dvl = Tensor(zeros: localV.shape)
+            FlashAttention.backwardAccumulating(q: q, k: localK, v: localV, keyMask: localMask, out: out, lse: lse, dout: g, scale: scale,
+                                                dq: dq, dk: dkl, dv: dvl)
             dLocal = [dkl, dvl]
-        } else {
-            dq = Tensor(zeros: q.shape)
         }
-        var ring = KVRing(k: k, v: v, lengths: shardLengths, rank: r)
-        // Gradient accumulators [dK | dV] of the held block (`acc`) and of the one arriving.
-        let maxCount = ring.maxCount
-        // Storages, so that the final one becomes dK and dV without a copy.
-        let accStorage = Storage(uninitialized: maxCount), incomingStorage = Storage(uninitialized: W > 1 ? maxCount : 0)
-        let acc = accStorage.pointer, incoming = incomingStorage.pointer
-        for s in 0..<W {
-            let src = (r - s + W) % W
-            let held = ring.current(owner: src)
-            let n = held.count
-            // Step s receives the accumulator of block `src` (sent by rank r-1 after its step s-1)
-            // and sends the one of block src+1 (after this rank's step s-1) onwards.
-            let sendAcc = s > 0, sendKV = s < W - 1
-            var block: (dq: Tensor, dk: Tensor, dv: Tensor)?
-            let accCount = ring.count(owner: (src + 1) % W)
-            let into = sendKV ? ring.receiveParts() : []
-            try overlapped(comm: (sendAcc || sendKV) ? { [self] in
-                if sendAcc {
-                    try exchange(send: [(UnsafePointer(acc), accCount)], receive: [(incoming, n)], tag: tag(call, phase: 1, step: s))
-                }
-                if sendKV { try exchange(send: held.parts, receive: into, tag: tag(call, phase: 0, step: s)) }
+        // dK, dV of the own block: this rank's share, then the others' sums. Two storages, so
+        // that autograd can free dK once copied into k.grad while dV waits.
+        let dk = Tensor(zeros: k.shape), dv = Tensor(zeros: v.shape)
+        var computing = plan.emptySet()    // K|V chunks received in the previous round
+        var sending = plan.emptySet()      // partial dK|dV sums computed in the previous round
+        for t in 0..<plan.rounds {
+            let arriving = plan.kvSet(receivedBy: r, round: t)
+            // Partial sums for the chunks computed this round (from r-1's previous round).
+            let incoming = plan.kvSet(receivedBy: (r - 1 + W) % W, round: t - 2)
+            let computed = plan.set(lengths: computing.lengths)
+            let held = computing, outgoing = sending
+            try worker.overlapped(comm: W > 1 ? { [self] in
+                try exchangeRound(call: call, phase: 1, round: t, plan: plan, k: k, v: v, forward: held, receive: arriving,
+                                  partialsOut: outgoing, partialsIn: incoming)
             } : nil) {
-                block = FlashAttention.backward(q: q, k: held.k, v: held.v, keyMask: nil, out: out, lse: lse, dout: g, scale: scale)
+                if t == 0 {
+                    FlashAttention.backwardAccumulating(q: q, k: k, v: v, keyMask: nil, out: out, lse: lse, dout: g, scale: scale,
+                                                        dq: dq, dk: dk, dv: dv)
+                }
+                for i in held.items where held.lengths[i] > 0 {
+                    FlashAttention.backwardAccumulating(q: q, k: held.first(i), v: held.second(i), keyMask: nil, out: out, lse: lse,
+                                                        dout: g, scale: scale, dq: dq, dk: computed.first(i), dv: computed.second(i))
+                }
             }
-            let (dqb, dkb, dvb) = block!
-            addInPlace(dq.pointer, dqb.pointer, dq.count)
-            // acc = incoming (others' contributions to block src) + this rank's [dK | dV].
-            let half = n / 2
-            if sendAcc {
-                for j in 0..<half { acc[j] = incoming[j] + dkb.pointer[j] }
-                for j in 0..<half { acc[half + j] = incoming[half + j] + dvb.pointer[j] }
-            } else {
-                acc.update(from: dkb.pointer, count: half)
-                (acc + half).update(from: dvb.pointer, count: half)
+            // r-1's item s is this rank's item s+1 (s < W-1); its last item is the own block's chunk.
+            for i in incoming.items where incoming.lengths[i] > 0 {
+                if i + 1 < W - 1 {
+                    addInPlace(computed.pointer(i + 1), incoming.pointer(i), incoming.count(i))
+                } else {
+                    plan.addOwnChunk(incoming, item: i, chunk: t - W, dk: dk, dv: dv)
+                }
             }
-            if sendKV { ring.rotate() }
+            computing = arriving
+            sending = computed
         }
-        // The last accumulator belongs to rank r+1; ours arrives from r-1.
-        let own = ring.count(owner: r)
-        if W > 1 {
-            try exchange(send: [(UnsafePointer(acc), ring.count(owner: (r + 1) % W))], receive: [(incoming, own)], tag: tag(call, phase: 1, step: W))
-        }
-        // dK, dV: views of the received accumulator [dK | dV].
-        let final = W > 1 ? incomingStorage : accStorage
-        let dk = Tensor(storage: final, shape: k.shape), dv = Tensor(storage: final, shape: v.shape, offset: own / 2)
         return [dq, dk, dv] + dLocal
     }
 
     private func nextCall() -> UInt64 { calls += 1; return calls }
 
-    /// Tag of one transfer: call number, phase (0 = K|V, 1 = dK|dV), ring step, part.
-    private func tag(_ call: UInt64, phase: UInt64, step: Int) -> UInt64 { call << 24 | phase << 20 | UInt64(step) << 4 }
+    /// Tag of one transfer: call number, phase (0 = forward, 1 = backward), round, part.
+    private func tag(_ call: UInt64, phase: UInt64, round: Int, part: UInt64) -> UInt64 {
+        precondition(round < 1 << 30, "ring attention: \(round) rounds")
+        return call << 36 | phase << 34 | UInt64(round) << 4 | part
+    }
 
-    /// Sends `send` (parts in order) to rank r+1 and receives `receive` from rank r-1. Odd ranks
-    /// receive first so that a send that waits for its receiver (zero-copy over inproc) cannot
-    /// deadlock the ring.
-    private func exchange(send: [(UnsafePointer<Float>, Int)], receive: [(UnsafeMutablePointer<Float>, Int)], tag: UInt64) throws {
+    /// One round with r+1 and r-1. Sends: after r+1's credit for round t-1, the own block's chunk
+    /// t (part 0), the chunks of `forward` that go further (part 1) and `partialsOut` (part 2).
+    /// Receives the same parts from r-1 into `receive` (items 0 | 1...) and `partialsIn`, then
+    /// gives r-1 its credit (part 3). Empty parts are skipped by both sides alike.
+    private func exchangeRound(call: UInt64, phase: UInt64, round t: Int, plan: RingSchedule, k: Tensor, v: Tensor,
+                               forward: ChunkSet, receive: ChunkSet, partialsOut: ChunkSet?, partialsIn: ChunkSet?) throws {
         let W = comm.worldSize, r = comm.rank
         let next = (r + 1) % W, prev = (r - 1 + W) % W
-        func sendAll() throws { for (i, p) in send.enumerated() { try comm.send(p.0, count: p.1, to: next, tag: tag | UInt64(i)) } }
-        func receiveAll() throws { for (i, p) in receive.enumerated() { try comm.receive(p.0, count: p.1, from: prev, tag: tag | UInt64(i)) } }
-        if r % 2 == 1 {
-            try receiveAll()
-            try sendAll()
-        } else {
-            try sendAll()
-            try receiveAll()
+        var credit: Float = 0
+        if t > 0 { try comm.receive(&credit, count: 1, from: next, tag: tag(call, phase: phase, round: t - 1, part: 3)) }
+        let ownChunk = plan.packOwnChunk(k: k, v: v, chunk: t)
+        if let ownChunk { try comm.send(ownChunk.pointer, count: ownChunk.count, to: next, tag: tag(call, phase: phase, round: t, part: 0)) }
+        let onward = forward.elements(0..<max(0, W - 2))
+        if onward > 0 { try comm.send(forward.pointer(0), count: onward, to: next, tag: tag(call, phase: phase, round: t, part: 1)) }
+        if let partialsOut, partialsOut.total > 0 {
+            try comm.send(partialsOut.pointer(0), count: partialsOut.total, to: next, tag: tag(call, phase: phase, round: t, part: 2))
+        }
+        withExtendedLifetime(ownChunk) {}
+        if receive.count(0) > 0 { try comm.receive(receive.pointer(0), count: receive.count(0), from: prev, tag: tag(call, phase: phase, round: t, part: 0)) }
+        let rest = receive.elements(1..<receive.lengths.count)
+        if rest > 0 { try comm.receive(receive.pointer(1), count: rest, from: prev, tag: tag(call, phase: phase, round: t, part: 1)) }
+        if let partialsIn, partialsIn.total > 0 {
+            try comm.receive(partialsIn.pointer(0), count: partialsIn.total, from: prev, tag: tag(call, phase: phase, round: t, part: 2))
+        }
+        if t < plan.rounds - 1 { try comm.send(&credit, count: 1, to: prev, tag: tag(call, phase: phase, round: t, part: 3)) }
+    }
+}
+
+/// The chunked ring's timetable, pure arithmetic and the same on every rank. Block o (rank o's
+/// keys, `lengths[o]` of them) is cut into chunks of `chunkKeys`; chunk c leaves rank o in round
+/// c and reaches rank o+s at the end of round c+s-1. In round t rank x thus receives item
+/// s-1 = chunk t-s+1 of block x-s, s = 1..W-1 (zero keys where that chunk does not exist);
+/// it computes on them in round t+1 and sends their dK|dV partial sums in round t+2.
+struct RingSchedule {
+    let lengths: [Int]
+    let rank: Int
+    let B: Int, H: Int, D: Int
+    let chunkKeys: Int
+    var W: Int { lengths.count }
+    /// The last partial sum reaches its owner in round chunks - 1 + W.
+    var rounds: Int { W == 1 ? 1 : (lengths.map { ($0 + chunkKeys - 1) / chunkKeys }.max() ?? 0) + W }
+
+    /// Keys in chunk c of block o (0 outside the block).
+    func chunkLength(block o: Int, chunk c: Int) -> Int {
+        c < 0 ? 0 : max(0, min(chunkKeys, lengths[(o % W + W) % W] - c * chunkKeys))
+    }
+
+    /// The chunks rank x receives in round t (items s-1 for s = 1..W-1), as [K | V] slots.
+    func kvSet(receivedBy x: Int, round t: Int) -> ChunkSet {
+        set(lengths: W == 1 ? [] : (1..<W).map { s in chunkLength(block: x - s, chunk: t - s + 1) })
+    }
+
+    func emptySet() -> ChunkSet { set(lengths: []) }
+
+    func set(lengths: [Int]) -> ChunkSet { ChunkSet(lengths: lengths, B: B, H: H, D: D) }
+
+    /// Chunk c of this rank's block as one [K | V] buffer (K [B, H, L, D] then V), nil if empty.
+    func packOwnChunk(k: Tensor, v: Tensor, chunk c: Int) -> Storage? {
+        let L = chunkLength(block: rank, chunk: c), S = lengths[rank]
+        if L == 0 { return nil }
+        let buf = Storage(mappedZeros: 2 * B * H * L * D)
+        for (part, src) in [k, v].enumerated() {
+            for bh in 0..<(B * H) {
+                (buf.pointer + part * B * H * L * D + bh * L * D).update(from: src.pointer + (bh * S + c * chunkKeys) * D, count: L * D)
+            }
+        }
+        return buf
+    }
+
+    /// dK, dV [B, H, S_r, D] of this rank's block += item i of `set`, the others' sum for chunk c.
+    func addOwnChunk(_ set: ChunkSet, item i: Int, chunk c: Int, dk: Tensor, dv: Tensor) {
+        let L = set.lengths[i], S = lengths[rank]
+        precondition(L == chunkLength(block: rank, chunk: c), "ring attention: partial sum of \(L) keys for own chunk \(c)")
+        for (dst, src) in [(dk, set.first(i)), (dv, set.second(i))] {
+            for bh in 0..<(B * H) {
+                addInPlace(dst.pointer + (bh * S + c * chunkKeys) * D, src.pointer + bh * L * D, L * D)
+            }
         }
     }
+}
+
+/// Chunks of different blocks in one buffer: item i is [K | V] (or [dK | dV]) of `lengths[i]`
+/// keys, each part [B, H, L, D] contiguous; items follow each other.
+struct ChunkSet: @unchecked Sendable {
+    let lengths: [Int]
+    let offsets: [Int]
+    let total: Int
+    let storage: Storage
+    let B: Int, H: Int, D: Int
+
+    /// Every element starts at zero.
+    init(lengths: [Int], B: Int, H: Int, D: Int) {
+        self.lengths = lengths
+        self.B = B; self.H = H; self.D = D
+        var offsets: [Int] = [], acc = 0
+        for L in lengths { offsets.append(acc); acc += 2 * B * H * L * D }
+        self.offsets = offsets
+        total = acc
+        // Mapped straight from the kernel and unmapped when freed: a pass allocates a few of
+        // these per round, and from the heap they left it fragmented (RSS grew round by round).
+        storage = acc == 0 ? Storage(uninitialized: 0) : Storage(mappedZeros: acc)
+    }
+
+    var items: Range<Int> { 0..<lengths.count }
+    func count(_ i: Int) -> Int { i < lengths.count ? 2 * B * H * lengths[i] * D : 0 }
+    /// Floats of items in `range` (clamped), which are contiguous.
+    func elements(_ range: Range<Int>) -> Int { range.clamped(to: items).reduce(0) { $0 + count($1) } }
+    func pointer(_ i: Int) -> UnsafeMutablePointer<Float> { storage.pointer + (i < offsets.count ? offsets[i] : total) }
+    /// K (or dK) of item i: [B, H, L, D].
+    func first(_ i: Int) -> Tensor { Tensor(storage: storage, shape: [B, H, lengths[i], D], offset: offsets[i]) }
+    /// V (or dV) of item i.
+    func second(_ i: Int) -> Tensor { Tensor(storage: storage, shape: [B, H, lengths[i], D], offset: offsets[i] + B * H * lengths[i] * D) }
 }
 
 /// The DiT's joint attention under context parallelism: video K/V over the ring, text K/V local.
@@ -205,106 +330,54 @@ public final class ContextParallelAttention: ContextParallel {
     }
 }
 
-/// The K/V block a rank holds during the ring: first its own (the caller's k, v, not copied),
-/// then blocks received from rank r-1 into at most two buffers allocated on first use (one held
-/// for compute while the other receives; cp = 2 needs only one). Layout of a received block
-/// from rank o: K [B, H, S_o, D] then V [B, H, S_o, D].
-struct KVRing {
-    let B: Int, H: Int, D: Int
-    let lengths: [Int]
-    private var buffers: [Storage] = []
-    private var heldIndex: Int? = nil    // nil: the caller's tensors
-    private var k: Tensor, v: Tensor
-    private(set) var owner: Int
-
-    init(k: Tensor, v: Tensor, lengths: [Int], rank: Int) {
-        B = k.shape[0]; H = k.shape[1]; D = k.shape[3]
-        self.lengths = lengths
-        self.k = k; self.v = v
-        owner = rank
-    }
-
-    var maxCount: Int { 2 * B * H * (lengths.max() ?? 0) * D }
-    /// Elements of rank o's packed K|V block.
-    func count(owner o: Int) -> Int { 2 * B * H * lengths[o] * D }
-
-    func current(owner o: Int) -> HeldBlock {
-        precondition(o == owner, "ring out of step: holds the block of rank \(owner), expected \(o)")
-        return HeldBlock(k: k, v: v, parts: [(UnsafePointer(k.pointer), k.count), (UnsafePointer(v.pointer), v.count)], count: k.count + v.count)
-    }
-
-    /// Where the next block (rank owner-1's) is received: its K part and V part.
-    mutating func receiveParts() -> [(UnsafeMutablePointer<Float>, Int)] {
-        let i = heldIndex == 0 ? 1 : 0
-        if buffers.count <= i { buffers.append(Storage(uninitialized: maxCount)) }
-        let n = count(owner: (owner - 1 + lengths.count) % lengths.count) / 2
-        return [(buffers[i].pointer, n), (buffers[i].pointer + n, n)]
-    }
-
-    /// The block just received becomes the held one.
-    mutating func rotate() {
-        let i = heldIndex == 0 ? 1 : 0
-        owner = (owner - 1 + lengths.count) % lengths.count
-        heldIndex = i
-        let shape = [B, H, lengths[owner], D]
-        k = Tensor(storage: buffers[i], shape: shape)
-        v = Tensor(storage: buffers[i], shape: shape, offset: B * H * lengths[owner] * D)
-    }
-}
-
-struct HeldBlock: @unchecked Sendable {
-    let k: Tensor, v: Tensor
-    /// K and V to send onwards.
-    let parts: [(UnsafePointer<Float>, Int)]
-    /// Elements of K and V together.
-    let count: Int
-}
-
-/// Online-softmax merge of a block's (o, l) into the accumulators (out, lse), row by row;
-/// rows = B·H·Sq of d values. A block row with l = -inf (all keys masked) changes nothing.
-func mergeSoftmax(out: Tensor, lse: Tensor, block: Tensor, blockLSE: Tensor, rows: Int, d: Int) {
-    let O = out.pointer, L = lse.pointer, o = block.pointer, l = blockLSE.pointer
-    for i in 0..<rows {
-        let la = L[i], lb = l[i]
-        if lb == -.infinity { continue }
-        let dst = O + i * d, src = o + i * d
-        if la == -.infinity {
-            dst.update(from: src, count: d)
-            L[i] = lb
-            continue
-        }
-        let hi = max(la, lb), lo = min(la, lb)
-        let merged = hi + log1p(exp(lo - hi))
-        let wa = exp(la - merged), wb = exp(lb - merged)
-        for c in 0..<d { dst[c] = wa * dst[c] + wb * src[c] }
-        L[i] = merged
-    }
-}
-
 @inline(__always) func addInPlace(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
     for j in 0..<n { dst[j] += src[j] }
 }
 
-/// Runs `comm` on its own thread while `compute` runs on this one; rethrows `comm`'s error.
-/// The communicator is used by that thread only while this call lasts (it is not thread-safe).
-func overlapped(comm: (() throws -> Void)?, compute: () -> Void) throws {
-    guard let comm else { compute(); return }
-    let task = CommTask(comm)
-    let thread = Thread { task.run() }
-    thread.stackSize = 1 << 20
-    thread.start()
-    compute()
-    task.done.wait()
-    if let e = task.error { throw e }
-}
+/// The communication thread of one `RingAttention`, started on first use and kept until the
+/// op is released: each round runs its transfers here while the caller computes. One thread for
+/// the op's life rather than one per round (a ring pass has tens to hundreds of rounds).
+final class CommWorker: @unchecked Sendable {
+    private let start = DispatchSemaphore(value: 0), finished = DispatchSemaphore(value: 0)
+    private var job: (() throws -> Void)?
+    private var error: Error?
+    private var stopping = false
+    private var running = false
 
-final class CommTask: @unchecked Sendable {
-    let body: () throws -> Void
-    var error: Error?
-    let done = DispatchSemaphore(value: 0)
-    init(_ body: @escaping () throws -> Void) { self.body = body }
-    func run() {
-        do { try body() } catch { self.error = error }
-        done.signal()
+    /// Runs `comm` on the worker while `compute` runs on this thread; rethrows `comm`'s error.
+    /// The communicator is used by the worker only while this call lasts (it is not thread-safe).
+    func overlapped(comm: (() throws -> Void)?, compute: () -> Void) throws {
+        guard let comm else { compute(); return }
+        if !running {
+            running = true
+            let thread = Thread { [self] in loop() }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        job = comm
+        error = nil
+        start.signal()
+        compute()
+        finished.wait()
+        job = nil    // drop the round's buffers now
+        if let e = error { throw e }
+    }
+
+    private func loop() {
+        while true {
+            start.wait()
+            if stopping { finished.signal(); return }
+            do { try job?() } catch { self.error = error }
+            finished.signal()
+        }
+    }
+
+    /// Ends the thread (it holds a reference to this worker until then).
+    func stop() {
+        guard running else { return }
+        stopping = true
+        start.signal()
+        finished.wait()
+        running = false
     }
 }

@@ -13,10 +13,13 @@ public enum FlashAttention {
     /// One head: q [Sq, D], k/v [Sk, D] contiguous; keyMask [Sk] (nonzero = attend) or nil.
     /// Writes out [Sq, D] and lse [Sq] (natural log-sum-exp of the scaled scores; -inf for a
     /// row whose keys are all masked, whose output is then 0).
+    /// `accumulate`: out/lse already hold the (normalised) output and log-sum-exp over other
+    /// keys; the online softmax continues from them (m = lse, l = 1, acc = out) and leaves the
+    /// attention over both key sets — no per-call output buffer, as ring attention needs.
     public static func forwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    keyMask: UnsafePointer<Float>?, sq: Int, sk: Int, d: Int, scale: Float,
                                    out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                                   causalBlock: Int = 0, rowOffset: Int = 0, colOffset: Int = 0) {
+                                   causalBlock: Int = 0, rowOffset: Int = 0, colOffset: Int = 0, accumulate: Bool = false) {
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         defer { scores.deallocate() }
@@ -25,8 +28,16 @@ public enum FlashAttention {
         while qs < sq {
             let nq = min(bq, sq - qs)
             let acc = out + qs * d
-            acc.update(repeating: 0, count: nq * d)
-            for r in 0..<nq { m[r] = -.infinity; l[r] = 0 }
+            if accumulate {
+                for r in 0..<nq {
+                    m[r] = lse[qs + r]
+                    l[r] = m[r] == -.infinity ? 0 : 1
+                    if l[r] == 0 { (acc + r * d).update(repeating: 0, count: d) }
+                }
+            } else {
+                acc.update(repeating: 0, count: nq * d)
+                for r in 0..<nq { m[r] = -.infinity; l[r] = 0 }
+            }
             var ks = 0
             // Frame-causal masking: global row R may see global columns < (R / block + 1) * block.
             let qLimit = causalBlock > 0 ? ((rowOffset + qs + nq - 1) / causalBlock + 1) * causalBlock - colOffset : Int.max
@@ -76,12 +87,12 @@ public enum FlashAttention {
     }
 
     /// Gradients of one head given dout [Sq, D], the forward output and lse.
-    /// dq [Sq, D], dk/dv [Sk, D] are overwritten.
+    /// dq [Sq, D], dk/dv [Sk, D] are overwritten, or added to (`accumulateDQ`, `accumulateDKV`).
     public static func backwardHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                     keyMask: UnsafePointer<Float>?, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                                     dout: UnsafePointer<Float>, sq: Int, sk: Int, d: Int, scale: Float,
                                     dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                                    causalBlock: Int = 0, colOffset: Int = 0) {
+                                    causalBlock: Int = 0, colOffset: Int = 0, accumulateDQ: Bool = false, accumulateDKV: Bool = false) {
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let p = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         let dp = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
@@ -93,9 +104,11 @@ public enum FlashAttention {
             for c in 0..<d { s += dout[r * d + c] * out[r * d + c] }
             delta[r] = s
         }
-        dq.update(repeating: 0, count: sq * d)
-        dk.update(repeating: 0, count: sk * d)
-        dv.update(repeating: 0, count: sk * d)
+        if !accumulateDQ { dq.update(repeating: 0, count: sq * d) }
+        if !accumulateDKV {
+            dk.update(repeating: 0, count: sk * d)
+            dv.update(repeating: 0, count: sk * d)
+        }
         var ks = 0
         while ks < sk {
             let nk = min(bk, sk - ks)
@@ -291,5 +304,102 @@ extension FlashAttention {
         }
         withExtendedLifetime((qc, kc, vc, oc, lc, mc, gc)) {}
         return (dq, dk, dv)
+    }
+}
+
+extension FlashAttention {
+    /// Adds the keys k/v [B, H, Sk, D] (keyMask [B, Sk] or nil) to an attention in progress:
+    /// out [B, H, Sq, D] and lse [B, H, Sq] hold the normalised output and log-sum-exp over the
+    /// keys seen so far (out 0 and lse -inf: none) and are updated in place to cover k/v as
+    /// well — equal, up to rounding, to one `forward` over both key sets. All contiguous.
+    public static func forwardAccumulating(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, scale sc: Float,
+                                           out: Tensor, lse: Tensor) {
+        let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
+        precondition(k.shape == [B, H, Sk, D] && v.shape == k.shape && out.shape == q.shape && lse.shape == [B, H, Sq],
+                     "attention: q \(q.shape), k \(k.shape), v \(v.shape), out \(out.shape), lse \(lse.shape)")
+        precondition([q, k, v, out, lse].allSatisfy(\.isContiguous) && (keyMask?.isContiguous ?? true), "forwardAccumulating needs contiguous tensors")
+        if Sk == 0 || Sq == 0 { return }
+        let threads = FlashAttention.threads
+        let heads = B * H
+        let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
+        let ptr = SendablePointers(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, lse: lse.pointer, mask: keyMask?.pointer)
+        let qSplit = (Sq + splits - 1) / splits
+        parallelFor(heads * splits, threads: threads) { item in
+            let i = item / splits, part = item % splits
+            let b = i / H
+            let r0 = min(Sq, part * qSplit), r1 = min(Sq, r0 + qSplit)
+            if r1 <= r0 { return }
+            FlashAttention.forwardHead(q: ptr.q + i * Sq * D + r0 * D, k: ptr.k + i * Sk * D, v: ptr.v + i * Sk * D,
+                                       keyMask: ptr.mask.map { UnsafePointer($0 + b * Sk) }, sq: r1 - r0, sk: Sk, d: D, scale: sc,
+                                       out: ptr.out + i * Sq * D + r0 * D, lse: ptr.lse + i * Sq + r0, accumulate: true)
+        }
+        withExtendedLifetime((q, k, v, out, lse, keyMask)) {}
+    }
+
+    /// `backward` that adds into the caller's gradients instead of returning fresh ones:
+    /// dq [B, H, Sq, D] += this key block's share, dk/dv [B, H, Sk, D] += the block's gradients.
+    /// `out`/`lse` are those of the whole attention. All contiguous. When there are fewer heads
+    /// than threads, the work is split along whichever axis needs the smaller partial buffers
+    /// (keys: dQ partials; queries: dK/dV partials).
+    public static func backwardAccumulating(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, out: Tensor, lse: Tensor, dout: Tensor,
+                                            scale sc: Float, dq: Tensor, dk: Tensor, dv: Tensor) {
+        let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
+        precondition(k.shape == [B, H, Sk, D] && v.shape == k.shape && out.shape == q.shape && dout.shape == q.shape && lse.shape == [B, H, Sq]
+                     && dq.shape == q.shape && dk.shape == k.shape && dv.shape == k.shape,
+                     "attention backward: q \(q.shape), k \(k.shape), dq \(dq.shape), dk \(dk.shape), dv \(dv.shape)")
+        precondition([q, k, v, out, lse, dout, dq, dk, dv].allSatisfy(\.isContiguous) && (keyMask?.isContiguous ?? true),
+                     "backwardAccumulating needs contiguous tensors")
+        if Sk == 0 || Sq == 0 { return }
+        let threads = FlashAttention.threads
+        let heads = B * H
+        let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
+        // Split keys (dQ partials of splits x Sq) or queries (dK|dV partials of splits x 2 Sk).
+        let splitKeys = Sq <= 2 * Sk
+        let partialCount = splits == 1 ? 0 : (splitKeys ? Sq * D : 2 * Sk * D)
+        let partials: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: heads * splits * partialCount) : nil
+        defer { partials?.deallocate() }
+        var p = SendablePointers(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, lse: lse.pointer, mask: keyMask?.pointer)
+        p.g = dout.pointer; p.dq = dq.pointer; p.dk = dk.pointer; p.dv = dv.pointer; p.dqPartials = partials
+        let bp = p
+        let kSplit = (Sk + splits - 1) / splits, qSplit = (Sq + splits - 1) / splits
+        parallelFor(heads * splits, threads: threads) { item in
+            let i = item / splits, part = item % splits
+            let mask = bp.mask.map { UnsafePointer($0 + (i / H) * Sk) }
+            let q = bp.q + i * Sq * D, k = bp.k + i * Sk * D, v = bp.v + i * Sk * D, o = bp.out + i * Sq * D, g = bp.g! + i * Sq * D
+            let dq = bp.dq! + i * Sq * D, dk = bp.dk! + i * Sk * D, dv = bp.dv! + i * Sk * D, l = bp.lse + i * Sq
+            if splits == 1 {
+                FlashAttention.backwardHead(q: q, k: k, v: v, keyMask: mask, out: o, lse: l, dout: g, sq: Sq, sk: Sk, d: D, scale: sc,
+                                            dq: dq, dk: dk, dv: dv, accumulateDQ: true, accumulateDKV: true)
+            } else if splitKeys {
+                let dqPart = bp.dqPartials! + item * partialCount
+                let k0 = min(Sk, part * kSplit), k1 = min(Sk, k0 + kSplit)
+                if k1 <= k0 { dqPart.update(repeating: 0, count: Sq * D); return }
+                FlashAttention.backwardHead(q: q, k: k + k0 * D, v: v + k0 * D, keyMask: mask.map { $0 + k0 }, out: o, lse: l, dout: g,
+                                            sq: Sq, sk: k1 - k0, d: D, scale: sc, dq: dqPart, dk: dk + k0 * D, dv: dv + k0 * D,
+                                            accumulateDKV: true)
+            } else {
+                let dkPart = bp.dqPartials! + item * partialCount, dvPart = dkPart + Sk * D
+                let r0 = min(Sq, part * qSplit), r1 = min(Sq, r0 + qSplit)
+                if r1 <= r0 { dkPart.update(repeating: 0, count: 2 * Sk * D); return }
+                FlashAttention.backwardHead(q: q + r0 * D, k: k, v: v, keyMask: mask, out: o + r0 * D, lse: l + r0, dout: g + r0 * D,
+                                            sq: r1 - r0, sk: Sk, d: D, scale: sc, dq: dq + r0 * D, dk: dkPart, dv: dvPart,
+                                            accumulateDQ: true)
+            }
+        }
+        if let partials {
+            for i in 0..<heads {
+                for part in 0..<splits {
+                    let src = partials + (i * splits + part) * partialCount
+                    if splitKeys {
+                        let dst = dq.pointer + i * Sq * D
+                        for j in 0..<(Sq * D) { dst[j] += src[j] }
+                    } else {
+                        let dkDst = dk.pointer + i * Sk * D, dvDst = dv.pointer + i * Sk * D
+                        for j in 0..<(Sk * D) { dkDst[j] += src[j]; dvDst[j] += src[Sk * D + j] }
+                    }
+                }
+            }
+        }
+        withExtendedLifetime((q, k, v, out, lse, dout, dq, dk, dv, keyMask)) {}
     }
 }

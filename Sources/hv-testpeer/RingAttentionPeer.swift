@@ -32,63 +32,70 @@ func ringAttentionPeer(_ options: [String: String]) throws {
         ("S23-no-text", 1, 3, 23, 0, 8, false),
         ("S3-T4-masked", 1, 2, 3, 4, 8, true),
     ]
+    // Chunk lengths of the travelling blocks: nil = one chunk per block; 4 and 5 divide none
+    // or only some shards (S37 on 2-4 ranks: 18/19, 12/12/13, 9/9/9/10), 1 = one key per round.
+    let chunkings: [Int?] = [nil, 4, 5, 1]
     for (ci, c) in cases.enumerated() {
-        let (name, B, H, S, T, D, masked) = c
-        var rng = HVRandom(seed: 1000 + UInt64(ci))
-        func randn(_ shape: [Int]) -> Tensor {
-            Tensor((0..<shape.reduce(1, *)).map { _ in rng.normal() }, shape: shape)
-        }
-        let qv = randn([B, H, S, D]), kv = randn([B, H, S, D]), vv = randn([B, H, S, D])
-        let qt = randn([B, H, T, D]), kt = randn([B, H, T, D]), vt = randn([B, H, T, D])
-        let dout = randn([B, H, S + T, D])
-        // Batch b keeps its first T - b - 1 text tokens (row 1 of a 2-batch case pads more).
-        let maskValues = (0..<B).flatMap { b in (0..<T).map { j in Float(j < max(1, T - b - 1) ? 1 : 0) } }
-        let textMask: Tensor? = masked && T > 0 ? Tensor(maskValues, shape: [B, T]) : nil
+        for chunk in chunkings {
+            ring.chunkKeys = chunk
+            let (caseName, B, H, S, T, D, masked) = c
+            let name = caseName + "-chunk" + (chunk.map(String.init) ?? "all")
+            var rng = HVRandom(seed: 1000 + UInt64(ci))
+            func randn(_ shape: [Int]) -> Tensor {
+                Tensor((0..<shape.reduce(1, *)).map { _ in rng.normal() }, shape: shape)
+            }
+            let qv = randn([B, H, S, D]), kv = randn([B, H, S, D]), vv = randn([B, H, S, D])
+            let qt = randn([B, H, T, D]), kt = randn([B, H, T, D]), vt = randn([B, H, T, D])
+            let dout = randn([B, H, S + T, D])
+            // Batch b keeps its first T - b - 1 text tokens (row 1 of a 2-batch case pads more).
+            let maskValues = (0..<B).flatMap { b in (0..<T).map { j in Float(j < max(1, T - b - 1) ? 1 : 0) } }
+            let textMask: Tensor? = masked && T > 0 ? Tensor(maskValues, shape: [B, T]) : nil
 
-        // Reference: one process, the whole sequence.
-        let rq = Tensor.concat([qv, qt], axis: 2).detached(), rk = Tensor.concat([kv, kt], axis: 2).detached()
-        let rv = Tensor.concat([vv, vt], axis: 2).detached()
-        for t in [rq, rk, rv] { t.requiresGrad = true }
-        let fullMask = textMask.map { Tensor.concat([Tensor(repeating: 1, shape: [B, S]), $0], axis: 1) }
-        let ref = Tensor.scaledDotProductAttention(rq, rk, rv, keyMask: fullMask)
-        ref.backward(dout)
+            // Reference: one process, the whole sequence.
+            let rq = Tensor.concat([qv, qt], axis: 2).detached(), rk = Tensor.concat([kv, kt], axis: 2).detached()
+            let rv = Tensor.concat([vv, vt], axis: 2).detached()
+            for t in [rq, rk, rv] { t.requiresGrad = true }
+            let fullMask = textMask.map { Tensor.concat([Tensor(repeating: 1, shape: [B, S]), $0], axis: 1) }
+            let ref = Tensor.scaledDotProductAttention(rq, rk, rv, keyMask: fullMask)
+            ref.backward(dout)
 
-        // Ring: this rank's video shard + all text tokens.
-        let lengths = (0..<world).map { shardRange(count: S, rank: $0, world: world).count }
-        let shard = shardRange(count: S, rank: rank, world: world)
-        let n = shard.count
-        func leaf(_ t: Tensor) -> Tensor { let l = t.contiguous().detached(); l.requiresGrad = true; return l }
-        let q = leaf(Tensor.concat([qv.slice(axis: 2, start: shard.lowerBound, length: n), qt], axis: 2))
-        let k = leaf(kv.slice(axis: 2, start: shard.lowerBound, length: n))
-        let v = leaf(vv.slice(axis: 2, start: shard.lowerBound, length: n))
-        let lk = T > 0 ? leaf(kt) : nil, lv = T > 0 ? leaf(vt) : nil
-        let out = try ring.attention(q: q, k: k, v: v, shardLengths: lengths, localK: lk, localV: lv, localMask: textMask)
-        let share = Float(rank + 1) / Float(world * (world + 1) / 2)
-        let localDout = Tensor.concat([dout.slice(axis: 2, start: shard.lowerBound, length: n),
-                                       dout.slice(axis: 2, start: S, length: T) * share], axis: 2)
-        out.backward(localDout)
+            // Ring: this rank's video shard + all text tokens.
+            let lengths = (0..<world).map { shardRange(count: S, rank: $0, world: world).count }
+            let shard = shardRange(count: S, rank: rank, world: world)
+            let n = shard.count
+            func leaf(_ t: Tensor) -> Tensor { let l = t.contiguous().detached(); l.requiresGrad = true; return l }
+            let q = leaf(Tensor.concat([qv.slice(axis: 2, start: shard.lowerBound, length: n), qt], axis: 2))
+            let k = leaf(kv.slice(axis: 2, start: shard.lowerBound, length: n))
+            let v = leaf(vv.slice(axis: 2, start: shard.lowerBound, length: n))
+            let lk = T > 0 ? leaf(kt) : nil, lv = T > 0 ? leaf(vt) : nil
+            let out = try ring.attention(q: q, k: k, v: v, shardLengths: lengths, localK: lk, localV: lv, localMask: textMask)
+            let share = Float(rank + 1) / Float(world * (world + 1) / 2)
+            let localDout = Tensor.concat([dout.slice(axis: 2, start: shard.lowerBound, length: n),
+                                           dout.slice(axis: 2, start: S, length: T) * share], axis: 2)
+            out.backward(localDout)
 
-        func err(_ a: [Float], _ b: [Float]) -> Float {
-            precondition(a.count == b.count, "size mismatch \(a.count) vs \(b.count)")
-            let scale = max(1, b.map { abs($0) }.max() ?? 0)
-            return zip(a, b).map { abs($0 - $1) }.max().map { $0 / scale } ?? 0
+            func err(_ a: [Float], _ b: [Float]) -> Float {
+                precondition(a.count == b.count, "size mismatch \(a.count) vs \(b.count)")
+                let scale = max(1, b.map { abs($0) }.max() ?? 0)
+                return zip(a, b).map { abs($0 - $1) }.max().map { $0 / scale } ?? 0
+            }
+            func rows(_ t: Tensor, _ start: Int, _ len: Int) -> [Float] { t.slice(axis: 2, start: start, length: len).scalars }
+            func summed(_ t: Tensor) throws -> [Float] {
+                var values = t.scalars
+                try values.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: $0.count) }
+                return values
+            }
+            let eOut = max(err(rows(out, 0, n), rows(ref, shard.lowerBound, n)), err(rows(out, n, T), rows(ref, S, T)))
+            let eDQ = max(err(rows(q.grad!, 0, n), rows(rq.grad!, shard.lowerBound, n)),
+                          err(try summed(q.grad!.slice(axis: 2, start: n, length: T)), rows(rq.grad!, S, T)))
+            var eDK = err(k.grad!.scalars, rows(rk.grad!, shard.lowerBound, n))
+            var eDV = err(v.grad!.scalars, rows(rv.grad!, shard.lowerBound, n))
+            if let lk, let lv {
+                eDK = max(eDK, err(try summed(lk.grad!), rows(rk.grad!, S, T)))
+                eDV = max(eDV, err(try summed(lv.grad!), rows(rv.grad!, S, T)))
+            }
+            print("RESULT \(name) shard=\(n) out=\(eOut) dq=\(eDQ) dk=\(eDK) dv=\(eDV)")
         }
-        func rows(_ t: Tensor, _ start: Int, _ len: Int) -> [Float] { t.slice(axis: 2, start: start, length: len).scalars }
-        func summed(_ t: Tensor) throws -> [Float] {
-            var values = t.scalars
-            try values.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: $0.count) }
-            return values
-        }
-        let eOut = max(err(rows(out, 0, n), rows(ref, shard.lowerBound, n)), err(rows(out, n, T), rows(ref, S, T)))
-        let eDQ = max(err(rows(q.grad!, 0, n), rows(rq.grad!, shard.lowerBound, n)),
-                      err(try summed(q.grad!.slice(axis: 2, start: n, length: T)), rows(rq.grad!, S, T)))
-        var eDK = err(k.grad!.scalars, rows(rk.grad!, shard.lowerBound, n))
-        var eDV = err(v.grad!.scalars, rows(rv.grad!, shard.lowerBound, n))
-        if let lk, let lv {
-            eDK = max(eDK, err(try summed(lk.grad!), rows(rk.grad!, S, T)))
-            eDV = max(eDV, err(try summed(lv.grad!), rows(rv.grad!, S, T)))
-        }
-        print("RESULT \(name) shard=\(n) out=\(eOut) dq=\(eDQ) dk=\(eDK) dv=\(eDV)")
     }
     try comm.barrier()
 }

@@ -6,7 +6,8 @@ import _HVTestSupport
 /// `hv-testpeer ring-attention` process that compares its shard of the forward output and of
 /// dQ/dK/dV (text gradients summed over ranks) with full single-process attention, for video
 /// lengths not divisible by cp, with and without a text mask, without text, and with an empty
-/// shard (3 video tokens on 4 ranks). See Sources/hv-testpeer/RingAttentionPeer.swift.
+/// shard (3 video tokens on 4 ranks); each with the blocks travelling whole and in chunks of
+/// 4, 5 and 1 keys (chunks that do not divide the shards). See Sources/hv-testpeer/RingAttentionPeer.swift.
 final class RingAttentionTests: XCTestCase {
     func runRing(world: Int) throws {
         let exe = try locateExecutable("hv-testpeer")
@@ -42,7 +43,7 @@ final class RingAttentionTests: XCTestCase {
                 }
             }
         }
-        XCTAssertEqual(cases, 4 * world, "every rank reports every case")
+        XCTAssertEqual(cases, 16 * world, "every rank reports every case (4 inputs x 4 chunk lengths)")
     }
 
     func testRingAttentionTwoRanks() throws { try runRing(world: 2) }

@@ -88,4 +88,52 @@ final class AttentionTests: XCTestCase {
         XCTAssertLessThan(grown, 256 << 20, "peak memory grew by \(grown >> 20) MiB for S = 16k")
         XCTAssert(q.grad!.scalars.allSatisfy { $0.isFinite })
     }
+
+    /// forwardAccumulating / backwardAccumulating over keys cut into pieces (ring attention's
+    /// chunks; the first piece masked, one piece fully masked) equal one forward / backward over
+    /// all keys. Run with 1 and 4 threads: with B·H = 1 < threads the backward splits keys (dQ
+    /// partials) when Sq <= 2 Sk, else queries (dK|dV partials).
+    func testAccumulatingOverKeyPiecesEqualsWholeAttention() {
+        let savedThreads = FlashAttention.threads
+        defer { FlashAttention.threads = savedThreads; FlashAttention.blockQ = 256; FlashAttention.blockK = 256 }
+        FlashAttention.blockQ = 8; FlashAttention.blockK = 4
+        for (B, H, Sq, pieces) in [(2, 2, 19, [7, 5, 1, 9]), (1, 1, 23, [3, 2, 4]), (1, 1, 5, [11, 6])] {
+            for threads in [1, 4] {
+                FlashAttention.threads = threads
+                let D = 8, Sk = pieces.reduce(0, +)
+                let q = randomTensor([B, H, Sq, D], seed: 31), k = randomTensor([B, H, Sk, D], seed: 32)
+                let v = randomTensor([B, H, Sk, D], seed: 33), g = randomTensor([B, H, Sq, D], seed: 34)
+                // Piece 0 has key 1 masked in every batch; piece 2 (if any) is masked entirely.
+                let maskRows = (0..<B).map { _ in (0..<Sk).map { j -> Float in
+                    j == 1 || (pieces.count > 2 && j >= pieces[0] + pieces[1] && j < pieces[0] + pieces[1] + pieces[2]) ? 0 : 1 } }
+                let mask = Tensor(maskRows.flatMap { $0 }, shape: [B, Sk])
+                let (refOut, refLSE) = FlashAttention.forward(q: q, k: k, v: v, keyMask: mask, scale: 0.3)
+                let (refDQ, refDK, refDV) = FlashAttention.backward(q: q, k: k, v: v, keyMask: mask, out: refOut, lse: refLSE, dout: g, scale: 0.3)
+
+                let out = Tensor(zeros: [B, H, Sq, D]), lse = Tensor(repeating: -.infinity, shape: [B, H, Sq])
+                let dq = randomTensor([B, H, Sq, D], seed: 35), dq0 = dq.copy()
+                var dks: [Tensor] = [], dvs: [Tensor] = [], start = 0
+                var parts: [(Tensor, Tensor, Tensor)] = []
+                for n in pieces {
+                    let kp = k.slice(axis: 2, start: start, length: n).contiguous(), vp = v.slice(axis: 2, start: start, length: n).contiguous()
+                    let mp = mask.slice(axis: 1, start: start, length: n).contiguous()
+                    parts.append((kp, vp, mp))
+                    FlashAttention.forwardAccumulating(q: q, k: kp, v: vp, keyMask: mp, scale: 0.3, out: out, lse: lse)
+                    start += n
+                }
+                XCTAssertLessThan(maxAbsDiff(out, refOut), 1e-5, "out B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(lse, refLSE), 1e-5, "lse B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                for (kp, vp, mp) in parts {
+                    // dK|dV start from ones: the op adds to them.
+                    let dk = Tensor(repeating: 1, shape: kp.shape), dv = Tensor(repeating: 1, shape: vp.shape)
+                    FlashAttention.backwardAccumulating(q: q, k: kp, v: vp, keyMask: mp, out: refOut, lse: refLSE, dout: g, scale: 0.3,
+                                                        dq: dq, dk: dk, dv: dv)
+                    dks.append(dk - Tensor(repeating: 1, shape: kp.shape)); dvs.append(dv - Tensor(repeating: 1, shape: vp.shape))
+                }
+                XCTAssertLessThan(maxAbsDiff(dq - dq0, refDQ), 1e-5, "dq B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dks, axis: 2), refDK), 1e-5, "dk B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dvs, axis: 2), refDV), 1e-5, "dv B\(B) H\(H) Sq \(Sq) threads \(threads)")
+            }
+        }
+    }
 }
