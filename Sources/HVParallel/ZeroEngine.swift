@@ -21,8 +21,23 @@ import HVTensor
 /// stage 0: 16Ψ; stage 1: 8Ψ + 8Ψ/N; stage 2: 4Ψ + 12Ψ/N (full grads live only until the
 /// unit's reduce-scatter); stage 3: 16Ψ/N plus the gathered unit in use.
 /// Stage 3 needs block recomputation (a block's backward re-gathers its weights), which it
-/// switches on. Gradients are reduced unit by unit ("buckets"); under stage 3 each block's
-/// bucket is reduce-scattered as soon as its backward has run.
+/// switches on.
+///
+/// Gradients are reduced unit by unit ("buckets") as backward produces them. Stages 0-2: every
+/// parameter has a grad-ready hook (`Tensor.setGradReadyHook`); once all of a unit's
+/// parameters are final for the sweep, the unit is reduced — all-reduced (0-1) or
+/// reduce-scattered into this rank's persistent shard with the full gradients dropped (2) — in
+/// the middle of backward. Units are reduced in one fixed order on every rank (last block
+/// first, `outer` last: the order backward finishes them); a unit that is ready early waits for
+/// the units before it, and whatever backward did not finish (parameters without a gradient
+/// this step: zeros) is reduced in that order by the next `beginMicroBatch` or `finishStep`,
+/// so every rank issues the same collectives in the same order. Stage 2 reduces every
+/// micro-batch into the shard (gradient accumulation happens in the shard); stages 0-1 only
+/// the last one (`beginMicroBatch(last:)`), earlier micro-batches accumulate in `.grad`.
+/// Without `beginMicroBatch` calls (pipeline parallelism: stages run backward at different
+/// times, so a collective inside one stage's backward would wait on a rank blocked in a
+/// pipeline receive) everything is reduced by `finishStep`. Stage 3 reduce-scatters each
+/// block's bucket as soon as its recomputed backward has run (`RecomputeHooks`).
 public final class ZeroEngine: BlockHooks {
     public struct Unit {
         public let name: String
@@ -49,6 +64,28 @@ public final class ZeroEngine: BlockHooks {
     /// Stage 3: the flat gradient buffer of a unit whose backward is running (see `attachFlatGrads`).
     private var gradFlat: [Storage?] = []
 
+    /// Bucketed reduction (stages 0-2) within one backward window (see the type's comment).
+    private struct Buckets {
+        /// Reduce units as their gradients become ready (else only when flushed).
+        var armed = false
+        var ready: [[Bool]]
+        var readyCount: [Int]
+        var reduced: [Bool]
+        /// A parameter of an already reduced unit got more gradient (used by two sweeps).
+        var late: [Bool]
+        /// Position in `order` of the next unit to reduce.
+        var cursor = 0
+        init(_ units: [Unit]) {
+            ready = units.map { [Bool](repeating: false, count: $0.params.count) }
+            readyCount = Array(repeating: 0, count: units.count)
+            reduced = Array(repeating: false, count: units.count)
+            late = reduced
+        }
+    }
+    private var buckets: Buckets
+    /// The fixed reduction order: blocks from the last, then `outer`.
+    private let reduceOrder: [Int]
+
     public init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
         precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
         self.stage = stage
@@ -70,6 +107,8 @@ public final class ZeroEngine: BlockHooks {
                               shard: shardRange(count: n, rank: comm.rank, world: comm.worldSize)))
         }
         gradFlat = Array(repeating: nil, count: units.count)
+        buckets = Buckets(units)
+        reduceOrder = Array(units.indices.reversed())
         if stage == 3 {
             model.recomputeBlocks = true
             model.blockHooks = self
@@ -90,7 +129,16 @@ public final class ZeroEngine: BlockHooks {
             // moments, so that no step re-allocates them between the transient gathered units.
             reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
+        if stage <= 2 {
+            for (i, u) in units.enumerated() {
+                for (k, (_, t)) in u.params.enumerated() {
+                    t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
+                }
+            }
+        }
     }
+
+    deinit { for u in units { for (_, t) in u.params { t.setGradReadyHook(nil) } } }
 
     /// The values `range` of unit `u`'s flat weights (without building the whole flat copy).
     func copyWeights(_ u: Unit, range: Range<Int>) -> [Float] {
@@ -118,16 +166,6 @@ public final class ZeroEngine: BlockHooks {
         flat.withUnsafeBufferPointer { buf in
             for (k, (_, t)) in u.params.enumerated() { t.pointer.update(from: buf.baseAddress! + u.offsets[k], count: t.count) }
         }
-    }
-
-    func flatGrads(_ u: Unit) -> [Float] {
-        var out = [Float](repeating: 0, count: u.count)
-        out.withUnsafeMutableBufferPointer { buf in
-            for (k, (_, t)) in u.params.enumerated() {
-                if let g = t.grad?.contiguous() { (buf.baseAddress! + u.offsets[k]).update(from: g.pointer, count: t.count) }
-            }
-        }
-        return out
     }
 
     /// Stage 3: gradients of unit `i` accumulate in place into one zeroed flat buffer (each
@@ -187,6 +225,83 @@ public final class ZeroEngine: BlockHooks {
         reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in 0..<part.count { r[k] += part[k] } }
     }
 
+    /// Stages 0-1: all-reduces unit `i`'s gradients (missing ones as zeros) into
+    /// `reducedGrads[i]` (added when the unit was already reduced this step) and drops them.
+    func allReduceGrads(_ i: Int) throws {
+        let u = units[i]
+        var flat = [Float](repeating: 0, count: u.count)
+        flat.withUnsafeMutableBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() {
+                if let g = t.grad?.contiguous() { (buf.baseAddress! + u.offsets[k]).update(from: g.pointer, count: t.count) }
+                t.zeroGrad()
+            }
+        }
+        try timed { try flat.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: u.count) } }
+        if reducedGrads[i].isEmpty {
+            reducedGrads[i] = flat
+        } else {
+            reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] += flat[k] } }
+        }
+    }
+
+    /// Reduces unit `i` the stage's way (stages 0-2).
+    func reduceUnit(_ i: Int) throws {
+        if stage == 2 { try reduceScatterGrads(i) } else { try allReduceGrads(i) }
+    }
+
+    /// Grad-ready hook of parameter `k` of unit `i` (stages 0-2).
+    func gradReady(unit i: Int, param k: Int) {
+        guard buckets.armed else { return }
+        if buckets.reduced[i] {
+            // Reduced already: the extra gradient is reduced again (additively) by the flush.
+            buckets.late[i] = true
+            return
+        }
+        if !buckets.ready[i][k] {
+            buckets.ready[i][k] = true
+            buckets.readyCount[i] += 1
+        }
+        while buckets.cursor < reduceOrder.count {
+            let j = reduceOrder[buckets.cursor]
+            guard buckets.readyCount[j] == units[j].params.count else { break }
+            buckets.cursor += 1
+            buckets.reduced[j] = true
+            deferring { try reduceUnit(j) }
+        }
+    }
+
+    /// Reduces, in the fixed order, every unit an armed window (or with `all`, any window)
+    /// has not reduced, and again those with late gradients; then starts a new window, armed
+    /// or not. An unarmed window's gradients otherwise stay in `.grad` (accumulation).
+    private func flushBuckets(arm: Bool, all: Bool = false) throws {
+        if let e = deferredError { deferredError = nil; buckets = Buckets(units); throw e }
+        if buckets.armed || all { for j in reduceOrder[buckets.cursor...] { try reduceUnit(j) } }
+        for j in reduceOrder where buckets.late[j] { try reduceUnit(j) }
+        buckets = Buckets(units)
+        buckets.armed = arm
+    }
+
+    /// Before each micro-batch's forward + backward (stages 0-2; a no-op in stage 3): reduces
+    /// what the previous micro-batch left and arms bucketed reduction for this one's backward —
+    /// every micro-batch in stage 2, only the `last` in stages 0-1. Collective: every rank calls
+    /// it at the same points.
+    public func beginMicroBatch(last: Bool) throws {
+        guard stage <= 2 else { return }
+        try flushBuckets(arm: stage == 2 || last)
+    }
+
+    /// Elements of full-size (unsharded) gradients this rank holds now: parameters' `.grad`
+    /// and stage 3's flat unit buffers. After a stage-2 backward this is 0: each bucket was
+    /// reduce-scattered and dropped as backward finished it.
+    public var fullGradientElements: Int {
+        units.reduce(0) { n, u in n + u.params.reduce(0) { $0 + ($1.1.grad == nil ? 0 : $1.1.count) } }
+            + gradFlat.reduce(0) { $0 + ($1?.count ?? 0) }
+    }
+
+    /// Elements of reduced gradients held for the optimizer step: whole units (stages 0-1) or
+    /// this rank's shards (stages 2-3, persistent buffers).
+    public var reducedGradientElements: Int { reducedGrads.reduce(0) { $0 + $1.count } }
+
     private func deferring(_ body: () throws -> Void) {
         guard deferredError == nil else { return }
         do { try body() } catch { deferredError = error }
@@ -209,6 +324,10 @@ public final class ZeroEngine: BlockHooks {
 
     /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
     public func beginStep() throws {
+        if stage <= 2 {
+            if let e = deferredError { deferredError = nil; throw e }
+            buckets = Buckets(units)
+        }
         if stage == 3 {
             try gather(0)
             attachFlatGrads(0)
@@ -220,17 +339,10 @@ public final class ZeroEngine: BlockHooks {
     /// Returns the global gradient norm before clipping.
     public func finishStep(lr: Float, clip: Float) throws -> Float {
         if let e = deferredError { deferredError = nil; throw e }
-        switch stage {
-        case 0, 1:
-            for i in units.indices {
-                var flat = flatGrads(units[i])
-                try timed { try flat.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: units[i].count) } }
-                reducedGrads[i] = flat
-                for (_, t) in units[i].params { t.zeroGrad() }
-            }
-        case 2:
-            for i in units.indices { try reduceScatterGrads(i) }
-        default:
+        if stage <= 2 {
+            // What backward did not reduce (all of it without `beginMicroBatch`).
+            try flushBuckets(arm: false, all: true)
+        } else {
             try reduceScatterGrads(0)
             release(0)
         }
