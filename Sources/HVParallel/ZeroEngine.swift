@@ -58,10 +58,15 @@ public final class ZeroEngine: BlockHooks {
     public var shardWeights: [[Float]] = []
     /// Reduced gradients: the whole unit (stages 0-1) or this rank's shard (stages 2-3).
     var reducedGrads: [[Float]] = []
+    /// Called with a phase name at the points of a step where stage 3's memory changes (a unit
+    /// gathered, its gradients reduce-scattered, the step finished): a diagnostic hook (the
+    /// worker logs RSS there under HV_TRACE_MEMORY=2).
+    public var memoryProbe: ((String) -> Void)?
     /// Seconds spent in collectives since the last `takeCommSeconds()`.
     public private(set) var commSeconds = 0.0
     private var deferredError: Error?
-    /// Stage 3: the flat gradient buffer of a unit whose backward is running (see `attachFlatGrads`).
+    /// Stage 3: the flat gradient buffer of a unit whose backward is running (`attachFlatGrads`
+    /// for outer; a block's gathered weights, overwritten by its gradients: `gradOverWeight`).
     private var gradFlat: [Storage?] = []
 
     /// Bucketed reduction (stages 0-2) within one backward window (see the type's comment).
@@ -129,11 +134,10 @@ public final class ZeroEngine: BlockHooks {
             // moments, so that no step re-allocates them between the transient gathered units.
             reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
-        if stage <= 2 {
-            for (i, u) in units.enumerated() {
-                for (k, (_, t)) in u.params.enumerated() {
-                    t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
-                }
+        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights.
+        for (i, u) in units.enumerated() where stage <= 2 || i > 0 {
+            for (k, (_, t)) in u.params.enumerated() {
+                t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
             }
         }
     }
@@ -168,8 +172,9 @@ public final class ZeroEngine: BlockHooks {
         }
     }
 
-    /// Stage 3: gradients of unit `i` accumulate in place into one zeroed flat buffer (each
-    /// parameter's `.grad` is a view of it), which is then reduce-scattered without a copy.
+    /// Stage 3, the outer unit (gathered for the whole step): its gradients accumulate in place
+    /// into one zeroed flat buffer (each parameter's `.grad` is a view of it), which is then
+    /// reduce-scattered without a copy.
     func attachFlatGrads(_ i: Int) {
         let u = units[i]
         if gradFlat[i] != nil { return }
@@ -191,13 +196,16 @@ public final class ZeroEngine: BlockHooks {
 
     // MARK: Stage 3 gather / release
 
-    /// All-gathers unit `i`'s weights into full tensors.
-    func gather(_ i: Int) throws {
+    /// All-gathers unit `i`'s weights into full tensors (views of one flat buffer, returned).
+    @discardableResult
+    func gather(_ i: Int) throws -> Storage {
         let u = units[i]
         let flat = Storage(mappedZeros: u.count)
         shardWeights[i].withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
         try timed { try comm.allGather(flat.pointer, count: u.count) }
         for (k, (_, t)) in u.params.enumerated() { t.bind(to: flat, offset: u.offsets[k]) }
+        memoryProbe?("gathered \(u.name)")
+        return flat
     }
 
     func release(_ i: Int) { for (_, t) in units[i].params { t.release() } }
@@ -223,6 +231,7 @@ public final class ZeroEngine: BlockHooks {
         let part = UnsafeBufferPointer(start: flat.pointer + u.shard.lowerBound, count: u.shard.count)
         precondition(reducedGrads[i].count == part.count)
         reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in 0..<part.count { r[k] += part[k] } }
+        memoryProbe?("reduce-scattered \(u.name)")
     }
 
     /// Stages 0-1: all-reduces unit `i`'s gradients (missing ones as zeros) into
@@ -249,8 +258,30 @@ public final class ZeroEngine: BlockHooks {
         if stage == 2 { try reduceScatterGrads(i) } else { try allReduceGrads(i) }
     }
 
-    /// Grad-ready hook of parameter `k` of unit `i` (stages 0-2).
+    /// Stage 3: during a block's recomputed backward, which of its parameters' gradients have
+    /// been written over their own weights in the gathered buffer (`gradFlat`).
+    private var gradOverWeights: (unit: Int, written: [Bool])?
+
+    /// Stage 3, a block's parameter `k` of unit `i` is final: its weight is dead (every op that
+    /// read it has run its backward), so its gradient goes into the weight's place in the
+    /// gathered buffer, which becomes the unit's flat gradient — weights and gradients of a
+    /// block are never both full-size in memory.
+    func gradOverWeight(unit i: Int, param k: Int) {
+        guard var state = gradOverWeights, state.unit == i, let flat = gradFlat[i] else { return }
+        let t = units[i].params[k].1, dst = flat.pointer + units[i].offsets[k]
+        if !state.written[k] { dst.update(repeating: 0, count: t.count) }
+        if let g = t.grad?.contiguous() {
+            let src = g.pointer
+            for j in 0..<t.count { dst[j] += src[j] }
+        }
+        t.zeroGrad()
+        state.written[k] = true
+        gradOverWeights = state
+    }
+
+    /// Grad-ready hook of parameter `k` of unit `i`.
     func gradReady(unit i: Int, param k: Int) {
+        if stage == 3 { gradOverWeight(unit: i, param: k); return }
         guard buckets.armed else { return }
         if buckets.reduced[i] {
             // Reduced already: the extra gradient is reduced again (additively) by the flush.
@@ -313,12 +344,22 @@ public final class ZeroEngine: BlockHooks {
         guard stage == 3 else { return nil }
         return RecomputeHooks(
             willBackward: { [unowned self] in
-                deferring { try gather(block + 1) }
-                attachFlatGrads(block + 1)
+                let i = block + 1
+                deferring {
+                    gradFlat[i] = try gather(i)
+                    gradOverWeights = (i, Array(repeating: false, count: units[i].params.count))
+                }
             },
             didBackward: { [unowned self] in
-                deferring { try reduceScatterGrads(block + 1) }
-                release(block + 1)
+                let i = block + 1
+                if let state = gradOverWeights, state.unit == i {
+                    // Parameters backward did not reach: zero gradient (or what .grad holds).
+                    for (k, done) in state.written.enumerated() where !done { gradOverWeight(unit: i, param: k) }
+                }
+                gradOverWeights = nil
+                deferring { try reduceScatterGrads(i) }
+                gradFlat[i] = nil
+                release(i)
             })
     }
 
@@ -405,6 +446,7 @@ public final class ZeroEngine: BlockHooks {
                 }}
             }}
         }
+        memoryProbe?("optimizer step done")
         return norm
     }
 
