@@ -407,12 +407,9 @@ public final class ZeroEngine: BlockHooks {
                 // The shard buffers are persistent: scale in place, update, zero for the next step.
                 if scale != 1 { reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] *= scale } } }
                 if stage == 2 {
-                    var w = flatWeights(u)
-                    var part = Array(w[u.shard])
+                    var part = copyWeights(u, range: u.shard)
                     adam(&part, reducedGrads[i], i)
-                    w.replaceSubrange(u.shard, with: part)
-                    try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
-                    scatterWeights(u, w)
+                    try gatherUpdated(u, part)
                 } else {
                     adam(&shardWeights[i], reducedGrads[i], i)
                 }
@@ -422,17 +419,26 @@ public final class ZeroEngine: BlockHooks {
             // The gradient slice this rank updates, scaled by the clip factor.
             var g: [Float] = stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])
             if scale != 1 { for k in g.indices { g[k] *= scale } }
-            var w = flatWeights(u)
             if stage == 0 {
+                var w = flatWeights(u)
                 adam(&w, g, i)
+                scatterWeights(u, w)
             } else {
-                var part = Array(w[u.shard])
+                var part = copyWeights(u, range: u.shard)
                 adam(&part, g, i)
-                w.replaceSubrange(u.shard, with: part)
-                try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+                try gatherUpdated(u, part)
             }
-            scatterWeights(u, w)
             reducedGrads[i] = []
+        }
+
+        /// Stages 1-2: this rank's updated shard `part` of unit `u`, all-gathered with the other
+        /// ranks' into the parameters through one mapped flat buffer (unmapped after, so no
+        /// full-unit copy stays in the heap).
+        func gatherUpdated(_ u: Unit, _ part: [Float]) throws {
+            let flat = Storage(mappedZeros: u.count)
+            part.withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
+            try timed { try comm.allGather(flat.pointer, count: u.count) }
+            for (k, (_, t)) in u.params.enumerated() { t.pointer.update(from: flat.pointer + u.offsets[k], count: t.count) }
         }
 
         func adam(_ w: inout [Float], _ g: [Float], _ i: Int) {
