@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(name: "hv-data", dependencies: ["HVCommands"]),
         .executableTarget(name: "hv-scaling", dependencies: ["HVCommands", "HVTensor"]),
         // Peer process for the multi-process bridge tests (not a user-facing tool).
-        .executableTarget(name: "hv-testpeer", dependencies: ["HVComm", "HVParallel", "HVTensor"]),
+        .executableTarget(name: "hv-testpeer", dependencies: ["HVComm", "HVParallel", "HVTensor", "HVTrain"]),
 
         .target(name: "_HVTestSupport", dependencies: ["HVTensor", "HVTrain"], path: "Sources/_HVTestSupport"),
         .testTarget(name: "HVTensorTests", dependencies: ["HVTensor", "_HVTestSupport"]),

@@ -1,5 +1,6 @@
 #include "hv_kernels.h"
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -105,10 +106,17 @@ HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_
 
 int hv_malloc_trim(void) { return malloc_trim(0); }
 
+// glibc's own environment variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+// MALLOC_ARENA_MAX) win over these defaults.
 void hv_tune_malloc(void) {
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-    mallopt(M_ARENA_MAX, 2);
+    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
+}
+
+void hv_tune_malloc_resident(void) {
+    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, 4 << 20);
 }
 
 // Checkpoint checksum: Fletcher-style sums over little-endian 32-bit words in 8 independent

@@ -21,8 +21,23 @@ import HVTensor
 /// stage 0: 16Ψ; stage 1: 8Ψ + 8Ψ/N; stage 2: 4Ψ + 12Ψ/N (full grads live only until the
 /// unit's reduce-scatter); stage 3: 16Ψ/N plus the gathered unit in use.
 /// Stage 3 needs block recomputation (a block's backward re-gathers its weights), which it
-/// switches on. Gradients are reduced unit by unit ("buckets"); under stage 3 each block's
-/// bucket is reduce-scattered as soon as its backward has run.
+/// switches on.
+///
+/// Gradients are reduced unit by unit ("buckets") as backward produces them. Stages 0-2: every
+/// parameter has a grad-ready hook (`Tensor.setGradReadyHook`); once all of a unit's
+/// parameters are final for the sweep, the unit is reduced — all-reduced (0-1) or
+/// reduce-scattered into this rank's persistent shard with the full gradients dropped (2) — in
+/// the middle of backward. Units are reduced in one fixed order on every rank (last block
+/// first, `outer` last: the order backward finishes them); a unit that is ready early waits for
+/// the units before it, and whatever backward did not finish (parameters without a gradient
+/// this step: zeros) is reduced in that order by the next `beginMicroBatch` or `finishStep`,
+/// so every rank issues the same collectives in the same order. Stage 2 reduces every
+/// micro-batch into the shard (gradient accumulation happens in the shard); stages 0-1 only
+/// the last one (`beginMicroBatch(last:)`), earlier micro-batches accumulate in `.grad`.
+/// Without `beginMicroBatch` calls (pipeline parallelism: stages run backward at different
+/// times, so a collective inside one stage's backward would wait on a rank blocked in a
+/// pipeline receive) everything is reduced by `finishStep`. Stage 3 reduce-scatters each
+/// block's bucket as soon as its recomputed backward has run (`RecomputeHooks`).
 public final class ZeroEngine: BlockHooks {
     public struct Unit {
         public let name: String
@@ -43,11 +58,38 @@ public final class ZeroEngine: BlockHooks {
     public var shardWeights: [[Float]] = []
     /// Reduced gradients: the whole unit (stages 0-1) or this rank's shard (stages 2-3).
     var reducedGrads: [[Float]] = []
+    /// Called with a phase name at the points of a step where stage 3's memory changes (a unit
+    /// gathered, its gradients reduce-scattered, the step finished): a diagnostic hook (the
+    /// worker logs RSS there under HV_TRACE_MEMORY=2).
+    public var memoryProbe: ((String) -> Void)?
     /// Seconds spent in collectives since the last `takeCommSeconds()`.
     public private(set) var commSeconds = 0.0
     private var deferredError: Error?
-    /// Stage 3: the flat gradient buffer of a unit whose backward is running (see `attachFlatGrads`).
+    /// Stage 3: the flat gradient buffer of a unit whose backward is running (`attachFlatGrads`
+    /// for outer; a block's gathered weights, overwritten by its gradients: `gradOverWeight`).
     private var gradFlat: [Storage?] = []
+
+    /// Bucketed reduction (stages 0-2) within one backward window (see the type's comment).
+    private struct Buckets {
+        /// Reduce units as their gradients become ready (else only when flushed).
+        var armed = false
+        var ready: [[Bool]]
+        var readyCount: [Int]
+        var reduced: [Bool]
+        /// A parameter of an already reduced unit got more gradient (used by two sweeps).
+        var late: [Bool]
+        /// Position in `order` of the next unit to reduce.
+        var cursor = 0
+        init(_ units: [Unit]) {
+            ready = units.map { [Bool](repeating: false, count: $0.params.count) }
+            readyCount = Array(repeating: 0, count: units.count)
+            reduced = Array(repeating: false, count: units.count)
+            late = reduced
+        }
+    }
+    private var buckets: Buckets
+    /// The fixed reduction order: blocks from the last, then `outer`.
+    private let reduceOrder: [Int]
 
     public init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
         precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
@@ -70,6 +112,8 @@ public final class ZeroEngine: BlockHooks {
                               shard: shardRange(count: n, rank: comm.rank, world: comm.worldSize)))
         }
         gradFlat = Array(repeating: nil, count: units.count)
+        buckets = Buckets(units)
+        reduceOrder = Array(units.indices.reversed())
         if stage == 3 {
             model.recomputeBlocks = true
             model.blockHooks = self
@@ -90,7 +134,15 @@ public final class ZeroEngine: BlockHooks {
             // moments, so that no step re-allocates them between the transient gathered units.
             reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
+        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights.
+        for (i, u) in units.enumerated() where stage <= 2 || i > 0 {
+            for (k, (_, t)) in u.params.enumerated() {
+                t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
+            }
+        }
     }
+
+    deinit { for u in units { for (_, t) in u.params { t.setGradReadyHook(nil) } } }
 
     /// The values `range` of unit `u`'s flat weights (without building the whole flat copy).
     func copyWeights(_ u: Unit, range: Range<Int>) -> [Float] {
@@ -120,18 +172,9 @@ public final class ZeroEngine: BlockHooks {
         }
     }
 
-    func flatGrads(_ u: Unit) -> [Float] {
-        var out = [Float](repeating: 0, count: u.count)
-        out.withUnsafeMutableBufferPointer { buf in
-            for (k, (_, t)) in u.params.enumerated() {
-                if let g = t.grad?.contiguous() { (buf.baseAddress! + u.offsets[k]).update(from: g.pointer, count: t.count) }
-            }
-        }
-        return out
-    }
-
-    /// Stage 3: gradients of unit `i` accumulate in place into one zeroed flat buffer (each
-    /// parameter's `.grad` is a view of it), which is then reduce-scattered without a copy.
+    /// Stage 3, the outer unit (gathered for the whole step): its gradients accumulate in place
+    /// into one zeroed flat buffer (each parameter's `.grad` is a view of it), which is then
+    /// reduce-scattered without a copy.
     func attachFlatGrads(_ i: Int) {
         let u = units[i]
         if gradFlat[i] != nil { return }
@@ -153,13 +196,16 @@ public final class ZeroEngine: BlockHooks {
 
     // MARK: Stage 3 gather / release
 
-    /// All-gathers unit `i`'s weights into full tensors.
-    func gather(_ i: Int) throws {
+    /// All-gathers unit `i`'s weights into full tensors (views of one flat buffer, returned).
+    @discardableResult
+    func gather(_ i: Int) throws -> Storage {
         let u = units[i]
         let flat = Storage(mappedZeros: u.count)
         shardWeights[i].withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
         try timed { try comm.allGather(flat.pointer, count: u.count) }
         for (k, (_, t)) in u.params.enumerated() { t.bind(to: flat, offset: u.offsets[k]) }
+        memoryProbe?("gathered \(u.name)")
+        return flat
     }
 
     func release(_ i: Int) { for (_, t) in units[i].params { t.release() } }
@@ -185,7 +231,107 @@ public final class ZeroEngine: BlockHooks {
         let part = UnsafeBufferPointer(start: flat.pointer + u.shard.lowerBound, count: u.shard.count)
         precondition(reducedGrads[i].count == part.count)
         reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in 0..<part.count { r[k] += part[k] } }
+        memoryProbe?("reduce-scattered \(u.name)")
     }
+
+    /// Stages 0-1: all-reduces unit `i`'s gradients (missing ones as zeros) into
+    /// `reducedGrads[i]` (added when the unit was already reduced this step) and drops them.
+    func allReduceGrads(_ i: Int) throws {
+        let u = units[i]
+        var flat = [Float](repeating: 0, count: u.count)
+        flat.withUnsafeMutableBufferPointer { buf in
+            for (k, (_, t)) in u.params.enumerated() {
+                if let g = t.grad?.contiguous() { (buf.baseAddress! + u.offsets[k]).update(from: g.pointer, count: t.count) }
+                t.zeroGrad()
+            }
+        }
+        try timed { try flat.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: u.count) } }
+        if reducedGrads[i].isEmpty {
+            reducedGrads[i] = flat
+        } else {
+            reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] += flat[k] } }
+        }
+    }
+
+    /// Reduces unit `i` the stage's way (stages 0-2).
+    func reduceUnit(_ i: Int) throws {
+        if stage == 2 { try reduceScatterGrads(i) } else { try allReduceGrads(i) }
+    }
+
+    /// Stage 3: during a block's recomputed backward, which of its parameters' gradients have
+    /// been written over their own weights in the gathered buffer (`gradFlat`).
+    private var gradOverWeights: (unit: Int, written: [Bool])?
+
+    /// Stage 3, a block's parameter `k` of unit `i` is final: its weight is dead (every op that
+    /// read it has run its backward), so its gradient goes into the weight's place in the
+    /// gathered buffer, which becomes the unit's flat gradient — weights and gradients of a
+    /// block are never both full-size in memory.
+    func gradOverWeight(unit i: Int, param k: Int) {
+        guard var state = gradOverWeights, state.unit == i, let flat = gradFlat[i] else { return }
+        let t = units[i].params[k].1, dst = flat.pointer + units[i].offsets[k]
+        if !state.written[k] { dst.update(repeating: 0, count: t.count) }
+        if let g = t.grad?.contiguous() {
+            let src = g.pointer
+            for j in 0..<t.count { dst[j] += src[j] }
+        }
+        t.zeroGrad()
+        state.written[k] = true
+        gradOverWeights = state
+    }
+
+    /// Grad-ready hook of parameter `k` of unit `i`.
+    func gradReady(unit i: Int, param k: Int) {
+        if stage == 3 { gradOverWeight(unit: i, param: k); return }
+        guard buckets.armed else { return }
+        if buckets.reduced[i] {
+            // Reduced already: the extra gradient is reduced again (additively) by the flush.
+            buckets.late[i] = true
+            return
+        }
+        if !buckets.ready[i][k] {
+            buckets.ready[i][k] = true
+            buckets.readyCount[i] += 1
+        }
+        while buckets.cursor < reduceOrder.count {
+            let j = reduceOrder[buckets.cursor]
+            guard buckets.readyCount[j] == units[j].params.count else { break }
+            buckets.cursor += 1
+            buckets.reduced[j] = true
+            deferring { try reduceUnit(j) }
+        }
+    }
+
+    /// Reduces, in the fixed order, every unit an armed window (or with `all`, any window)
+    /// has not reduced, and again those with late gradients; then starts a new window, armed
+    /// or not. An unarmed window's gradients otherwise stay in `.grad` (accumulation).
+    private func flushBuckets(arm: Bool, all: Bool = false) throws {
+        if let e = deferredError { deferredError = nil; buckets = Buckets(units); throw e }
+        if buckets.armed || all { for j in reduceOrder[buckets.cursor...] { try reduceUnit(j) } }
+        for j in reduceOrder where buckets.late[j] { try reduceUnit(j) }
+        buckets = Buckets(units)
+        buckets.armed = arm
+    }
+
+    /// Before each micro-batch's forward + backward (stages 0-2; a no-op in stage 3): reduces
+    /// what the previous micro-batch left and arms bucketed reduction for this one's backward —
+    /// every micro-batch in stage 2, only the `last` in stages 0-1. Collective: every rank calls
+    /// it at the same points.
+    public func beginMicroBatch(last: Bool) throws {
+        guard stage <= 2 else { return }
+        try flushBuckets(arm: stage == 2 || last)
+    }
+
+    /// Elements of full-size (unsharded) gradients this rank holds now: parameters' `.grad`
+    /// and stage 3's flat unit buffers. After a stage-2 backward this is 0: each bucket was
+    /// reduce-scattered and dropped as backward finished it.
+    public var fullGradientElements: Int {
+        units.reduce(0) { n, u in n + u.params.reduce(0) { $0 + ($1.1.grad == nil ? 0 : $1.1.count) } }
+            + gradFlat.reduce(0) { $0 + ($1?.count ?? 0) }
+    }
+
+    /// Elements of reduced gradients held for the optimizer step: whole units (stages 0-1) or
+    /// this rank's shards (stages 2-3, persistent buffers).
+    public var reducedGradientElements: Int { reducedGrads.reduce(0) { $0 + $1.count } }
 
     private func deferring(_ body: () throws -> Void) {
         guard deferredError == nil else { return }
@@ -198,17 +344,31 @@ public final class ZeroEngine: BlockHooks {
         guard stage == 3 else { return nil }
         return RecomputeHooks(
             willBackward: { [unowned self] in
-                deferring { try gather(block + 1) }
-                attachFlatGrads(block + 1)
+                let i = block + 1
+                deferring {
+                    gradFlat[i] = try gather(i)
+                    gradOverWeights = (i, Array(repeating: false, count: units[i].params.count))
+                }
             },
             didBackward: { [unowned self] in
-                deferring { try reduceScatterGrads(block + 1) }
-                release(block + 1)
+                let i = block + 1
+                if let state = gradOverWeights, state.unit == i {
+                    // Parameters backward did not reach: zero gradient (or what .grad holds).
+                    for (k, done) in state.written.enumerated() where !done { gradOverWeight(unit: i, param: k) }
+                }
+                gradOverWeights = nil
+                deferring { try reduceScatterGrads(i) }
+                gradFlat[i] = nil
+                release(i)
             })
     }
 
     /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
     public func beginStep() throws {
+        if stage <= 2 {
+            if let e = deferredError { deferredError = nil; throw e }
+            buckets = Buckets(units)
+        }
         if stage == 3 {
             try gather(0)
             attachFlatGrads(0)
@@ -220,17 +380,10 @@ public final class ZeroEngine: BlockHooks {
     /// Returns the global gradient norm before clipping.
     public func finishStep(lr: Float, clip: Float) throws -> Float {
         if let e = deferredError { deferredError = nil; throw e }
-        switch stage {
-        case 0, 1:
-            for i in units.indices {
-                var flat = flatGrads(units[i])
-                try timed { try flat.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: units[i].count) } }
-                reducedGrads[i] = flat
-                for (_, t) in units[i].params { t.zeroGrad() }
-            }
-        case 2:
-            for i in units.indices { try reduceScatterGrads(i) }
-        default:
+        if stage <= 2 {
+            // What backward did not reduce (all of it without `beginMicroBatch`).
+            try flushBuckets(arm: false, all: true)
+        } else {
             try reduceScatterGrads(0)
             release(0)
         }
@@ -254,12 +407,9 @@ public final class ZeroEngine: BlockHooks {
                 // The shard buffers are persistent: scale in place, update, zero for the next step.
                 if scale != 1 { reducedGrads[i].withUnsafeMutableBufferPointer { r in for k in r.indices { r[k] *= scale } } }
                 if stage == 2 {
-                    var w = flatWeights(u)
-                    var part = Array(w[u.shard])
+                    var part = copyWeights(u, range: u.shard)
                     adam(&part, reducedGrads[i], i)
-                    w.replaceSubrange(u.shard, with: part)
-                    try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
-                    scatterWeights(u, w)
+                    try gatherUpdated(u, part)
                 } else {
                     adam(&shardWeights[i], reducedGrads[i], i)
                 }
@@ -269,17 +419,26 @@ public final class ZeroEngine: BlockHooks {
             // The gradient slice this rank updates, scaled by the clip factor.
             var g: [Float] = stage == 0 ? reducedGrads[i] : Array(reducedGrads[i][u.shard])
             if scale != 1 { for k in g.indices { g[k] *= scale } }
-            var w = flatWeights(u)
             if stage == 0 {
+                var w = flatWeights(u)
                 adam(&w, g, i)
+                scatterWeights(u, w)
             } else {
-                var part = Array(w[u.shard])
+                var part = copyWeights(u, range: u.shard)
                 adam(&part, g, i)
-                w.replaceSubrange(u.shard, with: part)
-                try timed { try w.withUnsafeMutableBufferPointer { try comm.allGather($0.baseAddress!, count: u.count) } }
+                try gatherUpdated(u, part)
             }
-            scatterWeights(u, w)
             reducedGrads[i] = []
+        }
+
+        /// Stages 1-2: this rank's updated shard `part` of unit `u`, all-gathered with the other
+        /// ranks' into the parameters through one mapped flat buffer (unmapped after, so no
+        /// full-unit copy stays in the heap).
+        func gatherUpdated(_ u: Unit, _ part: [Float]) throws {
+            let flat = Storage(mappedZeros: u.count)
+            part.withUnsafeBufferPointer { (flat.pointer + u.shard.lowerBound).update(from: $0.baseAddress!, count: $0.count) }
+            try timed { try comm.allGather(flat.pointer, count: u.count) }
+            for (k, (_, t)) in u.params.enumerated() { t.pointer.update(from: flat.pointer + u.offsets[k], count: t.count) }
         }
 
         func adam(_ w: inout [Float], _ g: [Float], _ i: Int) {
@@ -293,6 +452,7 @@ public final class ZeroEngine: BlockHooks {
                 }}
             }}
         }
+        memoryProbe?("optimizer step done")
         return norm
     }
 

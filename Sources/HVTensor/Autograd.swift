@@ -27,10 +27,51 @@ public final class GradNode {
     public let name: String
     let inputs: [Tensor]
     let backward: (Tensor) -> [Tensor?]
+    /// Creation order (torch's sequence_nr): `backward()` runs nodes from the newest to the
+    /// oldest, i.e. in the reverse of the forward, so a block's nodes run together.
+    let sequence: Int
+    nonisolated(unsafe) static var nextSequence = 0
     init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
         self.name = name
         self.inputs = inputs
         self.backward = backward
+        GradNode.nextSequence &+= 1
+        sequence = GradNode.nextSequence
+    }
+}
+
+/// Ready non-leaf tensors of a backward sweep, newest node first (a binary max-heap on
+/// `GradNode.sequence`).
+struct ReadyQueue {
+    private var heap: [(Int, Tensor)] = []
+    var isEmpty: Bool { heap.isEmpty }
+
+    mutating func push(_ t: Tensor, _ sequence: Int) {
+        heap.append((sequence, t))
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heap[parent].0 < heap[i].0 else { break }
+            heap.swapAt(parent, i)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Tensor? {
+        guard !heap.isEmpty else { return nil }
+        heap.swapAt(0, heap.count - 1)
+        let top = heap.removeLast().1
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < heap.count && heap[l].0 > heap[m].0 { m = l }
+            if r < heap.count && heap[r].0 > heap[m].0 { m = r }
+            if m == i { break }
+            heap.swapAt(i, m)
+            i = m
+        }
+        return top
     }
 }
 
@@ -56,46 +97,75 @@ extension Tensor {
 
     /// Reverse-mode sweep from this tensor. `gradient` defaults to ones (a scalar loss).
     /// Leaf tensors that require grad accumulate into `.grad`.
+    ///
+    /// Nodes run newest first (reverse creation order), each once every op that consumed its
+    /// output has run (dependency counts, as torch's engine), so a leaf's gradient for this
+    /// sweep is complete as soon as its last consumer has run: it is accumulated into `.grad`
+    /// right then and its `gradReadyHook` called — while backward goes on through earlier
+    /// layers (ZeRO reduces a bucket of parameters there). Contributions to one tensor are
+    /// summed in the order their consumers run, which depends only on the graph: the result is
+    /// deterministic.
     public func backward(_ gradient: Tensor? = nil) {
         let seed = gradient ?? Tensor(repeating: 1, shape: shape)
         precondition(seed.shape == shape, "backward: gradient shape \(seed.shape) != \(shape)")
         guard requiresGrad else { return }
-        // Reverse topological order via iterative DFS.
-        var order: [Tensor] = []
-        var visited = Set<ObjectIdentifier>()
-        var stack: [(Tensor, Bool)] = [(self, false)]
-        while let (t, expanded) = stack.popLast() {
-            if expanded { order.append(t); continue }
-            if visited.contains(ObjectIdentifier(t)) { continue }
-            visited.insert(ObjectIdentifier(t))
-            stack.append((t, true))
-            if let node = t.gradNode {
-                for input in node.inputs where input.requiresGrad && !visited.contains(ObjectIdentifier(input)) {
-                    stack.append((input, false))
+        // Consumers per reachable tensor (an op using x twice counts twice). Only identifiers are
+        // kept: a tensor stays alive while a node that has not run yet holds it as an input.
+        var pending: [ObjectIdentifier: Int] = [ObjectIdentifier(self): 0]
+        var stack: [Tensor] = [self]
+        while let t = stack.popLast() {
+            guard let node = t.gradNode else { continue }
+            for input in node.inputs where input.requiresGrad {
+                let key = ObjectIdentifier(input)
+                if let n = pending[key] {
+                    pending[key] = n + 1
+                } else {
+                    pending[key] = 1
+                    stack.append(input)
                 }
             }
         }
         var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        var ready = ReadyQueue()
         GradMode.withoutGrad {
-            for t in order.reversed() {
-                guard let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
-                guard let node = t.gradNode else {
-                    t.accumulateGrad(g)
-                    continue
-                }
-                let inputGrads = node.backward(g)
+            // A tensor whose consumers have all run: leaves are finished at once, ops queued.
+            func finish(_ t: Tensor) {
+                if let node = t.gradNode { ready.push(t, node.sequence); return }
+                if let g = grads.removeValue(forKey: ObjectIdentifier(t)) { t.accumulateGrad(g) }
+                t.gradReadyHook?(t)
+            }
+            finish(self)
+            while let t = ready.pop() {
+                let node = t.gradNode!
                 // Backward rules capture their op's output (e.g. y for exp), and the output owns
                 // its node: drop the node once used so the step's graph is freed (no retain_graph).
                 t.gradNode = nil
-                precondition(inputGrads.count == node.inputs.count, "\(node.name): wrong gradient count")
-                for (input, ig) in zip(node.inputs, inputGrads) {
-                    guard input.requiresGrad, let ig else { continue }
-                    precondition(ig.shape == input.shape, "\(node.name): gradient \(ig.shape) for input \(input.shape)")
+                let inputGrads = grads.removeValue(forKey: ObjectIdentifier(t)).map { node.backward($0) }
+                precondition(inputGrads == nil || inputGrads!.count == node.inputs.count, "\(node.name): wrong gradient count")
+                for (j, input) in node.inputs.enumerated() where input.requiresGrad {
                     let key = ObjectIdentifier(input)
-                    grads[key] = grads[key].map { $0.adding(ig) } ?? ig
+                    if let ig = inputGrads?[j] {
+                        precondition(ig.shape == input.shape, "\(node.name): gradient \(ig.shape) for input \(input.shape)")
+                        grads[key] = grads[key].map { $0.adding(ig) } ?? ig
+                    }
+                    let n = pending[key]! - 1
+                    if n > 0 { pending[key] = n; continue }
+                    pending[key] = nil
+                    finish(input)
                 }
             }
         }
+    }
+
+    /// Sets the hook `backward()` calls on this leaf once a sweep that reaches it has finished
+    /// its gradient — accumulated into `.grad` (unchanged if every consumer gave nil) — while
+    /// the sweep goes on (torch's `register_post_accumulate_grad_hook`). A leaf reached by
+    /// several sweeps (a parameter used in two `recompute` regions) gets one call per sweep.
+    /// nil removes it. The hook runs with recording off and must not start another backward
+    /// of the same graph.
+    public func setGradReadyHook(_ hook: ((Tensor) -> Void)?) {
+        precondition(hook == nil || isLeaf, "grad-ready hooks are for leaves (parameters)")
+        gradReadyHook = hook
     }
 
     func accumulateGrad(_ g: Tensor) {

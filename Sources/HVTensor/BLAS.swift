@@ -9,6 +9,8 @@ public enum HVRuntime {
     public static func configureProcess() { hv_tune_malloc() }
     /// Hands the heap's free pages back to the kernel (after ZeRO-3 drops the full model).
     public static func trimHeap() { _ = hv_malloc_trim() }
+    /// Large blocks mmap-ed and returned when freed (ZeRO-3 workers; see hv_tune_malloc_resident).
+    public static func preferResidentMemory() { hv_tune_malloc_resident() }
 }
 
 /// Thin funnel over OpenBLAS's cblas_sgemm (row-major).

@@ -20,6 +20,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     /// Dotted path of a parameter (e.g. `double_blocks.0.img_attn_qkv.weight`); nil for activations.
     public var name: String?
     public internal(set) var gradNode: GradNode?
+    /// See `setGradReadyHook`.
+    public internal(set) var gradReadyHook: ((Tensor) -> Void)?
 
     public init(storage: Storage, shape: [Int], strides: [Int]? = nil, offset: Int = 0, requiresGrad: Bool = false) {
         self.storage = storage

@@ -269,6 +269,8 @@ public final class Trainer {
             (lossSum, pipeTimes.idle, pipeTimes.total) = try pipelineGradients(indices: indices, step: step, frames: T)
         } else {
             for m in 0..<config.train.grad_accum {
+                // Gradient buckets are reduced during this micro-batch's backward (see ZeroEngine).
+                try engine.beginMicroBatch(last: m == config.train.grad_accum - 1)
                 let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
                 let (x0, text) = try microBatch(indices: indices, positions: pos, step: step, frames: T)
                 lossSum += accumulateGradients(x0: x0, text: text, positions: pos, step: step) * Float(micro)

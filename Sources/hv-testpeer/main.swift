@@ -15,6 +15,8 @@
 // client key); without, it has no keys at all. Prints "SENT n" (messages queued).
 //
 //   hv-testpeer ring-attention --rank R --world W --dir DIR   (see RingAttentionPeer.swift)
+//   hv-testpeer zero-buckets --rank R --world W --dir DIR --config RUN.yaml --stage S
+//                            [--accum A] [--recompute 0|1] [--steps N] [--batch B]   (see ZeroEnginePeer.swift)
 //
 // Exit codes: 0 done, 1 ZeroMQ error or timeout (message on stderr), 2 usage error.
 import Foundation
@@ -132,6 +134,12 @@ case "zmq-echo":
 case "ring-attention":
     do {
         try ringAttentionPeer(options)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+case "zero-buckets":
+    do {
+        try zeroBucketsPeer(options)
     } catch {
         fail("\(error)", code: 1)
     }

@@ -134,8 +134,19 @@ final class DiTTests: XCTestCase {
         model.zeroGrad()
         model.recomputeBlocks = true
         model(inp).square().mean().backward()
+        // Blocks' own gradients are bit-identical. vec (time_in, vector_in) feeds every block:
+        // backward adds its gradient contributions one op at a time, while a recomputed block
+        // first sums its own and hands back one total — the same terms grouped differently,
+        // so the parameters upstream of vec may differ in the last bits.
         for (i, p) in model.parameters().enumerated() {
-            XCTAssertEqual(p.grad?.scalars ?? [], plain[i], p.name ?? "?")
+            let name = p.name ?? "?", g = p.grad?.scalars ?? []
+            if name.hasPrefix("double_blocks.") || name.hasPrefix("single_blocks.") {
+                XCTAssertEqual(g, plain[i], name)
+                continue
+            }
+            XCTAssertEqual(g.count, plain[i].count, name)
+            let scale = plain[i].map { abs($0) }.max() ?? 0
+            for (a, b) in zip(g, plain[i]) { XCTAssertEqual(a, b, accuracy: 1e-6 * max(scale, 1e-30), name) }
         }
     }
 }

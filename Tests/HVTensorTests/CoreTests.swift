@@ -86,6 +86,40 @@ final class CoreTests: XCTestCase {
         for (i, t) in [x, w1, w2].enumerated() { XCTAssertEqual(t.grad!.scalars, plain[i], "tensor \(i)") }
     }
 
+    /// A leaf's grad-ready hook fires once per sweep, as soon as its gradient is final — in the
+    /// middle of backward, before earlier layers' leaves have any — in the reverse of the forward
+    /// order, also inside recomputed regions (nested sweeps).
+    func testGradReadyHookFiresOnceWhenTheLeafIsFinal() {
+        let x = randomTensor([2, 4], seed: 7)
+        let ws = (0..<3).map { randomTensor([4, 4], seed: 10 + UInt64($0)) }
+        for w in ws { w.requiresGrad = true }
+        for useRecompute in [false, true] {
+            var fired: [(Int, [Float], [Bool])] = []
+            for (i, w) in ws.enumerated() {
+                w.zeroGrad()
+                w.setGradReadyHook { t in fired.append((i, t.grad!.scalars, ws.map { $0.grad != nil })) }
+            }
+            // ws[0] is used twice (first and last layer): final only after its first use's backward.
+            func layer(_ h: Tensor, _ w: Tensor) -> Tensor { h.linear(w).tanh() + h }
+            var h = x
+            for w in ws + [ws[0]] {
+                h = useRecompute ? recompute([h]) { layer($0[0], w) } : layer(h, w)
+            }
+            h.square().sum().backward()
+            let what = useRecompute ? "recompute" : "plain"
+            if useRecompute {
+                // One sweep per region: ws[0] fires once in each of its two regions.
+                XCTAssertEqual(fired.map(\.0), [0, 2, 1, 0], what)
+            } else {
+                XCTAssertEqual(fired.map(\.0), [2, 1, 0], what)
+                for (i, g, _) in fired { XCTAssertEqual(g, ws[i].grad!.scalars, "\(what): ws[\(i)] fired before its gradient was final") }
+                XCTAssertEqual(fired[0].2, [false, false, true], "\(what): ws[2] fired after earlier layers' gradients existed")
+            }
+            XCTAssertEqual(fired.last!.1, ws[0].grad!.scalars, what)
+        }
+        for w in ws { w.setGradReadyHook(nil) }
+    }
+
     func testRNGIsDeterministicAndSplits() {
         var a = HVRandom(seed: 42), b = HVRandom(seed: 42)
         XCTAssertEqual((0..<5).map { _ in a.next() }, (0..<5).map { _ in b.next() })

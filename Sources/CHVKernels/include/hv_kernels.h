@@ -35,6 +35,11 @@ void hv_silu_backward(const float *x, const float *g, float *dx, size_t n);
 /// glibc malloc tuning for a tensor workload: large blocks come from the heap and are reused
 /// instead of being mmap-ed (and zero-filled by the kernel) on every allocation.
 void hv_tune_malloc(void);
+
+/// The opposite trade for ZeRO-3 workers, whose point is resident memory: blocks from 256 KiB
+/// up are mmap-ed and unmapped when freed, and the heap top is trimmed from 4 MiB, so RSS follows
+/// live memory instead of the step's high-water mark (costs page faults on large temporaries).
+void hv_tune_malloc_resident(void);
 /// One AdamW step (decoupled weight decay, bias corrections bc1 = 1 - beta1^t, bc2 = 1 - beta2^t),
 /// in place on p, m, v; the same arithmetic, in the same order, as the scalar reference.
 void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,

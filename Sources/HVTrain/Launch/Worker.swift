@@ -97,9 +97,28 @@ final class HeartbeatThread: @unchecked Sendable {
     }
 }
 
+/// VmRSS and VmHWM (peak) of this process in KiB, from /proc/self/status (nil where unavailable).
+func residentMemoryKB() -> (rss: Int, peak: Int)? {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    func field(_ name: String) -> Int? {
+        text.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+    }
+    guard let rss = field("VmRSS"), let peak = field("VmHWM") else { return nil }
+    return (rss, peak)
+}
+
 /// Runs a worker: rendezvous, the data plane, then training — or, when `job` is given, that job
 /// on the connected communicator instead (e.g. context-parallel sampling), followed by a barrier.
 public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? = nil, log: @escaping @Sendable (String) -> Void) throws {
+    // HV_TRACE_MEMORY=1: log resident and peak memory after set-up, every step and every save
+    // (where a rank's peak RSS comes from; see BENCHMARKS.md, memory per ZeRO stage); =2 also
+    // at the ZeRO engine's gathers and reductions.
+    let traceLevel = Int(ProcessInfo.processInfo.environment["HV_TRACE_MEMORY"] ?? "") ?? 0, traceMemory = traceLevel > 0
+    func memory(_ phase: @autoclosure () -> String) {
+        guard traceMemory, let m = residentMemoryKB() else { return }
+        log(String(format: "rank %d memory %@: rss %.1f MiB, peak %.1f MiB", o.rank, phase(), Double(m.rss) / 1024, Double(m.peak) / 1024))
+    }
     let auth = try o.keyFile.map { try RunKeys.read(path: $0, worldSize: o.worldSize).auth(rank: o.rank) }
     let ctx = try ZMQContext(ioThreads: 1)
     defer { ctx.close() }
@@ -159,7 +178,11 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
         var cfg = try RunConfig.load(path: o.configPath)
         if let steps = o.steps { cfg.train.steps = steps }
         if let b = o.batchSize { cfg.train.batch_size = b }
+        // ZeRO-3 is chosen for per-rank memory: let RSS follow live memory (costs page faults).
+        if o.zeroStage == 3 { HVRuntime.preferResidentMemory() }
         let trainer = try Trainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
+        memory("after set-up")
+        if traceLevel >= 2 { trainer.engine.memoryProbe = { memory("step \(trainer.step): " + $0) } }
         if let dir = o.resume {
             let t0 = Date()
             try Checkpointing.load(trainer, from: dir)
@@ -187,6 +210,7 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
                 if o.continueOnSaveError { log("rank \(o.rank): --continue-on-save-error: training goes on"); return }
                 throw e
             }
+            memory("after the save at step \(trainer.step)")
             if o.rank == 0 {
                 log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
                 var m = ControlMessage(type: .saved)
@@ -209,6 +233,7 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
             if flag[0] > 0 { stopRequested = true; break }
             let s = try trainer.trainStep()
             heartbeat.setStep(trainer.step)
+            memory("after step \(trainer.step)")
             if o.rank == 0, trainer.pipeline != nil, s.pipelineSeconds > 0 {
                 if s.step > 0 { bubble.idle += s.pipelineIdleSeconds; bubble.total += s.pipelineSeconds; bubble.steps += 1 }
                 if trainer.step % cfg.train.log_every == 0 || trainer.step == lastStep {
