@@ -17,7 +17,7 @@ public struct CoordCommand: ParsableCommand {
         One process:  hv-coord train --config configs/runs/tiny.yaml
         Model sizes:  hv-coord plan --config configs/models/hyvideo-t2-13b.yaml
         """,
-        subcommands: [LaunchCommand.self, TrainCommand.self, TrainVAECommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
+        subcommands: [LaunchCommand.self, TrainCommand.self, TrainVAECommand.self, ExportVAECommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
     public init() {}
 }
 
@@ -204,6 +204,7 @@ struct LaunchCommand: ParsableCommand {
             if sample { return try launchSampling(hosts: hosts, mode: mode) }
             guard sampleArguments.isEmpty else { throw ValidationError("arguments after `--` are hv-sample's and need --sample") }
             guard let config else { throw ValidationError("give --config RUN.yaml (or --sample -- ... to sample from a checkpoint)") }
+            if VAERunConfig.isVAERun(path: config) { return try launchVAE(hosts: hosts, mode: mode, config: config) }
             var cfg = try RunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
             if let batchSize { cfg.train.batch_size = batchSize }
@@ -230,6 +231,33 @@ struct LaunchCommand: ParsableCommand {
             opts.batchSize = batchSize
             opts.stopAt = stopAt
             opts.continueOnSaveError = continueOnSaveError
+            try supervise(opts)
+        }
+    }
+
+    /// A VAE run config (`vae:` section): the same workers, data parallel over the global batch.
+    func launchVAE(hosts: HostsFile, mode: LaunchOptions.Launcher, config: String) throws {
+        var cfg = try VAERunConfig.load(path: config)
+        if let steps { cfg.train.steps = steps }
+        if let batchSize { cfg.train.batch_size = batchSize }
+        guard zero <= 2 else { throw ValidationError("\(config): a VAE run trains with --zero 0, 1 or 2 (stage 3 needs the DiT's per-block gather hooks)") }
+        guard cfg.train.batch_size % hosts.worldSize == 0 else {
+            throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by the \(hosts.worldSize) workers of \(nodes)")
+        }
+        let name = ((config as NSString).lastPathComponent as NSString).deletingPathExtension
+        var opts = try launchOptions(hosts: hosts, mode: mode, configPath: config, runDir: runDir ?? "checkpoints/\(name)",
+                                     allLocal: hosts.hosts.allSatisfy(HostsFile.isLocal))
+        opts.resume = resume
+        opts.batchSize = batchSize
+        opts.stopAt = stopAt
+        opts.continueOnSaveError = continueOnSaveError
+        try supervise(opts)
+    }
+
+    /// Runs the coordinator, relaunching from the latest checkpoint up to --max-restarts times.
+    func supervise(_ options: LaunchOptions) throws {
+        var opts = options
+        do {
             var attempt = 0
             while true {
                 do {

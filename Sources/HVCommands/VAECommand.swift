@@ -8,7 +8,8 @@ import HVTrain
 struct TrainVAECommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train-vae",
-        abstract: "Train the causal 3D VAE in this process on synthetic clips (L1 + KL); report held-out PSNR; save HDF5 weights.")
+        abstract: "Train the causal 3D VAE in this process on synthetic clips (L1 + KL); report held-out PSNR; save HDF5 weights.",
+        discussion: "Data parallel over several workers: hv-coord launch --nodes HOSTS --config VAE_RUN.yaml (writes RUN_DIR/vae.h5).")
 
     @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
     @Option(help: "Override train.steps.") var steps: Int?
@@ -20,25 +21,48 @@ struct TrainVAECommand: ParsableCommand {
             threads.apply()
             var cfg = try VAERunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
-            let trainer = VAETrainer(config: cfg)
+            let trainer = try VAETrainer(config: cfg)
             stderrLine("hv: training the causal VAE (\(trainer.vae.parameterCount.formatted()) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips for \(cfg.train.steps) steps")
             let t0 = Date()
             var window: [Float] = []
             for s in 0..<cfg.train.steps {
-                let (_, l1, _) = trainer.trainStep()
-                window.append(l1)
+                let stats = try trainer.trainStep()
+                window.append(stats.l1)
                 if (s + 1) % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
-                    outLine(String(format: "step %5d/%d  L1 %.4f  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
-                                 Date().timeIntervalSince(t0)))
+                    outLine(String(format: "step %5d/%d  L1 %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
+                                   stats.lr, Date().timeIntervalSince(t0)))
                     window.removeAll()
                 }
             }
-            let psnr = trainer.heldOutPSNR()
+            let psnr = try trainer.heldOutPSNR()
             outLine(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
             if let out {
                 try VAEWeights.save(trainer.vae, to: out)
                 stderrLine("hv: wrote VAE weights to \(out)")
             }
+        }
+    }
+}
+
+struct ExportVAECommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-vae",
+        abstract: "Consolidate a sharded VAE checkpoint (from hv-coord launch) into the single HDF5 file train-vae --out writes (for hv-sample --vae).")
+
+    @Option(help: "A VAE checkpoint directory (RUN_DIR/checkpoints/step-N) or a run directory (its latest checkpoint).") var checkpoint: String
+    @Option(help: "Output HDF5 file.") var out: String
+
+    func run() throws {
+        try runOrExit {
+            var dir = checkpoint
+            if !FileManager.default.fileExists(atPath: dir + "/manifest.json") {
+                guard let latest = try Checkpointing.resolve("auto", runDir: checkpoint, log: stderrLine) else {
+                    throw ValidationError("\(checkpoint): neither a checkpoint directory nor a run directory with checkpoints")
+                }
+                dir = latest
+            }
+            try Checkpointing.exportVAE(checkpoint: dir, to: out)
+            stderrLine("hv: wrote the VAE weights of \(dir) to \(out)")
         }
     }
 }

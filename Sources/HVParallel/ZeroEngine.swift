@@ -91,11 +91,10 @@ public final class ZeroEngine: BlockHooks {
     /// The fixed reduction order: blocks from the last, then `outer`.
     private let reduceOrder: [Int]
 
-    public init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
-        precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
-        self.stage = stage
-        self.comm = comm
-        self.optimizer = optimizer
+    /// The DiT's units: `outer` (embeddings, refiner, final layer, `extraOuter`), `txt_in` and
+    /// one per double/single block; stage 3 switches on block recomputation and gathers a block's
+    /// unit just before its forward and backward.
+    public convenience init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
         let blockNames = Set(model.blockModules.flatMap { $0.parameters().map { ObjectIdentifier($0) } })
         let outer = model.namedParameters().filter { !blockNames.contains(ObjectIdentifier($0.1)) } + extraOuter
         var groups: [(String, [(String, Tensor)])] = [("outer", outer)]
@@ -105,6 +104,22 @@ public final class ZeroEngine: BlockHooks {
             let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
             groups.append((i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)", ps))
         }
+        try self.init(stage: stage, comm: comm, units: groups, optimizer: optimizer)
+        if stage == 3 {
+            model.recomputeBlocks = true
+            model.blockHooks = self
+        }
+    }
+
+    /// Any model given as named units (each unit is one gradient bucket and one checkpoint unit,
+    /// its parameters flattened in the given order). Stage 3 needs a model that gathers each unit
+    /// before use through `BlockHooks` (the DiT initialiser sets that up); a model without such
+    /// hooks (the VAE) must use stages 0-2, whose weights stay whole on every rank.
+    public init(stage: Int, comm: Communicator, units groups: [(String, [(String, Tensor)])], optimizer: AdamW) throws {
+        precondition((0...3).contains(stage), "ZeRO stage must be 0-3")
+        self.stage = stage
+        self.comm = comm
+        self.optimizer = optimizer
         for (name, ps) in groups {
             var offsets: [Int] = [], n = 0
             for (_, t) in ps { offsets.append(n); n += t.count }
@@ -115,8 +130,6 @@ public final class ZeroEngine: BlockHooks {
         buckets = Buckets(units)
         reduceOrder = Array(units.indices.reversed())
         if stage == 3 {
-            model.recomputeBlocks = true
-            model.blockHooks = self
             // Shard unit by unit, dropping each unit's full weights at once, and give the freed
             // heap back before the Adam moments are allocated: the full model never coexists
             // with the sharded state.

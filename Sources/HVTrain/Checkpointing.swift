@@ -47,12 +47,32 @@ public enum Checkpointing {
     /// and `latest` are untouched. Throws `CheckpointSaveError`.
     @discardableResult
     public static func save(_ trainer: Trainer, runDir: String, keep: Int) throws -> String {
-        let comm = trainer.comm, engine = trainer.engine
+        let cfg = trainer.config
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let modelConfig = String(decoding: try enc.encode(cfg.model), as: UTF8.self)
+        return try save(engine: trainer.engine, comm: trainer.comm, step: trainer.step, runDir: runDir, keep: keep) { units in
+            CheckpointManifest(
+                step: trainer.step, samples_seen: trainer.samplesSeen,
+                tokens_seen: trainer.samplesSeen * cfg.model.videoTokens(latentT: cfg.data.frames, latentH: cfg.data.height, latentW: cfg.data.width),
+                world_size: trainer.comm.worldSize, zero_stage: trainer.engine.stage, run_config: cfg.json(),
+                model_config: modelConfig,
+                data_position: .init(epoch: trainer.order.epoch, offset: trainer.order.offset, count: trainer.order.count, seed: trainer.order.seed),
+                optimizer_step: trainer.optimizer.step, rng: "derived: HVRandom(train.seed).split(purpose).split(step).split(sample)",
+                units: units)
+        }
+    }
+
+    /// The model-agnostic save behind `save(_:runDir:keep:)` (DiT) and `save(_ vae:...)`: the
+    /// engine's units sharded over the ranks, and a manifest that `manifest` builds from the unit
+    /// entries (rank 0 only). Collective; see `save(_:runDir:keep:)` for the protocol.
+    @discardableResult
+    public static func save(engine: ZeroEngine, comm: Communicator, step: Int, runDir: String, keep: Int,
+                            manifest makeManifest: ([CheckpointManifest.UnitEntry]) throws -> CheckpointManifest) throws -> String {
         let root = runDir + "/checkpoints"
-        let name = directoryName(step: trainer.step)
+        let name = directoryName(step: step)
         let tmp = root + "/.tmp-" + name, final = root + "/" + name
         let fm = FileManager.default
-        let step = trainer.step
 
         func phase(_ body: () throws -> Void) throws {
             var local: Error?
@@ -84,7 +104,7 @@ public enum Checkpointing {
                 let f = try H5File(path: path, mode: .create)
                 try f.setAttribute("rank", .int64(Int64(comm.rank)))
                 try f.setAttribute("world_size", .int64(Int64(comm.worldSize)))
-                try f.setAttribute("step", .int64(Int64(trainer.step)))
+                try f.setAttribute("step", .int64(Int64(step)))
                 for (i, u) in engine.units.enumerated() {
                     let g = try f.createGroup("units/" + u.name)
                     try engine.withShardState(i) { w, m, v in
@@ -114,17 +134,7 @@ public enum Checkpointing {
                         return CheckpointManifest.ShardEntry(rank: r, file: rankFile(r), start: range.lowerBound, end: range.upperBound)
                     })
             }
-            let cfg = trainer.config
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.sortedKeys]
-            let manifest = CheckpointManifest(
-                step: trainer.step, samples_seen: trainer.samplesSeen,
-                tokens_seen: trainer.samplesSeen * cfg.model.videoTokens(latentT: cfg.data.frames, latentH: cfg.data.height, latentW: cfg.data.width),
-                world_size: W, zero_stage: engine.stage, run_config: cfg.json(),
-                model_config: String(decoding: try enc.encode(cfg.model), as: UTF8.self),
-                data_position: .init(epoch: trainer.order.epoch, offset: trainer.order.offset, count: trainer.order.count, seed: trainer.order.seed),
-                optimizer_step: trainer.optimizer.step, rng: "derived: HVRandom(train.seed).split(purpose).split(step).split(sample)",
-                units: units)
+            let manifest = try makeManifest(units)
             try Durable.write(try manifest.encoded(), to: tmp + "/manifest.json")
             try Durable.sync(tmp)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
@@ -269,13 +279,23 @@ public enum Checkpointing {
 
     /// Restores a trainer (any world size / stage) from a checkpoint directory.
     public static func load(_ trainer: Trainer, from dir: String) throws {
-        let m = try CheckpointManifest.read(directory: dir)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let mine = String(decoding: try enc.encode(trainer.config.model), as: UTF8.self)
+        let m = try load(engine: trainer.engine, comm: trainer.comm, modelConfig: mine, from: dir)
+        let p = m.data_position
+        try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
+        trainer.optimizer.setStep(m.optimizer_step)
+    }
+
+    /// The model-agnostic part of a load: checks the model config (JSON, compared field by
+    /// field) and the unit layout against this engine's, then restores every unit's weights and
+    /// Adam moments. Collective. Returns the manifest (step, data position, optimizer step).
+    @discardableResult
+    public static func load(engine: ZeroEngine, comm: Communicator, modelConfig mine: String, from dir: String) throws -> CheckpointManifest {
+        let m = try CheckpointManifest.read(directory: dir)
         let diff = differingFields(m.model_config, mine)
         if !diff.isEmpty { throw CheckpointError.configMismatch(checkpoint: dir, fields: diff) }
-        let engine = trainer.engine, comm = trainer.comm
         var entries: [CheckpointManifest.UnitEntry] = []
         for u in engine.units {
             guard let entry = m.units.first(where: { $0.name == u.name }) else {
@@ -304,9 +324,7 @@ public enum Checkpointing {
                                  expAvg: try reader.read(entry, "exp_avg", mom), expAvgSq: try reader.read(entry, "exp_avg_sq", mom))
             }
         }
-        let p = m.data_position
-        try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
-        trainer.optimizer.setStep(m.optimizer_step)
+        return m
     }
 
     /// `auto`: the checkpoint `latest` names, or the newest complete one, skipping (and

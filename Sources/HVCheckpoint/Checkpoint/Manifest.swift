@@ -61,6 +61,8 @@ public struct CheckpointManifest: Codable, Equatable, Sendable {
     public var rng: String
     public var units: [UnitEntry]
     public var created: String
+    /// What was trained: nil for the DiT, "vae" for the causal VAE (`VAECheckpointing.swift`).
+    public var kind: String? = nil
 
     public init(step: Int, samples_seen: Int, tokens_seen: Int, world_size: Int, zero_stage: Int, run_config: String, model_config: String,
                 data_position: DataPosition, optimizer_step: Int, rng: String, units: [UnitEntry]) {

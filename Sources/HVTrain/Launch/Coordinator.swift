@@ -360,7 +360,10 @@ public final class Coordinator: @unchecked Sendable {
         let t0 = Date()
         for r in 0..<W { lastSeen[r] = Date() }
         var totalSteps = o.steps
-        if totalSteps == nil, let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
+        if totalSteps == nil {
+            if VAERunConfig.isVAERun(path: o.configPath) { totalSteps = (try? VAERunConfig.load(path: o.configPath))?.train.steps }
+            else if let cfg = try? RunConfig.load(path: o.configPath) { totalSteps = cfg.train.steps }
+        }
         if let s = o.stopAt, let t = totalSteps { totalSteps = min(s, t) }
         var stopSent: Date? = nil
         while workers.contains(where: { !$0.done }) || workers.contains(where: { $0.process.isRunning }) {
@@ -383,8 +386,11 @@ public final class Coordinator: @unchecked Sendable {
                     let total = totalSteps ?? 0
                     let elapsed = Date().timeIntervalSince(t0)
                     let eta = total > 0 && lastStep > 0 ? elapsed / Double(lastStep) * Double(total - lastStep) : 0
-                    emit(String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  comm %.0f%%  eta %.0fs", lastStep, total,
-                                m.loss ?? 0, m.grad_norm ?? 0, m.lr ?? 0, m.tokens_per_s ?? 0,
+                    // VAE runs report clips per second (they have no video tokens).
+                    let rate = m.tokens_per_s.map { String(format: "%.0f tok/s", $0) }
+                        ?? String(format: "%.2f clips/s", Double(m.samples ?? 0) / max(m.step_s ?? 1, 1e-9))
+                    emit(String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %@  comm %.0f%%  eta %.0fs", lastStep, total,
+                                m.loss ?? 0, m.grad_norm ?? 0, m.lr ?? 0, rate as NSString,
                                 100 * (m.comm_s ?? 0) / max(m.step_s ?? 1, 1e-9), eta))
                 case .done: workers[r].done = true
                 case .saved: if let p = m.path { emit("hv-coord: checkpoint \(p) saved at step \(m.step ?? 0)") }

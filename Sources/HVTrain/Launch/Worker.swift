@@ -175,6 +175,14 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
             send(done)
             return
         }
+        if VAERunConfig.isVAERun(path: o.configPath) {
+            try trainVAE(o, comm: comm, control: control, heartbeat: heartbeat, send: send, log: log)
+            try comm.barrier()
+            var done = ControlMessage(type: .done)
+            done.rank = o.rank
+            send(done)
+            return
+        }
         var cfg = try RunConfig.load(path: o.configPath)
         if let steps = o.steps { cfg.train.steps = steps }
         if let b = o.batchSize { cfg.train.batch_size = b }
