@@ -22,19 +22,7 @@ func trainVAE(_ o: WorkerOptions, comm: Communicator, control: ZMQSocket, heartb
         log("training the causal VAE (\(trainer.vae.parameterCount) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips on \(o.worldSize) worker(s), ZeRO stage \(o.zeroStage), global batch \(cfg.train.batch_size) (\(cfg.train.batch_size / o.worldSize) per rank), \(cfg.train.lr_schedule.rawValue) lr \(cfg.train.lr), OpenBLAS \(BLAS.coreName)")
     }
     func save() throws {
-        let t0 = Date()
-        let dir: String
-        do { dir = try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep) } catch let e as CheckpointSaveError {
-            log("rank \(o.rank): \(e)")
-            if o.continueOnSaveError { log("rank \(o.rank): --continue-on-save-error: training goes on"); return }
-            throw e
-        }
-        if o.rank == 0 {
-            log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
-            var m = ControlMessage(type: .saved)
-            m.rank = 0; m.step = trainer.step; m.path = dir
-            send(m)
-        }
+        try saveCheckpoint(o, step: trainer.step, send: send, log: log) { try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep) }
     }
     var stopRequested = false
     var lastSaved = -1
@@ -42,13 +30,7 @@ func trainVAE(_ o: WorkerOptions, comm: Communicator, control: ZMQSocket, heartb
     let t0 = Date()
     var window: [Float] = []
     while trainer.step < lastStep {
-        var flag: [Float] = [0]
-        if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: o.worldSize) {
-            if m.type == .abort { throw WorkerError.aborted }
-            if m.type == .stop { flag[0] = 1 }
-        }
-        try flag.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
-        if flag[0] > 0 { stopRequested = true; break }
+        if try stopAgreed(control: control, comm: comm) { stopRequested = true; break }
         let s = try trainer.trainStep()
         heartbeat.setStep(trainer.step)
         if o.rank == 0 {

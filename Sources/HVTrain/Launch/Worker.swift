@@ -108,6 +108,37 @@ func residentMemoryKB() -> (rss: Int, peak: Int)? {
     return (rss, peak)
 }
 
+/// Saves a checkpoint with `write` (returning its directory). A failed save is logged by every
+/// rank (the save agrees on failure) and stops the run, or with --continue-on-save-error is
+/// skipped; rank 0 reports a good one to the coordinator.
+func saveCheckpoint(_ o: WorkerOptions, step: Int, send: (ControlMessage) -> Void, log: (String) -> Void,
+                    write: () throws -> String) throws {
+    let t0 = Date()
+    let dir: String
+    do { dir = try write() } catch let e as CheckpointSaveError {
+        log("rank \(o.rank): \(e)")
+        if o.continueOnSaveError { log("rank \(o.rank): --continue-on-save-error: training goes on"); return }
+        throw e
+    }
+    guard o.rank == 0 else { return }
+    log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
+    var m = ControlMessage(type: .saved)
+    m.rank = 0; m.step = step; m.path = dir
+    send(m)
+}
+
+/// Polls the coordinator (non-blocking) before a step: an abort throws; a stop is agreed on by
+/// all ranks (an all-reduce of the flag), so that everyone saves at the same step.
+func stopAgreed(control: ZMQSocket, comm: Communicator) throws -> Bool {
+    var flag: [Float] = [0]
+    if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: comm.worldSize) {
+        if m.type == .abort { throw WorkerError.aborted }
+        if m.type == .stop { flag[0] = 1 }
+    }
+    try flag.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
+    return flag[0] > 0
+}
+
 /// Runs a worker: rendezvous, the data plane, then training — or, when `job` is given, that job
 /// on the connected communicator instead (e.g. context-parallel sampling), followed by a barrier.
 public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? = nil, log: @escaping @Sendable (String) -> Void) throws {
@@ -210,35 +241,14 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
         // (the first step also pays one-off allocation and connection set-up).
         var bubble = (idle: 0.0, total: 0.0, steps: 0)
         func save() throws {
-            let t0 = Date()
-            let dir: String
-            do { dir = try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep) } catch let e as CheckpointSaveError {
-                // Every rank gets the error at the same point (the save agrees on failure).
-                log("rank \(o.rank): \(e)")
-                if o.continueOnSaveError { log("rank \(o.rank): --continue-on-save-error: training goes on"); return }
-                throw e
-            }
+            try saveCheckpoint(o, step: trainer.step, send: send, log: log) { try Checkpointing.save(trainer, runDir: o.runDir, keep: cfg.checkpoint.keep) }
             memory("after the save at step \(trainer.step)")
-            if o.rank == 0 {
-                log(String(format: "saved checkpoint %@ (%.2fs)", dir, Date().timeIntervalSince(t0)))
-                var m = ControlMessage(type: .saved)
-                m.rank = 0; m.step = trainer.step; m.path = dir
-                send(m)
-            }
         }
         var stopRequested = false
         var lastSaved = -1
         let lastStep = min(cfg.train.steps, o.stopAt ?? Int.max)
         while trainer.step < lastStep {
-            // Requests from the coordinator (non-blocking). A stop is agreed on by all ranks
-            // (an all-reduce of the flag) so that everyone saves at the same step.
-            var flag: [Float] = [0]
-            if let bytes = try? control.receive(dontWait: true), let m = try? ControlMessage.decode(bytes, worldSize: o.worldSize) {
-                if m.type == .abort { throw WorkerError.aborted }
-                if m.type == .stop { flag[0] = 1 }
-            }
-            try flag.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) }
-            if flag[0] > 0 { stopRequested = true; break }
+            if try stopAgreed(control: control, comm: comm) { stopRequested = true; break }
             let s = try trainer.trainStep()
             heartbeat.setStep(trainer.step)
             memory("after step \(trainer.step)")
