@@ -173,3 +173,132 @@ HV_CLONES void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, 
         p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
     }
 }
+
+/* ---- Direct 3D convolution (stride 1) for narrow layers ----
+ * im2col + sgemm spends most of its time copying when channels are few (a 16-channel layer
+ * reuses each column element only 16 times), so narrow convolutions run here instead: each
+ * output row segment of 16 pixels for 16 output channels is accumulated in registers over
+ * (ci, dt, dh, dw), reading the padded input in place. Lanes past a row's end read the next
+ * row (or zeros at the end of the buffer) and are never stored. */
+typedef float hv_v16 __attribute__((vector_size(64), aligned(4)));
+/* Full zmm registers in the AVX-512 clone (clang otherwise prefers 256-bit halves there, and
+ * 24-32 accumulators no longer fit in registers). */
+#if defined(__clang__)
+#define HV_WIDE __attribute__((min_vector_width(512)))
+#else
+#define HV_WIDE
+#endif
+#define HV_CV_C 16
+
+/* *v = 16 floats from p, or the `avail` that remain before the buffer's end followed by zeros.
+ * (Out-parameter, not a return value: a 64-byte vector return would depend on the clone's ISA.) */
+static inline __attribute__((always_inline)) void hv_v16_load_tail(hv_v16 *v, const float *p, ptrdiff_t avail) {
+    if (avail >= 16) { memcpy(v, p, sizeof *v); return; }
+    float tmp[16] = {0};
+    memcpy(tmp, p, sizeof(float) * (size_t)(avail > 0 ? avail : 0));
+    memcpy(v, tmp, sizeof *v);
+}
+
+HV_CLONES HV_WIDE void hv_conv3d_direct(const float *x, int Ci, int Tp, int Hp, int Wp,
+                                const float *wt, int Co, int kt, int kh, int kw,
+                                float *out, int row0, int row1) {
+    const int To = Tp - kt + 1, Ho = Hp - kh + 1, Wo = Wp - kw + 1;
+    const int CoP = (Co + HV_CV_C - 1) / HV_CV_C * HV_CV_C;
+    const size_t plane = (size_t)To * Ho * Wo;
+    const float *xend = x + (size_t)Ci * Tp * Hp * Wp;
+    for (int r = row0; r < row1; r++) {
+        const int t = r / Ho, h = r % Ho;
+        for (int w0 = 0; w0 < Wo; w0 += 16) {
+            const int wl = Wo - w0 < 16 ? Wo - w0 : 16;
+            for (int c0 = 0; c0 < Co; c0 += HV_CV_C) {
+                hv_v16 acc[HV_CV_C];
+                for (int c = 0; c < HV_CV_C; c++) acc[c] = (hv_v16){0};
+                for (int ci = 0; ci < Ci; ci++) {
+                    for (int dt = 0; dt < kt; dt++) {
+                        for (int dh = 0; dh < kh; dh++) {
+                            const float *xr = x + (((size_t)ci * Tp + t + dt) * Hp + h + dh) * Wp + w0;
+                            const float *wr = wt + (size_t)(((ci * kt + dt) * kh + dh) * kw) * CoP + c0;
+                            for (int dw = 0; dw < kw; dw++) {
+                                hv_v16 xv;
+                                hv_v16_load_tail(&xv, xr + dw, xend - (xr + dw));
+                                const float *wv = wr + (size_t)dw * CoP;
+#pragma clang loop unroll(full)
+                                for (int c = 0; c < HV_CV_C; c++) acc[c] += wv[c] * xv;
+                            }
+                        }
+                    }
+                }
+                const int cl = Co - c0 < HV_CV_C ? Co - c0 : HV_CV_C;
+                for (int c = 0; c < cl; c++) {
+                    float lanes[16];
+                    memcpy(lanes, &acc[c], sizeof lanes);
+                    memcpy(out + (size_t)(c0 + c) * plane + (size_t)r * Wo + w0, lanes, sizeof(float) * (size_t)wl);
+                }
+            }
+        }
+    }
+}
+
+/* One (ci, dt) slice of the weight gradient for output channels [c0, c0 + 32):
+ * acc[dh][dw][v] = sum over (t, h, w) of x[ci][t + dt][h + dh][w + dw] * gT[(t, h, w)][c0 + 16v ..].
+ * KH and KW are constants at each call, so the 2 x KH x KW accumulators stay in registers. */
+static inline __attribute__((always_inline)) void hv_wgrad_slice(
+        const float *x, int Tp, int Hp, int Wp, const float *gT, int CoP, int To, int Ho, int Wo,
+        int ci, int dt, int c0, const int KH, const int KW, const int NV, hv_v16 acc[3][3][2]) {
+    for (int t = 0; t < To; t++) {
+        for (int h = 0; h < Ho; h++) {
+            const float *xr = x + (((size_t)ci * Tp + t + dt) * Hp + h) * Wp;
+            const float *gr = gT + ((size_t)t * Ho + h) * Wo * CoP + c0;
+            for (int w = 0; w < Wo; w++) {
+                hv_v16 g0, g1 = {0};
+                memcpy(&g0, gr + (size_t)w * CoP, sizeof g0);
+                if (NV == 2) memcpy(&g1, gr + (size_t)w * CoP + 16, sizeof g1);
+#pragma clang loop unroll(full)
+                for (int dh = 0; dh < KH; dh++) {
+#pragma clang loop unroll(full)
+                    for (int dw = 0; dw < KW; dw++) {
+                        const float xs = xr[(size_t)dh * Wp + w + dw];
+                        acc[dh][dw][0] += xs * g0;
+                        if (NV == 2) acc[dh][dw][1] += xs * g1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dW[co][ci][dt][dh][dw] += sum over output positions p of g[co][p] * x[ci][p + offset], for
+ * input channels [ci0, ci1), from gT [P][CoP] (the gradient transposed, output channels
+ * innermost, CoP = Co rounded up to 32 with zero columns). (kh, kw) must be (3, 3) or (1, 1). */
+HV_CLONES HV_WIDE void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
+                                              const float *gT, int Co, int kt, int kh, int kw,
+                                              float *dw, int ci0, int ci1) {
+    const int To = Tp - kt + 1, Ho = Hp - kh + 1, Wo = Wp - kw + 1;
+    const int CoP = (Co + 31) / 32 * 32;
+    for (int ci = ci0; ci < ci1; ci++) {
+        for (int dt = 0; dt < kt; dt++) {
+            for (int c0 = 0; c0 < Co; c0 += 32) {
+                hv_v16 acc[3][3][2];
+                memset(acc, 0, sizeof acc);
+                /* 16 output channels left: one vector per tap (the other would be zeros). */
+                const int wide = Co - c0 > 16;
+                if (kh == 3 && kw == 3) {
+                    if (wide) hv_wgrad_slice(x, Tp, Hp, Wp, gT, CoP, To, Ho, Wo, ci, dt, c0, 3, 3, 2, acc);
+                    else hv_wgrad_slice(x, Tp, Hp, Wp, gT, CoP, To, Ho, Wo, ci, dt, c0, 3, 3, 1, acc);
+                } else {
+                    if (wide) hv_wgrad_slice(x, Tp, Hp, Wp, gT, CoP, To, Ho, Wo, ci, dt, c0, 1, 1, 2, acc);
+                    else hv_wgrad_slice(x, Tp, Hp, Wp, gT, CoP, To, Ho, Wo, ci, dt, c0, 1, 1, 1, acc);
+                }
+                for (int dh = 0; dh < kh; dh++) {
+                    for (int k = 0; k < kw; k++) {
+                        float lanes[32];
+                        memcpy(lanes, &acc[dh][k][0], sizeof(float) * 16);
+                        memcpy(lanes + 16, &acc[dh][k][1], sizeof(float) * 16);
+                        for (int c = 0; c < 32 && c0 + c < Co; c++)
+                            dw[((((size_t)(c0 + c) * Ci + ci) * kt + dt) * kh + dh) * kw + k] += lanes[c];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -88,7 +88,8 @@ extension Tensor {
         let framesPerChunk = Swift.max(1, Swift.min(To, (1 << 24) / Swift.max(1, K * HWo)))
         let x = xp.contiguous(), w = weight.contiguous()
         let out = Tensor(uninitialized: [N, Co, To, Ho, Wo])
-        let cols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
+        let direct = Conv3dDirect.applies(inChannels: Ci, outChannels: Co, kernel: (kh, kw), stride: stride)
+        let cols = UnsafeMutablePointer<Float>.allocate(capacity: direct ? 0 : K * framesPerChunk * HWo)
         defer { cols.deallocate() }
 
         // cols[k, (t - t0) * HWo + ho * Wo + wo] = x[n, ci, t*st+dt, ho*sh+dh, wo*sw+dw]
@@ -108,9 +109,15 @@ extension Tensor {
             }}}}
         }
 
+        let geometry = Conv3dDirect.Geometry(ci: Ci, tp: T, hp: H, wp: W, co: Co, kt: kt, kh: kh, kw: kw)
+        let threads = BLAS.threads
+        let packed = direct ? Conv3dDirect.packedWeight(w, flipped: false) : nil
         for n in 0..<N {
+            if let packed {
+                Conv3dDirect.forward(x.pointer + n * geometry.inSize, geometry, packed: packed, out: out.pointer + n * Co * P, threads: threads)
+            }
             var t0 = 0
-            while t0 < To {
+            while !direct && t0 < To {
                 let nt = Swift.min(framesPerChunk, To - t0)
                 im2col(n, t0, nt, cols)
                 BLAS.sgemm(m: Co, n: nt * HWo, k: K, a: w.pointer, lda: K, b: cols, ldb: nt * HWo,
@@ -128,10 +135,21 @@ extension Tensor {
             let gc = g.contiguous()
             let dx: Tensor? = xp.requiresGrad ? Tensor(zeros: x.shape) : nil
             let dw: Tensor? = weight.requiresGrad ? Tensor(zeros: w.shape) : nil
-            let cols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
-            let dcols = UnsafeMutablePointer<Float>.allocate(capacity: K * framesPerChunk * HWo)
+            if direct {
+                let flipped = dx != nil ? Conv3dDirect.packedWeight(w, flipped: true) : nil
+                for n in 0..<N {
+                    let xn = x.pointer + n * geometry.inSize, gn = gc.pointer + n * Co * P
+                    if let dw { Conv3dDirect.weightGrad(xn, gn, geometry, dw: dw.pointer, threads: threads) }
+                    if let dx, let flipped {
+                        Conv3dDirect.inputGrad(gn, geometry, flippedPacked: flipped, dx: dx.pointer + n * geometry.inSize, threads: threads)
+                    }
+                }
+            }
+            let chunkCapacity = direct ? 0 : K * framesPerChunk * HWo
+            let cols = UnsafeMutablePointer<Float>.allocate(capacity: chunkCapacity)
+            let dcols = UnsafeMutablePointer<Float>.allocate(capacity: chunkCapacity)
             defer { cols.deallocate(); dcols.deallocate() }
-            for n in 0..<N {
+            for n in 0..<N where !direct {
                 var t0 = 0
                 while t0 < To {
                     let nt = Swift.min(framesPerChunk, To - t0)

@@ -47,3 +47,21 @@ void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, 
 /* Returns the heap's free pages to the kernel (glibc malloc_trim(0)); 1 if memory was released. */
 int hv_malloc_trim(void);
 #endif
+
+#ifndef HV_KERNELS_CONV_H
+#define HV_KERNELS_CONV_H
+/// Direct stride-1 3D convolution of an already padded input x [Ci, Tp, Hp, Wp] (one sample)
+/// with wt [Ci * kt * kh * kw][CoP] (the weight transposed, output channels innermost, CoP = Co
+/// rounded up to 16 with zero columns): writes out [Co, To, Ho, Wo] rows r = t * Ho + h for
+/// r in [row0, row1) (To = Tp - kt + 1 and so on). Rows are independent, so callers split them
+/// across threads.
+void hv_conv3d_direct(const float *x, int Ci, int Tp, int Hp, int Wp,
+                      const float *wt, int Co, int kt, int kh, int kw,
+                      float *out, int row0, int row1);
+/// The weight gradient of the same convolution: dw [Co, Ci, kt, kh, kw] += g (*) x for input
+/// channels [ci0, ci1), from gT [To * Ho * Wo][Co rounded up to 32] (the output gradient
+/// transposed, zero columns past Co); (kh, kw) is (3, 3) or (1, 1).
+void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
+                            const float *gT, int Co, int kt, int kh, int kw,
+                            float *dw, int ci0, int ci1);
+#endif

@@ -13,6 +13,9 @@ public struct SyntheticVideo: Sendable {
     public static let cameras = ["static", "pan left", "pan right", "zoom in"]
     public static let backgrounds = ["dark gray", "light gray", "warm beige", "cool blue"]
 
+    /// Sub-samples per pixel side for the shape's anti-aliased edge.
+    static let subsamples = 4
+
     public let size: Int, frames: Int, seed: UInt64
     public init(size: Int = 64, frames: Int = 17, seed: UInt64 = 0) {
         self.size = size; self.frames = frames; self.seed = seed
@@ -65,14 +68,25 @@ public struct SyntheticVideo: Sendable {
                 for x in 0..<size {
                     let shade = 0.85 + 0.3 * Float(y) / S  // vertical gradient background
                     var p = (b.0 * shade, b.1 * shade, b.2 * shade)
-                    let u = (Float(x) + pan - S / 2) / zoom + S / 2 - cx, v = (Float(y) - S / 2) / zoom + S / 2 - cy
-                    let inside: Bool
-                    switch shape {
-                    case 0: inside = abs(u) <= r && abs(v) <= r
-                    case 1: inside = u * u + v * v <= r * r
-                    default: inside = v <= r && v >= -r && abs(u) <= (v + r) / 2
+                    // Coverage of the pixel by the shape from 4 x 4 sub-samples, so edges are
+                    // anti-aliased as a camera's pixels (integrating over their area) would be.
+                    var covered = 0
+                    for sy in 0..<Self.subsamples {
+                        for sx in 0..<Self.subsamples {
+                            let fx = Float(x) + (Float(sx) + 0.5) / Float(Self.subsamples) - 0.5
+                            let fy = Float(y) + (Float(sy) + 0.5) / Float(Self.subsamples) - 0.5
+                            let u = (fx + pan - S / 2) / zoom + S / 2 - cx, v = (fy - S / 2) / zoom + S / 2 - cy
+                            let inside: Bool
+                            switch shape {
+                            case 0: inside = abs(u) <= r && abs(v) <= r
+                            case 1: inside = u * u + v * v <= r * r
+                            default: inside = v <= r && v >= -r && abs(u) <= (v + r) / 2
+                            }
+                            if inside { covered += 1 }
+                        }
                     }
-                    if inside { p = col }
+                    let a = Float(covered) / Float(Self.subsamples * Self.subsamples)
+                    p = (p.0 + a * (col.0 - p.0), p.1 + a * (col.1 - p.1), p.2 + a * (col.2 - p.2))
                     let o = (y * size + x) * 3
                     img[o] = min(max(p.0, 0), 1); img[o + 1] = min(max(p.1, 0), 1); img[o + 2] = min(max(p.2, 0), 1)
                 }
