@@ -38,6 +38,7 @@ struct KernelsBench: ParsableCommand {
     @Option(help: "Attention worker threads (default: all cores).") var attentionThreads: Int?
     @Option(help: "Attention query/key block size.") var block: Int?
     @Flag(help: "Only the attention benchmark.") var attentionOnly = false
+    @Flag(help: "Only the Conv3d benchmark (direct kernels vs im2col + sgemm).") var convOnly = false
 
     func run() throws {
         if let threads { BLAS.threads = threads }
@@ -56,6 +57,7 @@ struct KernelsBench: ParsableCommand {
         print(String(format: "sgemm 2048^3 (peak reference)             %8.1f GFLOP/s", peak))
 
         if attentionOnly { benchAttention(peak: peak, rng: &rng); return }
+        if convOnly { benchConv3d(rng: &rng); return }
         // DiT shapes (HYVideo-T/2 hidden 3072, and a family member with hidden 1024): M tokens x K -> N.
         print("\nlinear layers, \(tokens) tokens          raw sgemm   hv linear   ratio   hv fwd+bwd")
         let shapes: [(String, Int, Int)] = [
@@ -123,23 +125,37 @@ struct KernelsBench: ParsableCommand {
 
     }
 
+    /// Causal 3x3x3 convolutions on 9 x 32 x 32 (the small VAE's full-resolution layers and a
+    /// wide one); narrow ones also through im2col + sgemm, side by side with the direct kernels.
     func benchConv3d(rng: inout HVRandom) {
-        // Conv3d: a VAE-like causal 3x3x3 convolution, 128 -> 128 channels, 9 x 32 x 32.
-        do {
-            let x = Tensor.randn([1, 128, 9, 32, 32], rng: &rng), w = Tensor.randn([128, 128, 3, 3, 3], std: 0.02, rng: &rng)
-            let flops = 2 * Double(128 * 128 * 27) * Double(9 * 32 * 32)
-            let tFwd = bestTime(repeats: repeats) {
-                _ = GradMode.withoutGrad { x.conv3d(w, padding: .causal(kernel: (3, 3, 3))) }
+        print("\nconv3d k3 on 9x32x32 (causal, replicate), GFLOP/s: forward / forward+backward")
+        let saved = Conv3dDirect.maxChannels
+        defer { Conv3dDirect.maxChannels = saved }
+        for channels in [16, 32, 64, 128] {
+            let x = Tensor.randn([1, channels, 9, 32, 32], rng: &rng), w = Tensor.randn([channels, channels, 3, 3, 3], std: 0.02, rng: &rng)
+            let g = Tensor.randn([1, channels, 9, 32, 32], rng: &rng)
+            let flops = 2 * Double(channels * channels * 27) * Double(9 * 32 * 32)
+            func measure() -> (forward: Double, both: Double) {
+                x.requiresGrad = false; w.requiresGrad = false
+                let tFwd = bestTime(repeats: repeats) { _ = GradMode.withoutGrad { x.conv3d(w, padding: .causal(kernel: (3, 3, 3))) } }
+                x.requiresGrad = true; w.requiresGrad = true
+                let tBoth = bestTime(repeats: repeats) {
+                    x.conv3d(w, padding: .causal(kernel: (3, 3, 3))).backward(g)
+                    x.zeroGrad(); w.zeroGrad()
+                }
+                return (flops / tFwd / 1e9, 3 * flops / tBoth / 1e9)
             }
-            x.requiresGrad = true; w.requiresGrad = true
-            let g = Tensor.randn([1, 128, 9, 32, 32], rng: &rng)
-            let tBoth = bestTime(repeats: repeats) {
-                x.conv3d(w, padding: .causal(kernel: (3, 3, 3))).backward(g)
-                x.zeroGrad(); w.zeroGrad()
+            let direct = channels <= saved
+            let main = measure()
+            var line = String(format: "  %3d -> %3d  %-7@ %7.1f / %7.1f", channels, channels, (direct ? "direct" : "im2col") as NSString, main.forward, main.both)
+            if direct {
+                Conv3dDirect.maxChannels = 0
+                let im2col = measure()
+                Conv3dDirect.maxChannels = saved
+                line += String(format: "   im2col %7.1f / %7.1f   speed-up %.2fx / %.2fx", im2col.forward, im2col.both,
+                               main.forward / im2col.forward, main.both / im2col.both)
             }
-            print(String(format: "\nconv3d 128->128 k3 on 9x32x32 (causal, replicate)"))
-            print(String(format: "  forward            %8.1f GFLOP/s", flops / tFwd / 1e9))
-            print(String(format: "  forward+backward   %8.1f GFLOP/s", 3 * flops / tBoth / 1e9))
+            print(line)
         }
     }
 }
