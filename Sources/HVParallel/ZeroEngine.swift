@@ -62,6 +62,9 @@ public final class ZeroEngine: BlockHooks {
     /// gathered, its gradients reduce-scattered, the step finished): a diagnostic hook (the
     /// worker logs RSS there under HV_TRACE_MEMORY=2).
     public var memoryProbe: ((String) -> Void)?
+    /// Ranks that hold the rest of the model (the other pipeline stages, one rank each): the
+    /// global gradient norm adds up their sums of squares. nil: `comm` holds the whole model.
+    public var normGroup: Communicator?
     /// Seconds spent in collectives since the last `takeCommSeconds()`.
     public private(set) var commSeconds = 0.0
     private var deferredError: Error?
@@ -95,6 +98,16 @@ public final class ZeroEngine: BlockHooks {
     /// one per double/single block; stage 3 switches on block recomputation and gathers a block's
     /// unit just before its forward and backward.
     public convenience init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
+        try self.init(stage: stage, comm: comm, units: Self.units(of: model, extraOuter: extraOuter), optimizer: optimizer)
+        if stage == 3 {
+            model.recomputeBlocks = true
+            model.blockHooks = self
+        }
+    }
+
+    /// The DiT's units by name: `outer` (every parameter outside the blocks, then `extraOuter`),
+    /// `txt_in`, then `double_blocks.k` and `single_blocks.k` (as `blockModules`).
+    public static func units(of model: HunyuanDiT, extraOuter: [(String, Tensor)]) -> [(String, [(String, Tensor)])] {
         let blockNames = Set(model.blockModules.flatMap { $0.parameters().map { ObjectIdentifier($0) } })
         let outer = model.namedParameters().filter { !blockNames.contains(ObjectIdentifier($0.1)) } + extraOuter
         var groups: [(String, [(String, Tensor)])] = [("outer", outer)]
@@ -104,11 +117,7 @@ public final class ZeroEngine: BlockHooks {
             let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
             groups.append((i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)", ps))
         }
-        try self.init(stage: stage, comm: comm, units: groups, optimizer: optimizer)
-        if stage == 3 {
-            model.recomputeBlocks = true
-            model.blockHooks = self
-        }
+        return groups
     }
 
     /// Any model given as named units (each unit is one gradient bucket and one checkpoint unit,
@@ -346,6 +355,17 @@ public final class ZeroEngine: BlockHooks {
     /// this rank's shards (stages 2-3, persistent buffers).
     public var reducedGradientElements: Int { reducedGrads.reduce(0) { $0 + $1.count } }
 
+    /// This rank's model state in bytes (fp32): the weights it keeps (its units' tensors; stage
+    /// 3: its shards), its Adam moments as allocated, and the gradients a step holds at most
+    /// (whole units in stages 0-1; this rank's shards in stages 2-3, where stage 2 also holds one
+    /// unit's full gradients briefly, not counted).
+    public var modelStateBytes: (weights: Int, gradients: Int, moments: Int) {
+        let params = units.reduce(0) { $0 + $1.count }, shards = units.reduce(0) { $0 + $1.shard.count }
+        let weights = stage == 3 ? shardWeights.reduce(0) { $0 + $1.count } : params
+        let moments = exp_avg.reduce(0) { $0 + $1.count } + exp_avg_sq.reduce(0) { $0 + $1.count }
+        return (4 * weights, 4 * (stage <= 1 ? params : shards), 4 * moments)
+    }
+
     private func deferring(_ body: () throws -> Void) {
         guard deferredError == nil else { return }
         do { try body() } catch { deferredError = error }
@@ -406,6 +426,11 @@ public final class ZeroEngine: BlockHooks {
         if stage >= 2 {
             var s = [Float(sumsq)]
             try timed { try s.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) } }
+            sumsq = Double(s[0])
+        }
+        if let normGroup {
+            var s = [Float(sumsq)]
+            try timed { try s.withUnsafeMutableBufferPointer { try normGroup.allReduce($0.baseAddress!, count: 1) } }
             sumsq = Double(s[0])
         }
         let norm = Float(sumsq.squareRoot())

@@ -78,22 +78,32 @@ public final class HunyuanDiT: Module {
     /// token refiner, then one per block; everything else (embeddings, final layer) is `outer`.
     public var blockModules: [Module] { [txt_in] + double_blocks + single_blocks }
 
-    public init(config c: DiTConfig, seed: UInt64) {
+    /// `holding` picks the top-level parts (`img_in`, `txt_in`, `time_in`, `vector_in`,
+    /// `guidance_in`, `double_blocks.k`, `single_blocks.k`, `final_layer`) whose weights this
+    /// instance keeps; a pipeline stage keeps only its own. The others are still drawn from the
+    /// init stream, so kept parts equal a whole model's, but released as soon as each is built
+    /// (at most one part beyond the kept ones is ever allocated); they keep their names and
+    /// shapes and must not be run.
+    public init(config c: DiTConfig, seed: UInt64, holding keep: (String) -> Bool = { _ in true }) {
         config = c
         var rng = HVRandom(seed: seed).split("dit-init")
         let H = c.hidden_size
-        img_in = PatchEmbed(patch: c.patch_size, inChannels: c.in_channels, hidden: H, rng: &rng)
-        txt_in = SingleTokenRefiner(inDim: c.text_states_dim, hidden: H, heads: c.heads_num, depth: c.refiner_depth, rng: &rng)
-        time_in = TimestepEmbedder(hidden: H, rng: &rng)
-        vector_in = MLPEmbedder(inDim: c.text_states_dim_2, hidden: H, rng: &rng)
-        guidance_in = c.guidance_embed ? TimestepEmbedder(hidden: H, rng: &rng) : nil
+        func held<M: Module>(_ part: String, _ m: M) -> M {
+            if !keep(part) { for p in m.parameters() { p.release() } }
+            return m
+        }
+        img_in = held("img_in", PatchEmbed(patch: c.patch_size, inChannels: c.in_channels, hidden: H, rng: &rng))
+        txt_in = held("txt_in", SingleTokenRefiner(inDim: c.text_states_dim, hidden: H, heads: c.heads_num, depth: c.refiner_depth, rng: &rng))
+        time_in = held("time_in", TimestepEmbedder(hidden: H, rng: &rng))
+        vector_in = held("vector_in", MLPEmbedder(inDim: c.text_states_dim_2, hidden: H, rng: &rng))
+        guidance_in = c.guidance_embed ? held("guidance_in", TimestepEmbedder(hidden: H, rng: &rng)) : nil
         var d: [MMDoubleStreamBlock] = []
-        for _ in 0..<c.mm_double_blocks_depth { d.append(MMDoubleStreamBlock(config: c, rng: &rng)) }
+        for k in 0..<c.mm_double_blocks_depth { d.append(held("double_blocks.\(k)", MMDoubleStreamBlock(config: c, rng: &rng))) }
         double_blocks = d
         var s: [MMSingleStreamBlock] = []
-        for _ in 0..<c.mm_single_blocks_depth { s.append(MMSingleStreamBlock(config: c, rng: &rng)) }
+        for k in 0..<c.mm_single_blocks_depth { s.append(held("single_blocks.\(k)", MMSingleStreamBlock(config: c, rng: &rng))) }
         single_blocks = s
-        final_layer = FinalLayer(hidden: H, patchVolume: c.patchVolume, outChannels: c.out_channels)
+        final_layer = held("final_layer", FinalLayer(hidden: H, patchVolume: c.patchVolume, outChannels: c.out_channels))
         super.init()
         nameParameters()
     }
