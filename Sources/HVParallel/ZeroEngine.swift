@@ -9,6 +9,8 @@ import HVTensor
 /// Parameters are grouped into units — one per DiT block plus an `outer` unit (embeddings,
 /// token refiner, final layer, text encoder). Each unit's parameters, flattened in name order,
 /// are split into `worldSize` contiguous shards (`shardRange`); rank r owns shard r of every unit.
+/// `comm` is the group the engine reduces and shards over: all ranks, or under pipeline
+/// parallelism the ranks of one stage, with that stage's units only (`PipelinePartition.units`).
 ///
 /// | stage | weights | grads | Adam m, v | per step traffic |
 /// |---|---|---|---|---|

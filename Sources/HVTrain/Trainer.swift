@@ -177,7 +177,8 @@ public final class Trainer {
         config.stageRanges.dropLast().contains { $0.upperBound == step }
     }
 
-    /// Every trainable tensor with its checkpoint name: the DiT's official names, then `text_encoder.*`.
+    /// Every trainable tensor with its checkpoint name: the DiT's official names, then
+    /// `text_encoder.*` (on a pipeline stage, those of other stages are released: shapes only).
     public lazy var parameters: [(String, Tensor)] = model.namedParameters() + textEncoder.trainableParameters()
 
     public var schedule: LRSchedule {
