@@ -76,6 +76,16 @@ public struct PipelinePartition: Equatable, Sendable, CustomStringConvertible {
         doubleBlocks = c.mm_double_blocks_depth
     }
 
+    /// DiT parameters each stage holds (its blocks; the stem on stage 0, the final layer on the
+    /// last), from the config alone.
+    public func parameterCounts(_ c: DiTConfig) -> [Int] {
+        let p = c.partParameterCounts
+        return stages.indices.map { s in
+            stages[s].reduce(0) { $0 + ($1 < doubleBlocks ? p.doubleBlock : p.singleBlock) }
+                + (s == 0 ? p.stem : 0) + (s == stages.count - 1 ? p.finalLayer : 0)
+        }
+    }
+
     /// Whether stage `s` holds a top-level part of the DiT (`HunyuanDiT(holding:)`'s names, which
     /// are also the block units' names): its blocks; the stem's parts (`img_in`, `txt_in`,
     /// `time_in`, `vector_in`, `guidance_in`) on stage 0; `final_layer` on the last stage. vec

@@ -73,6 +73,10 @@ public final class ZeroEngine: BlockHooks {
     /// Stage 3: the flat gradient buffer of a unit whose backward is running (`attachFlatGrads`
     /// for outer; a block's gathered weights, overwritten by its gradients: `gradOverWeight`).
     private var gradFlat: [Storage?] = []
+    /// Stage 3: the unit of each of the driven model's `blockModules` (nil: not held here).
+    private var blockUnits: [Int?] = []
+    /// Stage 3: units gathered for the whole step (every unit that is not a driven block).
+    private var wholeStepUnits: [Int] { units.indices.filter { !blockUnits.contains($0) } }
 
     /// Bucketed reduction (stages 0-2) within one backward window (see the type's comment).
     private struct Buckets {
@@ -101,10 +105,23 @@ public final class ZeroEngine: BlockHooks {
     /// unit just before its forward and backward.
     public convenience init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
         try self.init(stage: stage, comm: comm, units: Self.units(of: model, extraOuter: extraOuter), optimizer: optimizer)
-        if stage == 3 {
-            model.recomputeBlocks = true
-            model.blockHooks = self
+        drive(model)
+    }
+
+    /// Stage 3: gathers the units of `model`'s blocks and token refiner (`blockModules`, by
+    /// unit name) just before use and releases them after, through its `BlockHooks`, with block
+    /// recomputation switched on; the engine may hold only some of them (a pipeline stage's).
+    /// Units that are not blocks (`outer`, `final_layer`) stay gathered for the whole step.
+    /// A no-op in stages 0-2.
+    public func drive(_ model: HunyuanDiT) {
+        guard stage == 3 else { return }
+        let D = model.double_blocks.count
+        let index = Dictionary(uniqueKeysWithValues: units.enumerated().map { ($0.element.name, $0.offset) })
+        blockUnits = model.blockModules.indices.map { i in
+            index[i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)"]
         }
+        model.recomputeBlocks = true
+        model.blockHooks = self
     }
 
     /// The DiT's units by name: `outer` (every parameter outside the blocks, then `extraOuter`),
@@ -158,8 +175,9 @@ public final class ZeroEngine: BlockHooks {
             // moments, so that no step re-allocates them between the transient gathered units.
             reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
-        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights.
-        for (i, u) in units.enumerated() where stage <= 2 || i > 0 {
+        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights
+        // (`gradOverWeight` ignores the other units, whose gradients accumulate in place).
+        for (i, u) in units.enumerated() {
             for (k, (_, t)) in u.params.enumerated() {
                 t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
             }
@@ -373,20 +391,18 @@ public final class ZeroEngine: BlockHooks {
         do { try body() } catch { deferredError = error }
     }
 
-    public func willForward(_ block: Int) { if stage == 3 { deferring { try gather(block + 1) } } }
-    public func didForward(_ block: Int) { if stage == 3 { release(block + 1) } }
+    public func willForward(_ block: Int) { if stage == 3, let i = blockUnits[block] { deferring { try gather(i) } } }
+    public func didForward(_ block: Int) { if stage == 3, let i = blockUnits[block] { release(i) } }
     public func recomputeHooks(_ block: Int) -> RecomputeHooks? {
-        guard stage == 3 else { return nil }
+        guard stage == 3, let i = blockUnits[block] else { return nil }
         return RecomputeHooks(
             willBackward: { [unowned self] in
-                let i = block + 1
                 deferring {
                     gradFlat[i] = try gather(i)
                     gradOverWeights = (i, Array(repeating: false, count: units[i].params.count))
                 }
             },
             didBackward: { [unowned self] in
-                let i = block + 1
                 if let state = gradOverWeights, state.unit == i {
                     // Parameters backward did not reach: zero gradient (or what .grad holds).
                     for (k, done) in state.written.enumerated() where !done { gradOverWeight(unit: i, param: k) }
@@ -398,15 +414,17 @@ public final class ZeroEngine: BlockHooks {
             })
     }
 
-    /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
+    /// Before the first micro-batch of a step (stage 3: gathers the units that are not blocks).
     public func beginStep() throws {
         if stage <= 2 {
             if let e = deferredError { deferredError = nil; throw e }
             buckets = Buckets(units)
         }
         if stage == 3 {
-            try gather(0)
-            attachFlatGrads(0)
+            for i in wholeStepUnits {
+                try gather(i)
+                attachFlatGrads(i)
+            }
         }
     }
 
@@ -419,8 +437,10 @@ public final class ZeroEngine: BlockHooks {
             // What backward did not reduce (all of it without `beginMicroBatch`).
             try flushBuckets(arm: false, all: true)
         } else {
-            try reduceScatterGrads(0)
-            release(0)
+            for i in wholeStepUnits {
+                try reduceScatterGrads(i)
+                release(i)
+            }
         }
         // Global norm: stages 0-1 hold full reduced grads (identical on every rank).
         var sumsq = 0.0

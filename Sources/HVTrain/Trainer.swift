@@ -56,12 +56,9 @@ public final class Trainer {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
         case tooFewVideoTokens(tokens: Int, cp: Int)
         case cacheMismatch(LatentCacheError)
-        case pipelineWithZeRO3
         case pipelineBatchNotDivisible(batch: Int, dp: Int, microBatches: Int)
         public var description: String {
             switch self {
-            case .pipelineWithZeRO3:
-                "train.pipeline_parallel > 1 runs with ZeRO stages 0-2 (ZeRO-3 gathers every block on every rank in the same order, which pipeline stages do not); use --zero 0, 1 or 2"
             case .pipelineBatchNotDivisible(let b, let dp, let m):
                 "batch size \(b) must be divisible by data-parallel replicas (\(dp) = workers / (context_parallel x pipeline_parallel)) x train.micro_batches (\(m))"
             case .tooFewVideoTokens(let n, let cp):
@@ -87,7 +84,6 @@ public final class Trainer {
         }
         var partition: PipelinePartition? = nil
         if mesh.pp > 1 {
-            guard zeroStage < 3 else { throw SetupError.pipelineWithZeRO3 }
             partition = try PipelinePartition(config: config.model, stages: mesh.pp,
                                               videoTokens: config.model.videoTokens(latentT: config.data.frames, latentH: config.data.height, latentW: config.data.width),
                                               textTokens: config.text_encoder.max_tokens)
@@ -124,6 +120,7 @@ public final class Trainer {
                                              optimizer: optimizer)
             let stages = PointToPointGroup(parent: comm, members: mesh.ppGroup)
             stageEngine.normGroup = stages
+            stageEngine.drive(model)
             engine = stageEngine
             pipeline = (stages, partition)
         } else {

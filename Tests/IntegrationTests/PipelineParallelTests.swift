@@ -51,12 +51,12 @@ final class PipelineParallelTests: XCTestCase {
     }
 
     /// 10 steps: 1 worker; pp 2 over 4 micro-batches; pp 3 over 2 with ZeRO-1; dp 2 x pp 2 over
-    /// 2 with ZeRO-2; and 5 steps at pp 2 resumed for 5 on one worker.
+    /// 2 with ZeRO-2 and with ZeRO-3; and 5 steps at pp 2 resumed for 5 on one worker.
     func testPipelineParallelFollowsTheSingleWorkerLossCurve() throws {
         let steps = 10
         let reference = try run(workers: 1, pp: 1, microBatches: 1, zero: 0, steps: steps).losses
         XCTAssertEqual(reference.count, steps)
-        for (workers, pp, m, zero) in [(2, 2, 4, 0), (3, 3, 2, 1), (4, 2, 2, 2)] {
+        for (workers, pp, m, zero) in [(2, 2, 4, 0), (3, 3, 2, 1), (4, 2, 2, 2), (4, 2, 2, 3)] {
             let (l, log) = try run(workers: workers, pp: pp, microBatches: m, zero: zero, steps: steps)
             XCTAssertEqual(l.count, steps, "\(workers) workers pp \(pp)")
             for s in 1...steps {
@@ -172,7 +172,7 @@ final class PipelineParallelTests: XCTestCase {
         }
     }
 
-    /// cp x pp that does not divide the slots, and ZeRO-3 with pp, are refused before any worker starts.
+    /// cp x pp that does not divide the slots is refused before any worker starts.
     func testPipelineParallelValidation() throws {
         let hosts = scratch.appendingPathComponent("hosts-3.txt").path
         try "localhost slots=3\n".write(toFile: hosts, atomically: true, encoding: .utf8)
@@ -181,12 +181,10 @@ final class PipelineParallelTests: XCTestCase {
                                                  "--run-dir", scratch.appendingPathComponent("bad").path, "--quiet"], timeout: 60, cwd: repoRoot.path)
         XCTAssertNotEqual(status, 0)
         XCTAssert((out + err).contains("train.pipeline_parallel 2 does not divide the 3 slots"), out + err)
-        let hosts2 = scratch.appendingPathComponent("hosts-2.txt").path
-        try "localhost slots=2\n".write(toFile: hosts2, atomically: true, encoding: .utf8)
         (status, out, err) = try runProcess(try locateExecutable("hv-coord"),
-                                            ["launch", "--nodes", hosts2, "--config", try tinyConfig(pp: 2, microBatches: 2), "--steps", "1",
-                                             "--zero", "3", "--run-dir", scratch.appendingPathComponent("bad3").path, "--quiet"], timeout: 60, cwd: repoRoot.path)
+                                            ["launch", "--nodes", hosts, "--config", try tinyConfig(pp: 1, microBatches: 1, cp: 2), "--steps", "1",
+                                             "--run-dir", scratch.appendingPathComponent("bad-cp").path, "--quiet"], timeout: 60, cwd: repoRoot.path)
         XCTAssertNotEqual(status, 0)
-        XCTAssert((out + err).contains("runs with --zero 0, 1 or 2"), out + err)
+        XCTAssert((out + err).contains("train.context_parallel 2 does not divide the 3 slots"), out + err)
     }
 }

@@ -3,8 +3,9 @@ import HVTensor
 
 /// The DiT cut into pieces for pipeline parallelism (HVParallel's `PipelineSchedule`): the stem
 /// (patch/text/vector embeddings and the token refiner), blocks `k` of the list
-/// [double_blocks..., single_blocks...], and the head (final layer). Composed in order they
-/// compute exactly `forwardTokens`, with or without context parallelism.
+/// [double_blocks..., single_blocks...], and the head (final layer). `forwardTokens` is the
+/// three composed over all blocks; a pipeline stage runs its share. Each piece calls
+/// `blockHooks` around the refiner and every block (ZeRO-3 gathers them there).
 ///
 /// Between pieces the state is one tensor h [B, n + L, H] — [img; txt] for the dual-stream
 /// blocks, x for the single-stream ones (the same layout, so a cut may fall anywhere) — plus
@@ -34,7 +35,6 @@ extension HunyuanDiT {
 
     /// Stage 0's embeddings and token refiner -> (h [B, n + L, H], vec [B, H]).
     public func stem(_ inp: DiTInputs, context ctx: StageContext) -> (h: Tensor, vec: Tensor) {
-        precondition(blockHooks == nil, "pipeline stages run without ZeRO-3 hooks")
         let mine = ctx.videoTokenRange
         var img = img_in(inp.x)                                        // [B, N, H]
         if mine.count != img.shape[1] { img = img.slice(axis: 1, start: mine.lowerBound, length: mine.count) }
@@ -43,13 +43,17 @@ extension HunyuanDiT {
             precondition(inp.guidance != nil, "this model has a guidance embedder: pass guidance (scale x 1000)")
             vec = vec + g(inp.guidance!)
         }
+        // The refiner is segment 0: recomputed like a block, so ZeRO-3 can hold its weights only
+        // while it runs (forward, and its recomputation in backward).
         let txt: Tensor                                                // [B, L, H]
+        blockHooks?.willForward(0)
         if recomputeBlocks {
             let t = inp.t, mask = inp.text_mask, refiner = txt_in
-            txt = recompute([inp.text_states], hooks: nil) { a in refiner(a[0], t: t, mask: mask) }
+            txt = recompute([inp.text_states], hooks: blockHooks?.recomputeHooks(0)) { a in refiner(a[0], t: t, mask: mask) }
         } else {
             txt = txt_in(inp.text_states, t: inp.t, mask: inp.text_mask)
         }
+        blockHooks?.didForward(0)
         return (Tensor.concat([img, txt], axis: 1), vec)
     }
 
@@ -63,8 +67,10 @@ extension HunyuanDiT {
             var img = h.slice(axis: 1, start: 0, length: N), txt = h.slice(axis: 1, start: N, length: L)
             for k in doubles {
                 let block = double_blocks[k]
+                blockHooks?.willForward(1 + k)
+                defer { blockHooks?.didForward(1 + k) }
                 if recomputeBlocks {
-                    let both = recompute([img, txt, vec], hooks: nil) { a in
+                    let both = recompute([img, txt, vec], hooks: blockHooks?.recomputeHooks(1 + k)) { a in
                         let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask, cp: cp)
                         return Tensor.concat([i, t], axis: 1)
                     }
@@ -78,8 +84,10 @@ extension HunyuanDiT {
         }
         for k in range.clamped(to: D..<pipelineBlockCount) {
             let block = single_blocks[k - D]
+            blockHooks?.willForward(1 + k)
+            defer { blockHooks?.didForward(1 + k) }
             if recomputeBlocks {
-                h = recompute([h, vec], hooks: nil) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask, cp: cp) }
+                h = recompute([h, vec], hooks: blockHooks?.recomputeHooks(1 + k)) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask, cp: cp) }
             } else {
                 h = block(h, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask, cp: cp)
             }
