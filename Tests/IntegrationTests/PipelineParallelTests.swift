@@ -121,7 +121,7 @@ final class PipelineParallelTests: XCTestCase {
         for r in 0..<2 {
             let log = try String(contentsOfFile: scratch.appendingPathComponent("pp2/logs/rank-\(r).log").path, encoding: .utf8)
             let line = log.split(separator: "\n").first { $0.contains("rank \(r) model state: ") }.map(String.init) ?? ""
-            XCTAssert(line.contains("(pipeline stage \(r), sharded over 1 rank(s))"), line)
+            XCTAssert(line.contains("(pipeline stage \(r), ZeRO over 1 rank(s))"), line)
             let words = line.components(separatedBy: "model state: ").last!.split(separator: " ")
             held.append(Int(words[0].filter(\.isNumber)) ?? -1)
             XCTAssertEqual(Int(words[2].filter(\.isNumber)), manifest.units.reduce(0) { $0 + $1.count }, line)

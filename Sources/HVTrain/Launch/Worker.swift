@@ -229,8 +229,8 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
         }
         let state = trainer.engine.modelStateBytes, held = trainer.engine.units.reduce(0) { $0 + $1.count }
         let total = trainer.unitPlacement.reduce(0) { n, u in n + u.params.reduce(0) { $0 + $1.1.count } }
-        let holder = trainer.pipeline == nil ? "sharded over \(o.worldSize) rank(s)"
-            : "pipeline stage \(trainer.mesh.ppRank), sharded over \(trainer.mesh.stageGroup.count) rank(s)"
+        let holder = trainer.pipeline == nil ? "ZeRO over \(o.worldSize) rank(s)"
+            : "pipeline stage \(trainer.mesh.ppRank), ZeRO over \(trainer.mesh.stageGroup.count) rank(s)"
         log(String(format: "rank %d model state: %@ of %@ parameters (%@), weights %.1f MiB + gradients %.1f MiB + Adam %.1f MiB = %.1f MiB",
                    o.rank, held.formatted() as NSString, total.formatted() as NSString, holder as NSString,
                    Double(state.weights) / 1048576, Double(state.gradients) / 1048576, Double(state.moments) / 1048576,
