@@ -117,9 +117,7 @@ public final class ZeroEngine: BlockHooks {
         guard stage == 3 else { return }
         let D = model.double_blocks.count
         let index = Dictionary(uniqueKeysWithValues: units.enumerated().map { ($0.element.name, $0.offset) })
-        blockUnits = model.blockModules.indices.map { i in
-            index[i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)"]
-        }
+        blockUnits = model.blockModules.indices.map { index[Self.unitName(ofBlockModule: $0, doubleBlocks: D)] }
         model.recomputeBlocks = true
         model.blockHooks = self
     }
@@ -134,9 +132,15 @@ public final class ZeroEngine: BlockHooks {
         let D = model.double_blocks.count
         for (i, m) in model.blockModules.enumerated() {
             let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
-            groups.append((i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)", ps))
+            groups.append((unitName(ofBlockModule: i, doubleBlocks: D), ps))
         }
         return groups
+    }
+
+    /// The unit of `blockModules[i]` of a DiT with `D` double blocks: `txt_in`, then
+    /// `double_blocks.k` and `single_blocks.k`.
+    static func unitName(ofBlockModule i: Int, doubleBlocks D: Int) -> String {
+        i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)"
     }
 
     /// Any model given as named units (each unit is one gradient bucket and one checkpoint unit,
