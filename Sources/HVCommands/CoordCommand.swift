@@ -110,14 +110,25 @@ struct PlanCommand: ParsableCommand {
             print("sample           latent \(dims[0])x\(dims[1])x\(dims[2]) -> \(tokens) video tokens + \(textTokens) text tokens")
             print(String(format: "train FLOPs      %.3e per sample (6·N·tokens alone: %.3e; attention adds %.1fx)", flops, sixND, flops / sixND))
             let gib = 1024.0 * 1024 * 1024
-            let P = Double(n)
             let hosts = try nodes.map { try HostsFile.load(path: $0) }
             let ranks = self.ranks ?? hosts?.worldSize ?? 8
-            let R = Double(ranks)
+            // Pipeline stages hold only their parameters; ZeRO shards each over the stage's ranks.
+            let pp = run?.train.pipeline_parallel ?? 1
+            guard ranks % pp == 0 else { throw ValidationError("train.pipeline_parallel \(pp) does not divide \(ranks) ranks") }
+            var held = [n]
+            if pp > 1 {
+                let partition = try PipelinePartition(config: model, stages: pp, videoTokens: tokens, textTokens: textTokens)
+                held = partition.parameterCounts(model)
+                print("pipeline         \(partition)")
+                print("stage params     " + held.enumerated().map { "stage \($0.offset): \($0.element.formatted())" }.joined(separator: ", ")
+                      + " (per-rank figures below are the largest stage's, over its \(ranks / pp) ranks)")
+            }
+            let P = Double(held.max()!)
+            let R = Double(ranks / pp)
             // fp32 throughout: 4 bytes weights + 4 grads + 8 Adam moments per parameter.
             print(String(format: "model states     fp32 weights 4 + grads 4 + Adam 8 = 16 bytes/param -> %.1f GiB replicated", 16 * P / gib))
             print(String(format: "per rank (%d)     ZeRO-1 (8 + 8/N)Ψ: %.1f GiB   ZeRO-2 (4 + 12/N)Ψ: %.1f GiB   ZeRO-3 16Ψ/N: %.1f GiB",
-                         ranks, (8 + 8 / R) * P / gib, (4 + 12 / R) * P / gib, 16 * P / R / gib))
+                         ranks / pp, (8 + 8 / R) * P / gib, (4 + 12 / R) * P / gib, 16 * P / R / gib))
             if let hosts {
                 let stage = zero ?? 0
                 guard (0...3).contains(stage) else { throw ValidationError("--zero must be 0-3") }
@@ -217,9 +228,6 @@ struct LaunchCommand: ParsableCommand {
                 throw ValidationError("\(config): train.context_parallel \(cp) x train.pipeline_parallel \(pp) does not divide the \(world) slots of \(nodes) (world = dp x cp x pp)")
             }
             let dp = world / (cp * pp)
-            if pp > 1 && zero == 3 {
-                throw ValidationError("\(config): train.pipeline_parallel \(pp) runs with --zero 0, 1 or 2, not 3")
-            }
             let accum = pp > 1 ? cfg.train.micro_batches : cfg.train.grad_accum
             guard cfg.train.batch_size % (dp * accum) == 0 else {
                 throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by \(dp) data-parallel replicas (\(world) workers / (cp \(cp) x pp \(pp))) x \(pp > 1 ? "micro_batches" : "grad_accum") \(accum)")

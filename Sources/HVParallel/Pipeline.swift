@@ -1,5 +1,6 @@
 import Foundation
 import HVModel
+import HVTensor
 
 /// Pipeline parallelism (GPipe's stages, PipeDream-Flush's 1F1B order) for the DiT.
 ///
@@ -75,7 +76,44 @@ public struct PipelinePartition: Equatable, Sendable, CustomStringConvertible {
         doubleBlocks = c.mm_double_blocks_depth
     }
 
-    func blockName(_ k: Int) -> String { k < doubleBlocks ? "double_blocks.\(k)" : "single_blocks.\(k - doubleBlocks)" }
+    /// DiT parameters each stage holds (its blocks; the stem on stage 0, the final layer on the
+    /// last), from the config alone.
+    public func parameterCounts(_ c: DiTConfig) -> [Int] {
+        let p = c.partParameterCounts
+        return stages.indices.map { s in
+            stages[s].reduce(0) { $0 + ($1 < doubleBlocks ? p.doubleBlock : p.singleBlock) }
+                + (s == 0 ? p.stem : 0) + (s == stages.count - 1 ? p.finalLayer : 0)
+        }
+    }
+
+    /// Whether stage `s` holds a top-level part of the DiT (`HunyuanDiT(holding:)`'s names, which
+    /// are also the block units' names): its blocks; the stem's parts (`img_in`, `txt_in`,
+    /// `time_in`, `vector_in`, `guidance_in`) on stage 0; `final_layer` on the last stage. vec
+    /// travels with h, so every part is used by exactly one stage.
+    public func holds(_ part: String, stage s: Int) -> Bool {
+        let name = part.split(separator: ".")
+        if name.count == 2, let k = Int(name[1]), name[0] == "double_blocks" || name[0] == "single_blocks" {
+            return stages[s].contains(name[0] == "double_blocks" ? k : doubleBlocks + k)
+        }
+        return part == "final_layer" ? s == stages.count - 1 : s == 0
+    }
+
+    /// Stage `s`'s ZeRO units, from the whole model's (`ZeroEngine.units(of:extraOuter:)`):
+    /// stage 0 `outer` without the final layer (embeddings and the text encoder) and `txt_in`,
+    /// every stage its blocks, the last stage `final_layer` (the final layer's tensors of `outer`).
+    public func units(stage s: Int, of all: [(String, [(String, Tensor)])]) -> [(String, [(String, Tensor)])] {
+        var out: [(String, [(String, Tensor)])] = [], head: [(String, Tensor)] = []
+        for (name, params) in all {
+            if name == "outer" {
+                head = params.filter { $0.0.hasPrefix("final_layer.") }
+                if s == 0 { out.append((name, params.filter { !$0.0.hasPrefix("final_layer.") })) }
+            } else if holds(name, stage: s) {
+                out.append((name, params))
+            }
+        }
+        if s == stages.count - 1 { out.append(("final_layer", head)) }
+        return out
+    }
 
     /// e.g. `stage 0: stem + double_blocks.0-1 (12.9 MFLOP) | stage 1: single_blocks.0-1 + head (12.8 MFLOP)`.
     public var description: String {

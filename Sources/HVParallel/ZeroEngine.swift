@@ -9,6 +9,8 @@ import HVTensor
 /// Parameters are grouped into units — one per DiT block plus an `outer` unit (embeddings,
 /// token refiner, final layer, text encoder). Each unit's parameters, flattened in name order,
 /// are split into `worldSize` contiguous shards (`shardRange`); rank r owns shard r of every unit.
+/// `comm` is the group the engine reduces and shards over: all ranks, or under pipeline
+/// parallelism the ranks of one stage, with that stage's units only (`PipelinePartition.units`).
 ///
 /// | stage | weights | grads | Adam m, v | per step traffic |
 /// |---|---|---|---|---|
@@ -62,12 +64,19 @@ public final class ZeroEngine: BlockHooks {
     /// gathered, its gradients reduce-scattered, the step finished): a diagnostic hook (the
     /// worker logs RSS there under HV_TRACE_MEMORY=2).
     public var memoryProbe: ((String) -> Void)?
+    /// Ranks that hold the rest of the model (the other pipeline stages, one rank each): the
+    /// global gradient norm adds up their sums of squares. nil: `comm` holds the whole model.
+    public var normGroup: Communicator?
     /// Seconds spent in collectives since the last `takeCommSeconds()`.
     public private(set) var commSeconds = 0.0
     private var deferredError: Error?
     /// Stage 3: the flat gradient buffer of a unit whose backward is running (`attachFlatGrads`
     /// for outer; a block's gathered weights, overwritten by its gradients: `gradOverWeight`).
     private var gradFlat: [Storage?] = []
+    /// Stage 3: the unit of each of the driven model's `blockModules` (nil: not held here).
+    private var blockUnits: [Int?] = []
+    /// Stage 3: units gathered for the whole step (every unit that is not a driven block).
+    private var wholeStepUnits: [Int] { units.indices.filter { !blockUnits.contains($0) } }
 
     /// Bucketed reduction (stages 0-2) within one backward window (see the type's comment).
     private struct Buckets {
@@ -95,6 +104,27 @@ public final class ZeroEngine: BlockHooks {
     /// one per double/single block; stage 3 switches on block recomputation and gathers a block's
     /// unit just before its forward and backward.
     public convenience init(stage: Int, comm: Communicator, model: HunyuanDiT, extraOuter: [(String, Tensor)], optimizer: AdamW) throws {
+        try self.init(stage: stage, comm: comm, units: Self.units(of: model, extraOuter: extraOuter), optimizer: optimizer)
+        drive(model)
+    }
+
+    /// Stage 3: gathers the units of `model`'s blocks and token refiner (`blockModules`, by
+    /// unit name) just before use and releases them after, through its `BlockHooks`, with block
+    /// recomputation switched on; the engine may hold only some of them (a pipeline stage's).
+    /// Units that are not blocks (`outer`, `final_layer`) stay gathered for the whole step.
+    /// A no-op in stages 0-2.
+    public func drive(_ model: HunyuanDiT) {
+        guard stage == 3 else { return }
+        let D = model.double_blocks.count
+        let index = Dictionary(uniqueKeysWithValues: units.enumerated().map { ($0.element.name, $0.offset) })
+        blockUnits = model.blockModules.indices.map { index[Self.unitName(ofBlockModule: $0, doubleBlocks: D)] }
+        model.recomputeBlocks = true
+        model.blockHooks = self
+    }
+
+    /// The DiT's units by name: `outer` (every parameter outside the blocks, then `extraOuter`),
+    /// `txt_in`, then `double_blocks.k` and `single_blocks.k` (as `blockModules`).
+    public static func units(of model: HunyuanDiT, extraOuter: [(String, Tensor)]) -> [(String, [(String, Tensor)])] {
         let blockNames = Set(model.blockModules.flatMap { $0.parameters().map { ObjectIdentifier($0) } })
         let outer = model.namedParameters().filter { !blockNames.contains(ObjectIdentifier($0.1)) } + extraOuter
         var groups: [(String, [(String, Tensor)])] = [("outer", outer)]
@@ -102,13 +132,15 @@ public final class ZeroEngine: BlockHooks {
         let D = model.double_blocks.count
         for (i, m) in model.blockModules.enumerated() {
             let ps = m.parameters().map { (all[ObjectIdentifier($0)]!, $0) }
-            groups.append((i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)", ps))
+            groups.append((unitName(ofBlockModule: i, doubleBlocks: D), ps))
         }
-        try self.init(stage: stage, comm: comm, units: groups, optimizer: optimizer)
-        if stage == 3 {
-            model.recomputeBlocks = true
-            model.blockHooks = self
-        }
+        return groups
+    }
+
+    /// The unit of `blockModules[i]` of a DiT with `D` double blocks: `txt_in`, then
+    /// `double_blocks.k` and `single_blocks.k`.
+    static func unitName(ofBlockModule i: Int, doubleBlocks D: Int) -> String {
+        i == 0 ? "txt_in" : i <= D ? "double_blocks.\(i - 1)" : "single_blocks.\(i - 1 - D)"
     }
 
     /// Any model given as named units (each unit is one gradient bucket and one checkpoint unit,
@@ -147,8 +179,9 @@ public final class ZeroEngine: BlockHooks {
             // moments, so that no step re-allocates them between the transient gathered units.
             reducedGrads.append(stage >= 2 ? [Float](repeating: 0, count: u.shard.count) : [])
         }
-        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights.
-        for (i, u) in units.enumerated() where stage <= 2 || i > 0 {
+        // Stages 0-2: every unit's bucket; stage 3: the blocks' gradients over their weights
+        // (`gradOverWeight` ignores the other units, whose gradients accumulate in place).
+        for (i, u) in units.enumerated() {
             for (k, (_, t)) in u.params.enumerated() {
                 t.setGradReadyHook { [weak self] _ in self?.gradReady(unit: i, param: k) }
             }
@@ -346,25 +379,34 @@ public final class ZeroEngine: BlockHooks {
     /// this rank's shards (stages 2-3, persistent buffers).
     public var reducedGradientElements: Int { reducedGrads.reduce(0) { $0 + $1.count } }
 
+    /// This rank's model state in bytes (fp32): the weights it keeps (its units' tensors; stage
+    /// 3: its shards), its Adam moments as allocated, and the gradients a step holds at most
+    /// (whole units in stages 0-1; this rank's shards in stages 2-3, where stage 2 also holds one
+    /// unit's full gradients briefly, not counted).
+    public var modelStateBytes: (weights: Int, gradients: Int, moments: Int) {
+        let params = units.reduce(0) { $0 + $1.count }, shards = units.reduce(0) { $0 + $1.shard.count }
+        let weights = stage == 3 ? shardWeights.reduce(0) { $0 + $1.count } : params
+        let moments = exp_avg.reduce(0) { $0 + $1.count } + exp_avg_sq.reduce(0) { $0 + $1.count }
+        return (4 * weights, 4 * (stage <= 1 ? params : shards), 4 * moments)
+    }
+
     private func deferring(_ body: () throws -> Void) {
         guard deferredError == nil else { return }
         do { try body() } catch { deferredError = error }
     }
 
-    public func willForward(_ block: Int) { if stage == 3 { deferring { try gather(block + 1) } } }
-    public func didForward(_ block: Int) { if stage == 3 { release(block + 1) } }
+    public func willForward(_ block: Int) { if stage == 3, let i = blockUnits[block] { deferring { try gather(i) } } }
+    public func didForward(_ block: Int) { if stage == 3, let i = blockUnits[block] { release(i) } }
     public func recomputeHooks(_ block: Int) -> RecomputeHooks? {
-        guard stage == 3 else { return nil }
+        guard stage == 3, let i = blockUnits[block] else { return nil }
         return RecomputeHooks(
             willBackward: { [unowned self] in
-                let i = block + 1
                 deferring {
                     gradFlat[i] = try gather(i)
                     gradOverWeights = (i, Array(repeating: false, count: units[i].params.count))
                 }
             },
             didBackward: { [unowned self] in
-                let i = block + 1
                 if let state = gradOverWeights, state.unit == i {
                     // Parameters backward did not reach: zero gradient (or what .grad holds).
                     for (k, done) in state.written.enumerated() where !done { gradOverWeight(unit: i, param: k) }
@@ -376,15 +418,17 @@ public final class ZeroEngine: BlockHooks {
             })
     }
 
-    /// Before the first micro-batch of a step (stage 3: gathers the outer unit).
+    /// Before the first micro-batch of a step (stage 3: gathers the units that are not blocks).
     public func beginStep() throws {
         if stage <= 2 {
             if let e = deferredError { deferredError = nil; throw e }
             buckets = Buckets(units)
         }
         if stage == 3 {
-            try gather(0)
-            attachFlatGrads(0)
+            for i in wholeStepUnits {
+                try gather(i)
+                attachFlatGrads(i)
+            }
         }
     }
 
@@ -397,8 +441,10 @@ public final class ZeroEngine: BlockHooks {
             // What backward did not reduce (all of it without `beginMicroBatch`).
             try flushBuckets(arm: false, all: true)
         } else {
-            try reduceScatterGrads(0)
-            release(0)
+            for i in wholeStepUnits {
+                try reduceScatterGrads(i)
+                release(i)
+            }
         }
         // Global norm: stages 0-1 hold full reduced grads (identical on every rank).
         var sumsq = 0.0
@@ -406,6 +452,11 @@ public final class ZeroEngine: BlockHooks {
         if stage >= 2 {
             var s = [Float(sumsq)]
             try timed { try s.withUnsafeMutableBufferPointer { try comm.allReduce($0.baseAddress!, count: 1) } }
+            sumsq = Double(s[0])
+        }
+        if let normGroup {
+            var s = [Float(sumsq)]
+            try timed { try s.withUnsafeMutableBufferPointer { try normGroup.allReduce($0.baseAddress!, count: 1) } }
             sumsq = Double(s[0])
         }
         let norm = Float(sumsq.squareRoot())

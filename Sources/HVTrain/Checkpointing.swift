@@ -3,6 +3,7 @@ import HVCheckpoint
 import HVComm
 import HVModel
 import HVParallel
+import HVTensor
 
 /// A checkpoint save that did not complete; the previous checkpoint and `latest` are intact.
 public enum CheckpointSaveError: Error, CustomStringConvertible {
@@ -30,9 +31,15 @@ public enum CheckpointSaveError: Error, CustomStringConvertible {
 /// directory. Datasets are contiguous with hv's block checksums (`ChecksummedArray`); older
 /// checkpoints with HDF5's Fletcher-32 filter still load.
 ///
-/// Load: with the world size of the save, each rank reads only its own shard file (stages 0-2
-/// then all-gather the replicated parts over the communicator); with another world size each
-/// rank reads, by hyperslab, only the element ranges it keeps, from the files that hold them.
+/// A unit is sharded over the ranks that hold it: all ranks, or under pipeline parallelism the
+/// ranks of its stage (each stage writes its own units; the manifest lists every unit with the
+/// file and range of each shard). Units are collections of tensors under their official names.
+///
+/// Load: a unit saved exactly as this run shards it (same tensors, same ranks and ranges) is
+/// read by each rank from its own shard file only (stages 0-2 then all-gather the replicated
+/// parts over the unit's ranks); otherwise (another world size, mesh or unit layout) each rank
+/// reads, by hyperslab and tensor by tensor, only the element ranges it keeps, from whichever
+/// units and files hold them.
 public enum Checkpointing {
     public static func directoryName(step: Int) -> String { String(format: "step-%07d", step) }
 
@@ -51,7 +58,8 @@ public enum Checkpointing {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let modelConfig = String(decoding: try enc.encode(cfg.model), as: UTF8.self)
-        return try save(engine: trainer.engine, comm: trainer.comm, step: trainer.step, runDir: runDir, keep: keep) { units in
+        let layout = trainer.unitPlacement.map { unitEntry(name: $0.name, params: $0.params, ranks: $0.ranks) }
+        return try save(engine: trainer.engine, comm: trainer.comm, step: trainer.step, runDir: runDir, keep: keep, layout: layout) { units in
             CheckpointManifest(
                 step: trainer.step, samples_seen: trainer.samplesSeen,
                 tokens_seen: trainer.samplesSeen * cfg.model.videoTokens(latentT: cfg.data.frames, latentH: cfg.data.height, latentW: cfg.data.width),
@@ -63,12 +71,34 @@ public enum Checkpointing {
         }
     }
 
-    /// The model-agnostic save behind `save(_:runDir:keep:)` (DiT) and `save(_ vae:...)`: the
-    /// engine's units sharded over the ranks, and a manifest that `manifest` builds from the unit
-    /// entries (rank 0 only). Collective; see `save(_:runDir:keep:)` for the protocol.
+    /// A unit's manifest entry: its tensors at their offsets in the unit's flat order, sharded
+    /// over `ranks` (shard j, by `shardRange`, in rank `ranks[j]`'s file).
+    public static func unitEntry(name: String, params: [(String, Tensor)], ranks: [Int]) -> CheckpointManifest.UnitEntry {
+        var tensors: [CheckpointManifest.TensorEntry] = [], n = 0
+        for (tensorName, t) in params {
+            tensors.append(.init(name: tensorName, shape: t.shape, offset: n))
+            n += t.count
+        }
+        let count = n
+        return .init(name: name, count: count, tensors: tensors, shards: ranks.enumerated().map { j, r in
+            let range = shardRange(count: count, rank: j, world: ranks.count)
+            return .init(rank: r, file: rankFile(r), start: range.lowerBound, end: range.upperBound)
+        })
+    }
+
+    /// The model-agnostic save behind `save(_:runDir:keep:)` (DiT) and `save(_ vae:...)`: each
+    /// rank writes its shards of the engine's units; rank 0 writes a manifest that `manifest`
+    /// builds from `layout`, every unit of the model with its shards (default: the engine's units
+    /// over all ranks). Collective; see `save(_:runDir:keep:)` for the protocol.
     @discardableResult
     public static func save(engine: ZeroEngine, comm: Communicator, step: Int, runDir: String, keep: Int,
+                            layout: [CheckpointManifest.UnitEntry]? = nil,
                             manifest makeManifest: ([CheckpointManifest.UnitEntry]) throws -> CheckpointManifest) throws -> String {
+        let layout = layout ?? engine.units.map { unitEntry(name: $0.name, params: $0.params, ranks: Array(0..<comm.worldSize)) }
+        for u in engine.units {
+            let mine = layout.first { $0.name == u.name }?.shards.first { $0.rank == comm.rank }
+            precondition(mine.map { $0.start..<$0.end } == u.shard, "checkpoint layout: unit \(u.name) is not this rank's shard \(u.shard)")
+        }
         let root = runDir + "/checkpoints"
         let name = directoryName(step: step)
         let tmp = root + "/.tmp-" + name, final = root + "/" + name
@@ -124,17 +154,7 @@ public enum Checkpointing {
         }
         try phase {
             guard comm.rank == 0 else { return }
-            let W = comm.worldSize
-            let units = engine.units.map { u in
-                CheckpointManifest.UnitEntry(
-                    name: u.name, count: u.count,
-                    tensors: zip(u.params, u.offsets).map { CheckpointManifest.TensorEntry(name: $0.0.0, shape: $0.0.1.shape, offset: $0.1) },
-                    shards: (0..<W).map { r in
-                        let range = shardRange(count: u.count, rank: r, world: W)
-                        return CheckpointManifest.ShardEntry(rank: r, file: rankFile(r), start: range.lowerBound, end: range.upperBound)
-                    })
-            }
-            let manifest = try makeManifest(units)
+            let manifest = try makeManifest(layout)
             try Durable.write(try manifest.encoded(), to: tmp + "/manifest.json")
             try Durable.sync(tmp)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
@@ -172,7 +192,7 @@ public enum Checkpointing {
             do { f = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
             defer { try? f.close() }
             for u in m.units {
-                let shard = u.shards[r]
+                guard let shard = u.shards.first(where: { $0.rank == r }) else { continue }
                 for ds in datasets {
                     let name = "units/\(u.name)/\(ds)"
                     do {
@@ -231,6 +251,39 @@ public enum Checkpointing {
             }
             return out
         }
+
+        /// Where each tensor is saved, by name: its unit and entry.
+        private lazy var tensorIndex: [String: (unit: CheckpointManifest.UnitEntry, tensor: CheckpointManifest.TensorEntry)] = {
+            var index: [String: (CheckpointManifest.UnitEntry, CheckpointManifest.TensorEntry)] = [:]
+            for u in manifest.units { for t in u.tensors { index[t.name] = (u, t) } }
+            return index
+        }()
+
+        /// Throws unless every tensor of `params` is saved under its name with its shape.
+        func check(_ params: [(String, Tensor)]) throws {
+            for (name, t) in params {
+                guard let saved = tensorIndex[name] else {
+                    throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "no tensor \(name) (this model has it)")
+                }
+                guard saved.tensor.shape == t.shape else {
+                    throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "tensor \(name) is \(saved.tensor.shape) in the checkpoint, \(t.shape) in this model")
+                }
+            }
+        }
+
+        /// Elements `range` of dataset `ds` in the flat order of `params` laid out at `offsets` (a
+        /// unit of this run), read tensor by tensor from whichever saved units hold them, so the
+        /// saved unit layout may differ (another mesh). Call `check(params)` first.
+        func read(_ params: [(String, Tensor)], offsets: [Int], _ ds: String, _ range: Range<Int>) throws -> [Float] {
+            var out = [Float](repeating: 0, count: range.count)
+            for (k, (name, t)) in params.enumerated() {
+                let lo = max(range.lowerBound, offsets[k]), hi = min(range.upperBound, offsets[k] + t.count)
+                guard lo < hi, let saved = tensorIndex[name] else { continue }
+                let at = saved.tensor.offset - offsets[k]
+                out.replaceSubrange((lo - range.lowerBound)..<(hi - range.lowerBound), with: try read(saved.unit, ds, (lo + at)..<(hi + at)))
+            }
+            return out
+        }
     }
 
     /// Full flat weights and Adam moments of every unit, reassembled from the shard files.
@@ -253,7 +306,7 @@ public enum Checkpointing {
         defer { reader.close() }
         var bytes = 0
         for u in m.units {
-            let s = u.shards[rank]
+            guard let s = u.shards.first(where: { $0.rank == rank }) else { continue }
             for ds in datasets { bytes += 4 * (try reader.read(u, ds, s.start..<s.end)).count }
         }
         return bytes
@@ -282,47 +335,46 @@ public enum Checkpointing {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let mine = String(decoding: try enc.encode(trainer.config.model), as: UTF8.self)
-        let m = try load(engine: trainer.engine, comm: trainer.comm, modelConfig: mine, from: dir)
+        let layout = trainer.unitPlacement.map { unitEntry(name: $0.name, params: $0.params, ranks: $0.ranks) }
+        let m = try load(engine: trainer.engine, comm: trainer.comm, modelConfig: mine, from: dir, layout: layout)
         let p = m.data_position
         try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
         trainer.optimizer.setStep(m.optimizer_step)
     }
 
     /// The model-agnostic part of a load: checks the model config (JSON, compared field by
-    /// field) and the unit layout against this engine's, then restores every unit's weights and
-    /// Adam moments. Collective. Returns the manifest (step, data position, optimizer step).
+    /// field) and that every tensor of the engine's units is saved with its shape, then restores
+    /// every unit's weights and Adam moments. `layout` is this run's (as `save` takes it; default:
+    /// the engine's units over all ranks). Collective over the engine's ranks. Returns the
+    /// manifest (step, data position, optimizer step).
     @discardableResult
-    public static func load(engine: ZeroEngine, comm: Communicator, modelConfig mine: String, from dir: String) throws -> CheckpointManifest {
+    public static func load(engine: ZeroEngine, comm: Communicator, modelConfig mine: String, from dir: String,
+                            layout: [CheckpointManifest.UnitEntry]? = nil) throws -> CheckpointManifest {
         let m = try CheckpointManifest.read(directory: dir)
         let diff = differingFields(m.model_config, mine)
         if !diff.isEmpty { throw CheckpointError.configMismatch(checkpoint: dir, fields: diff) }
-        var entries: [CheckpointManifest.UnitEntry] = []
-        for u in engine.units {
-            guard let entry = m.units.first(where: { $0.name == u.name }) else {
-                throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "no unit \(u.name)")
-            }
-            let expected = zip(u.params, u.offsets).map { CheckpointManifest.TensorEntry(name: $0.0.0, shape: $0.0.1.shape, offset: $0.1) }
-            guard entry.tensors == expected, entry.count == u.count else {
-                throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "unit \(u.name) lists different tensors than this model")
-            }
-            entries.append(entry)
-        }
-        // Same world size: the saved shards are this run's shards, so a rank reads only its own
-        // file and all-gathers the rest (exact: fp32 on the wire, not with --bf16-wire).
-        let exactWire = (comm as? ZMQRingCommunicator).map { $0.wireDType == .float32 } ?? true
-        let ownFileOnly = m.world_size == comm.worldSize && exactWire
+        let layout = layout ?? engine.units.map { unitEntry(name: $0.name, params: $0.params, ranks: Array(0..<comm.worldSize)) }
         let reader = ShardReader(dir, m)
         defer { reader.close() }
+        for u in engine.units { try reader.check(u.params) }
+        // A unit saved as this run shards it: a rank reads only its own file and all-gathers the
+        // rest (exact: fp32 on the wire, not with --bf16-wire). Every rank of a unit decides alike.
+        let exactWire = (comm as? ZMQRingCommunicator).map { $0.wireDType == .float32 } ?? true
         for (i, u) in engine.units.enumerated() {
-            let entry = entries[i]
-            if ownFileOnly {
-                try engine.loadShard(i, weights: try reader.read(entry, "weights", u.shard),
-                                     expAvg: try reader.read(entry, "exp_avg", u.shard), expAvgSq: try reader.read(entry, "exp_avg_sq", u.shard))
-            } else {
-                let w = engine.stage == 3 ? u.shard : 0..<u.count, mom = engine.stage == 0 ? 0..<u.count : u.shard
-                engine.loadOwned(i, weights: try reader.read(entry, "weights", w),
-                                 expAvg: try reader.read(entry, "exp_avg", mom), expAvgSq: try reader.read(entry, "exp_avg_sq", mom))
+            let saved = m.units.first { $0.name == u.name }
+            if exactWire, let saved, saved == layout.first(where: { $0.name == u.name }) {
+                try engine.loadShard(i, weights: try reader.read(saved, "weights", u.shard),
+                                     expAvg: try reader.read(saved, "exp_avg", u.shard), expAvgSq: try reader.read(saved, "exp_avg_sq", u.shard))
+                continue
             }
+            // The same unit sharded otherwise is read by unit range, anything else tensor by tensor.
+            let sameUnit = saved.map { $0.tensors == unitEntry(name: u.name, params: u.params, ranks: []).tensors } ?? false
+            func read(_ ds: String, _ range: Range<Int>) throws -> [Float] {
+                if sameUnit, let saved { return try reader.read(saved, ds, range) }
+                return try reader.read(u.params, offsets: u.offsets, ds, range)
+            }
+            let w = engine.stage == 3 ? u.shard : 0..<u.count, mom = engine.stage == 0 ? 0..<u.count : u.shard
+            engine.loadOwned(i, weights: try read("weights", w), expAvg: try read("exp_avg", mom), expAvgSq: try read("exp_avg_sq", mom))
         }
         return m
     }

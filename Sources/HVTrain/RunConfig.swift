@@ -267,9 +267,6 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if train.pipeline_parallel > model.mm_double_blocks_depth + model.mm_single_blocks_depth {
             try fail("train.pipeline_parallel", "\(train.pipeline_parallel) is more than the model's \(model.mm_double_blocks_depth + model.mm_single_blocks_depth) blocks: every stage needs one")
         }
-        if train.pipeline_parallel > 1 && train.context_parallel > 1 {
-            try fail("train.pipeline_parallel", "is not yet supported together with train.context_parallel > 1")
-        }
         if train.micro_batches < 1 || train.batch_size % train.micro_batches != 0 {
             try fail("train.micro_batches", "\(train.micro_batches) must divide batch_size \(train.batch_size)")
         }

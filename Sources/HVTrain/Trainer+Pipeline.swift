@@ -6,13 +6,16 @@ import HVTensor
 
 /// Pipeline-parallel gradients (`train.pipeline_parallel` > 1).
 ///
-/// Every rank holds the whole model and optimizer state (as a data-parallel rank of the ZeRO
-/// engine over the whole world) but runs only its stage: stage 0 the text encoder, the stem and
-/// its blocks; the middle stages their blocks; the last stage its blocks, the final layer and
-/// the loss. Parameters outside a rank's stage get no gradient (zeros), so the engine's sum over
-/// all ranks is the full gradient and every rank applies the same update — exact, at the cost
-/// of holding all weights and Adam moments on every stage (ZeRO-1/2 shard the moments over the
-/// whole world; stage-local ownership is not done yet).
+/// Each rank holds and runs only its stage: stage 0 the text encoder, the stem and its blocks;
+/// the middle stages their blocks; the last stage its blocks, the final layer and the loss (the
+/// other parts of the model are released at construction). vec travels with h, so no parameter
+/// is used by two stages. The ZeRO engine holds the stage's units only and reduces their
+/// gradients over the stage's dp x cp ranks (`DeviceMesh.stageGroup`); the stages add up their
+/// gradient norms for clipping over `pipeline.group`.
+///
+/// With context parallelism each cp rank of a stage holds its share of the video tokens and
+/// all text tokens, the blocks' attention is ring attention over the stage's cp group, and
+/// [h ; vec] goes to the same cp rank of the next stage.
 ///
 /// Every stage rebuilds each micro-batch's inputs itself (data, noise, sigmas and the text mask
 /// are pure functions of the seed, step and sample position), so only h and vec travel.
@@ -48,15 +51,13 @@ extension Trainer {
             switch op {
             case .forward(let m):
                 let pos = Array((mesh.dpRank * local + m * micro)..<(mesh.dpRank * local + (m + 1) * micro))
-                // Only stage 0 differentiates through the text encoder.
-                let (inputs, target) = try stage == 0
-                    ? makeInputs(microBatch(indices: indices, positions: pos, step: s, frames: T), positions: pos, step: s)
-                    : GradMode.withoutGrad { try makeInputs(microBatch(indices: indices, positions: pos, step: s, frames: T), positions: pos, step: s) }
-                let ctx = model.stageContext(xShape: inputs.x.shape, textMask: inputs.text_mask)
-                let Bm = pos.count, S = ctx.videoTokens + inputs.text_states.shape[1]
+                let (x0, tokens) = try microBatch(indices: indices, positions: pos, step: s, frames: T)
+                let ctx = model.stageContext(xShape: x0.shape, textMask: textEncoder.mask(tokens: tokens))
+                let Bm = pos.count, S = ctx.videoTokens + config.text_encoder.max_tokens
                 var h: Tensor, vec: Tensor, input: Tensor? = nil
                 if stage == 0 {
-                    (h, vec) = model.stem(inputs)
+                    // Only stage 0 runs (and differentiates through) the text encoder.
+                    (h, vec) = model.stem(makeInputs((x0, textEncoder.encode(tokens: tokens)), positions: pos, step: s).0, context: ctx)
                 } else {
                     let packed = Tensor(zeros: [Bm, S * H + H])                 // per sample [h ; vec]
                     try waiting { try group.receive(packed.pointer, count: packed.count, from: stage - 1,
@@ -68,8 +69,8 @@ extension Trainer {
                 }
                 h = model.blocks(blocks, h: h, vec: vec, context: ctx)
                 if stage == P - 1 {
-                    let pred = model.head(h, vec: vec, context: ctx)
-                    let loss = model.unpatchify(pred, grid: model.tokenGrid(inputs.x.shape)).mseLoss(target)
+                    let target = flowSample(x0: x0, positions: pos, step: s).target
+                    let loss = velocityLoss(model.head(h, vec: vec, context: ctx), target: target, tokens: ctx.videoTokenRange)
                     lossSum += loss.item * Float(Bm)
                     live[m] = (input, loss * (Float(Bm) / Float(B)))
                 } else {

@@ -16,13 +16,14 @@ public final class Trainer {
     public let model: HunyuanDiT
     public let textEncoder: HashTextEncoder
     public let optimizer: AdamW
-    /// Data parallelism with ZeRO (a one-rank engine when training alone).
+    /// Data parallelism with ZeRO (a one-rank engine when training alone): over all ranks, or
+    /// under pipeline parallelism over this stage's ranks with this stage's units only.
     public let engine: ZeroEngine
     public let comm: Communicator
     /// dp x cp x pp layout of the ranks (`train.context_parallel`, `train.pipeline_parallel`).
     public let mesh: DeviceMesh
-    /// Pipeline parallelism: this replica's stages as a point-to-point group and the blocks of
-    /// each stage (nil when pipeline_parallel is 1).
+    /// Pipeline parallelism: this replica's stages as a group (one rank per stage, same cp rank)
+    /// and the blocks of each stage (nil when pipeline_parallel is 1).
     public let pipeline: (group: PointToPointGroup, partition: PipelinePartition)?
     /// The current stage's data (see RunConfig.stages): synthetic latents, or the latent cache
     /// when its kind is latent-cache (then `order` runs over batch slots).
@@ -55,12 +56,9 @@ public final class Trainer {
         case batchNotDivisible(batch: Int, world: Int, accum: Int)
         case tooFewVideoTokens(tokens: Int, cp: Int)
         case cacheMismatch(LatentCacheError)
-        case pipelineWithZeRO3
         case pipelineBatchNotDivisible(batch: Int, dp: Int, microBatches: Int)
         public var description: String {
             switch self {
-            case .pipelineWithZeRO3:
-                "train.pipeline_parallel > 1 runs with ZeRO stages 0-2 (ZeRO-3 gathers every block on every rank in the same order, which pipeline stages do not); use --zero 0, 1 or 2"
             case .pipelineBatchNotDivisible(let b, let dp, let m):
                 "batch size \(b) must be divisible by data-parallel replicas (\(dp) = workers / (context_parallel x pipeline_parallel)) x train.micro_batches (\(m))"
             case .tooFewVideoTokens(let n, let cp):
@@ -84,19 +82,17 @@ public final class Trainer {
                 throw SetupError.pipelineBatchNotDivisible(batch: b, dp: mesh.dp, microBatches: config.train.micro_batches)
             }
         }
+        var partition: PipelinePartition? = nil
         if mesh.pp > 1 {
-            guard zeroStage < 3 else { throw SetupError.pipelineWithZeRO3 }
-            let partition = try PipelinePartition(config: config.model, stages: mesh.pp,
-                                                  videoTokens: config.model.videoTokens(latentT: config.data.frames, latentH: config.data.height, latentW: config.data.width),
-                                                  textTokens: config.text_encoder.max_tokens)
-            pipeline = (PointToPointGroup(parent: comm, members: mesh.ppGroup), partition)
-        } else {
-            pipeline = nil
+            partition = try PipelinePartition(config: config.model, stages: mesh.pp,
+                                              videoTokens: config.model.videoTokens(latentT: config.data.frames, latentH: config.data.height, latentW: config.data.width),
+                                              textTokens: config.text_encoder.max_tokens)
         }
         self.mesh = mesh
         self.comm = comm
         self.config = config
-        model = HunyuanDiT(config: config.model, seed: config.train.seed)
+        // A pipeline stage allocates only the parts it runs (the others keep names and shapes).
+        model = HunyuanDiT(config: config.model, seed: config.train.seed, holding: { partition?.holds($0, stage: mesh.ppRank) ?? true })
         model.recomputeBlocks = config.train.recompute
         if mesh.cp > 1 {
             let smallest = config.model.videoTokens(latentT: config.data.image_ratio > 0 ? 1 : config.data.frames,
@@ -107,6 +103,8 @@ public final class Trainer {
         textEncoder = HashTextEncoder(vocabularySize: config.text_encoder.vocab_size, maxTokens: config.text_encoder.max_tokens,
                                       stateDim: config.model.text_states_dim, pooledDim: config.model.text_states_dim_2,
                                       seed: config.train.seed)
+        // Only the first stage encodes text: later stages need just the mask (from the ids).
+        if mesh.ppRank > 0 { for (_, p) in textEncoder.trainableParameters() { p.release() } }
         let t = config.train
         optimizer = AdamW(lr: Float(t.lr), beta1: Float(t.beta1), beta2: Float(t.beta2), weightDecay: Float(t.weight_decay))
         let first = try Trainer.makeData(config, stage: 0)
@@ -115,8 +113,30 @@ public final class Trainer {
         order = first.2
         data = config.stageData(0).data
         batchSize = config.stageData(0).batchSize
-        engine = try ZeroEngine(stage: zeroStage, comm: comm, model: model, extraOuter: textEncoder.trainableParameters(),
-                                optimizer: optimizer)
+        if let partition {
+            // The stage's units, sharded over the stage's ranks; gradient norms add up over the stages.
+            let units = partition.units(stage: mesh.ppRank, of: ZeroEngine.units(of: model, extraOuter: textEncoder.trainableParameters()))
+            let stageEngine = try ZeroEngine(stage: zeroStage, comm: PointToPointGroup(parent: comm, members: mesh.stageGroup), units: units,
+                                             optimizer: optimizer)
+            let stages = PointToPointGroup(parent: comm, members: mesh.ppGroup)
+            stageEngine.normGroup = stages
+            stageEngine.drive(model)
+            engine = stageEngine
+            pipeline = (stages, partition)
+        } else {
+            engine = try ZeroEngine(stage: zeroStage, comm: comm, model: model, extraOuter: textEncoder.trainableParameters(),
+                                    optimizer: optimizer)
+            pipeline = nil
+        }
+    }
+
+    /// Every ZeRO unit of the model with the world ranks it is sharded over (a checkpoint's
+    /// layout): the engine's units over all ranks, or each pipeline stage's units over that
+    /// stage's ranks.
+    public var unitPlacement: [(name: String, params: [(String, Tensor)], ranks: [Int])] {
+        guard let pipeline else { return engine.units.map { ($0.name, $0.params, Array(0..<comm.worldSize)) } }
+        let all = ZeroEngine.units(of: model, extraOuter: textEncoder.trainableParameters())
+        return (0..<mesh.pp).flatMap { s in pipeline.partition.units(stage: s, of: all).map { ($0.0, $0.1, mesh.ranks(ofStage: s)) } }
     }
 
     /// The data source and a fresh order for stage `i`.
@@ -154,7 +174,8 @@ public final class Trainer {
         config.stageRanges.dropLast().contains { $0.upperBound == step }
     }
 
-    /// Every trainable tensor with its checkpoint name: the DiT's official names, then `text_encoder.*`.
+    /// Every trainable tensor with its checkpoint name: the DiT's official names, then
+    /// `text_encoder.*` (on a pipeline stage, those of other stages are released: shapes only).
     public lazy var parameters: [(String, Tensor)] = model.namedParameters() + textEncoder.trainableParameters()
 
     public var schedule: LRSchedule {
@@ -195,37 +216,48 @@ public final class Trainer {
     func accumulateGradients(x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor), positions: [Int], step s: Int) -> Float {
         let B = x0.shape[0]
         let (inputs, target) = makeInputs((x0, text), positions: positions, step: s)
-        let loss: Tensor
-        if let cp = model.contextParallel {
-            // This rank's tokens: loss share = local MSE x n / N, so the shares sum to the MSE.
-            let tokens = model.patchify(target)                                     // [B, N, P]
-            let N = tokens.shape[1], mine = cp.videoTokenRange(N)
-            let pred = model.forwardTokens(inputs)                                  // [B, n, P]
-            loss = pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(N))
-        } else {
-            loss = model(inputs).mseLoss(target)
-        }
+        let g = model.tokenGrid(x0.shape), N = g.t * g.h * g.w
+        let loss = velocityLoss(model.forwardTokens(inputs), target: target, tokens: model.contextParallel?.videoTokenRange(N) ?? 0..<N)
         (loss * (Float(B) / Float(batchSize))).backward()
         return loss.item
     }
 
-    /// The latents x0 [B, C, T, H, W] and encoded text (caption dropout applied) of the samples
-    /// at `positions` of `step`'s global batch, from the stage's synthetic data or latent cache.
-    func microBatch(indices: [Int], positions pos: [Int], step s: Int, frames T: Int) throws -> (x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor)) {
-        let dropped = captionDropout(positions: pos, step: s)
-        if let cache {
-            let (x0, tokens, _) = try cache.batch(pos.map { indices[$0] })
-            return (x0, textEncoder.encode(tokens: zip(tokens, dropped).map { $1 ? textEncoder.tokenizer.encode("").ids : $0 }))
-        }
-        let (x0, captions) = dataset.batch(pos.map { indices[$0] }, frames: T)
-        return (x0, textEncoder.encode(zip(captions, dropped).map { $1 ? "" : $0 }))
+    /// This rank's share of the loss of predicted velocity tokens `pred` [B, n, P] for its video
+    /// tokens `mine` of the target's N: the MSE; under context parallelism the MSE over its
+    /// tokens x n / N, so the cp ranks' shares sum to the MSE.
+    func velocityLoss(_ pred: Tensor, target: Tensor, tokens mine: Range<Int>) -> Tensor {
+        let g = model.tokenGrid(target.shape)
+        if mine.count == g.t * g.h * g.w { return model.unpatchify(pred, grid: g).mseLoss(target) }
+        let tokens = model.patchify(target)                                         // [B, N, P]
+        return pred.mseLoss(tokens.slice(axis: 1, start: mine.lowerBound, length: mine.count)) * (Float(mine.count) / Float(tokens.shape[1]))
     }
 
-    /// The DiT inputs and velocity target [B, C, T, H, W] for latents x0 and encoded text: noise,
-    /// sigma and guidance are drawn per sample, keyed by (seed, step, position in the global batch).
+    /// The latents x0 [B, C, T, H, W] and caption token ids (caption dropout applied: the empty
+    /// prompt's ids) of the samples at `positions` of `step`'s global batch, from the stage's
+    /// synthetic data or latent cache.
+    func microBatch(indices: [Int], positions pos: [Int], step s: Int, frames T: Int) throws -> (x0: Tensor, tokens: [[Int]]) {
+        let dropped = captionDropout(positions: pos, step: s), empty = textEncoder.tokenizer.encode("").ids
+        if let cache {
+            let (x0, tokens, _) = try cache.batch(pos.map { indices[$0] })
+            return (x0, zip(tokens, dropped).map { $1 ? empty : $0 })
+        }
+        let (x0, captions) = dataset.batch(pos.map { indices[$0] }, frames: T)
+        return (x0, zip(captions, dropped).map { $1 ? empty : textEncoder.tokenizer.encode($0).ids })
+    }
+
+    /// The DiT inputs and velocity target [B, C, T, H, W] for latents x0 and encoded text.
     func makeInputs(_ batch: (x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor)), positions: [Int], step s: Int) -> (DiTInputs, Tensor) {
-        let cfg = config, x0 = batch.x0, text = batch.text
-        // Per-sample random draws keyed by (seed, step, position in the global batch).
+        let f = flowSample(x0: batch.x0, positions: positions, step: s), text = batch.text
+        let inputs = DiTInputs(x: f.xt, t: f.t, text_states: text.states, text_mask: text.mask,
+                               text_states_2: text.pooled, guidance: config.model.guidance_embed ? f.guidance : nil)
+        return (inputs, f.target)
+    }
+
+    /// Noised latents x_t, velocity target [B, C, T, H, W], timesteps (sigma x 1000) and guidance
+    /// (x 1000) for latents x0: noise, sigma and guidance are drawn per sample, keyed by (seed,
+    /// step, position in the global batch).
+    func flowSample(x0: Tensor, positions: [Int], step s: Int) -> (xt: Tensor, target: Tensor, t: [Float], guidance: [Float]) {
+        let cfg = config
         var noiseParts: [Tensor] = [], sigmas: [Float] = [], guidance: [Float] = []
         let perSample = Array(x0.shape.dropFirst())
         for p in positions {
@@ -236,9 +268,7 @@ public final class Trainer {
         }
         let noise = Tensor.concat(noiseParts, axis: 0)
         let (xt, target) = FlowMatching.noisedInputs(x0: x0, noise: noise, sigmas: sigmas)
-        let inputs = DiTInputs(x: xt, t: sigmas.map { $0 * 1000 }, text_states: text.states, text_mask: text.mask,
-                               text_states_2: text.pooled, guidance: cfg.model.guidance_embed ? guidance : nil)
-        return (inputs, target)
+        return (xt, target, sigmas.map { $0 * 1000 }, guidance)
     }
 
     /// One optimizer step over the next global batch: this rank's data-parallel replica takes
@@ -272,8 +302,8 @@ public final class Trainer {
                 // Gradient buckets are reduced during this micro-batch's backward (see ZeroEngine).
                 try engine.beginMicroBatch(last: m == config.train.grad_accum - 1)
                 let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
-                let (x0, text) = try microBatch(indices: indices, positions: pos, step: step, frames: T)
-                lossSum += accumulateGradients(x0: x0, text: text, positions: pos, step: step) * Float(micro)
+                let (x0, tokens) = try microBatch(indices: indices, positions: pos, step: step, frames: T)
+                lossSum += accumulateGradients(x0: x0, text: textEncoder.encode(tokens: tokens), positions: pos, step: step) * Float(micro)
             }
         }
         let lr = schedule.lr(at: step)

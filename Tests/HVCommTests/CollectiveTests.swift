@@ -12,13 +12,16 @@ final class ResultBox<T>: @unchecked Sendable {
 /// single-process references, for odd sizes and 1-5 ranks.
 final class CollectiveTests: XCTestCase {
     /// Runs `body(comm)` on `world` ranks concurrently; returns per-rank results or rethrows.
-    func onRanks<T: Sendable>(_ world: Int, dtype: WireHeader.DType = .float32, chunk: Int = 1000, timeout: Double = 20,
+    /// `tcp`: loopback TCP instead of inproc, for code whose sends must complete before the
+    /// receiver reads (inproc frees a zero-copy payload only when the receiver is done with it).
+    func onRanks<T: Sendable>(_ world: Int, dtype: WireHeader.DType = .float32, chunk: Int = 1000, timeout: Double = 20, tcp: Bool = false,
                               _ body: @escaping @Sendable (ZMQRingCommunicator) throws -> T) throws -> [T] {
         let ctx = try ZMQContext()
         defer { ctx.close() }
         let tag = UUID().uuidString
         let comms = try (0..<world).map { r in
-            try ZMQRingCommunicator(rank: r, worldSize: world, bind: "inproc://\(tag)-\(r)", context: ctx, timeoutSeconds: timeout)
+            try ZMQRingCommunicator(rank: r, worldSize: world, bind: tcp ? "tcp://127.0.0.1:*" : "inproc://\(tag)-\(r)", context: ctx,
+                                    timeoutSeconds: timeout)
         }
         for c in comms {
             try c.connect(peers: comms.map(\.endpoint))
@@ -126,6 +129,47 @@ final class CollectiveTests: XCTestCase {
                 }
                 for r in 0..<world { XCTAssertEqual(bc[r], inputs[root]) }
             }
+        }
+    }
+
+    /// Two disjoint groups of a world of 5 ({0, 2, 4} and {3, 1}, in that ring order) run their
+    /// collectives at the same time, then the whole world all-reduces: each equals the
+    /// reference sum over its members, with shards by group rank. (Over TCP: group rings send
+    /// before they receive.)
+    func testGroupCollectivesOnDisjointGroups() throws {
+        let groups = [[0, 2, 4], [3, 1]]
+        for count in [1, 2, 13, 4099] {
+            let inputs = (0..<5).map { input(rank: $0, count: count) }
+            let out = try onRanks(5, tcp: true) { c -> (ar: [Float], rs: [Float], ag: [Float], bc: [Float], world: [Float]) in
+                let members = groups.first { $0.contains(c.rank) }!
+                let g = PointToPointGroup(parent: c, members: members)
+                let W = members.count
+                var ar = inputs[c.rank], rs = inputs[c.rank], ag = [Float](repeating: -99, count: count), bc = [Float](repeating: 0, count: count)
+                try ar.withUnsafeMutableBufferPointer { try g.allReduce($0.baseAddress!, count: count) }
+                try rs.withUnsafeMutableBufferPointer { try g.reduceScatter($0.baseAddress!, count: count) }
+                for i in shardRange(count: count, rank: g.rank, world: W) { ag[i] = Float(i) }
+                try ag.withUnsafeMutableBufferPointer { try g.allGather($0.baseAddress!, count: count) }
+                if g.rank == 1 { bc = inputs[c.rank] }
+                try bc.withUnsafeMutableBufferPointer { try g.broadcast($0.baseAddress!, count: count, root: 1) }
+                try g.barrier()
+                var world = inputs[c.rank]
+                try world.withUnsafeMutableBufferPointer { try c.allReduce($0.baseAddress!, count: count) }
+                return (ar, Array(rs[shardRange(count: count, rank: g.rank, world: W)]), ag, bc, world)
+            }
+            for members in groups {
+                let sum = (0..<count).map { i in members.reduce(Float(0)) { $0 + inputs[$1][i] } }
+                for (gr, r) in members.enumerated() {
+                    for i in 0..<count { XCTAssertEqual(out[r].ar[i], sum[i], accuracy: 1e-4, "group \(members) all-reduce, rank \(r), count \(count)") }
+                    let mine = shardRange(count: count, rank: gr, world: members.count)
+                    XCTAssertEqual(out[r].rs.count, mine.count)
+                    for (k, i) in mine.enumerated() { XCTAssertEqual(out[r].rs[k], sum[i], accuracy: 1e-4, "group \(members) reduce-scatter") }
+                    XCTAssertEqual(out[r].ag, (0..<count).map(Float.init), "group \(members) all-gather, rank \(r)")
+                    XCTAssertEqual(out[r].bc, inputs[members[1]], "group \(members) broadcast from group rank 1")
+                }
+                XCTAssert(members.allSatisfy { out[$0].ar == out[members[0]].ar }, "identical all-reduce results in \(members)")
+            }
+            let total = (0..<count).map { i in (0..<5).reduce(Float(0)) { $0 + inputs[$1][i] } }
+            for r in 0..<5 { for i in 0..<count { XCTAssertEqual(out[r].world[i], total[i], accuracy: 1e-4, "world all-reduce after the groups'") } }
         }
     }
 

@@ -63,6 +63,20 @@ final class DiTTests: XCTestCase {
         for (name, shape) in expected { XCTAssertEqual(params[name], shape, name) }
         XCTAssertNil(params["double_blocks.0.img_norm1.weight"], "img_norm1 has no affine parameters")
         XCTAssertEqual(model.parameterCount, c.parameterCount, "analytic count equals the allocated model")
+        // A pipeline stage's model holds only its parts, equal to the whole model's; the other
+        // parts keep names and shapes; the part counts are what each holds.
+        let stage = HunyuanDiT(config: c, seed: 1, holding: { $0 == "single_blocks.0" || $0 == "final_layer" })
+        let whole = Dictionary(uniqueKeysWithValues: model.namedParameters())
+        var held = 0
+        for (name, t) in stage.namedParameters() {
+            XCTAssertEqual(t.shape, whole[name]!.shape, name)
+            let kept = name.hasPrefix("single_blocks.0.") || name.hasPrefix("final_layer.")
+            XCTAssertEqual(t.isMaterialized, kept, name)
+            if kept { XCTAssertEqual(t.scalars, whole[name]!.scalars, name); held += t.count }
+        }
+        let parts = c.partParameterCounts
+        XCTAssertEqual(held, parts.singleBlock + parts.finalLayer)
+        XCTAssertEqual(model.double_blocks[0].parameterCount, parts.doubleBlock)
     }
 
     func test13BParameterCount() {

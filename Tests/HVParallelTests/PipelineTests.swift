@@ -56,6 +56,13 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual([m.dp, m.cp, m.pp, m.dpRank, m.ppRank, m.cpRank], [2, 2, 2, 1, 0, 1])
         XCTAssertEqual(m.cpGroup, [4, 5])
         XCTAssertEqual(m.ppGroup, [5, 7])
+        XCTAssertEqual(m.stageGroup, [0, 1, 4, 5])
+        XCTAssertEqual(m.ranks(ofStage: 1), [2, 3, 6, 7])
+        // Every rank's stage group is exactly the ranks of its stage.
+        let all = try (0..<8).map { try DeviceMesh(world: 8, cp: 2, pp: 2, rank: $0) }
+        for r in all { XCTAssertEqual(r.stageGroup, all.filter { $0.ppRank == r.ppRank }.map(\.rank)) }
+        XCTAssertEqual(try DeviceMesh(world: 6, cp: 1, pp: 3, rank: 4).stageGroup, [1, 4])
+        XCTAssertEqual(try DeviceMesh(world: 3, cp: 1, rank: 2).stageGroup, [0, 1, 2])
         XCTAssertEqual(try DeviceMesh(world: 4, cp: 1, pp: 2, rank: 3).ppGroup, [2, 3])
         XCTAssertThrowsError(try DeviceMesh(world: 6, cp: 1, pp: 4, rank: 0)) { e in
             XCTAssert("\(e)".contains("pipeline_parallel 4") && "\(e)".contains("6 slots"), "\(e)")

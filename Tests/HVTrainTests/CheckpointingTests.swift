@@ -68,6 +68,26 @@ final class CheckpointingTests: XCTestCase {
         }
     }
 
+    /// A model tensor the checkpoint lacks, or holds with another shape, is named with both
+    /// shapes (loads find tensors by official name, whatever unit layout saved them).
+    func testMissingOrMisshapenTensorIsNamed() throws {
+        let (_, dir) = try savedRun()
+        let original = try CheckpointManifest.read(directory: dir)
+        func load(_ edit: (inout CheckpointManifest.TensorEntry) -> Void) throws -> String {
+            var m = original
+            let u = m.units.firstIndex { $0.name == "outer" }!, t = m.units[u].tensors.firstIndex { $0.name == "final_layer.linear.weight" }!
+            edit(&m.units[u].tensors[t])
+            try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+            var message = ""
+            XCTAssertThrowsError(try Checkpointing.load(try Trainer(config: try tinyRun(steps: 6)), from: dir)) { message = "\($0)" }
+            return message
+        }
+        let missing = try load { $0.name = "final_layer.linear.weight_renamed" }
+        XCTAssert(missing.contains("manifest.json") && missing.contains("no tensor final_layer.linear.weight "), missing)
+        let shape = try load { $0.shape = [$0.shape.reduce(1, *)] }
+        XCTAssert(shape.contains("tensor final_layer.linear.weight is [") && shape.contains("in this model"), shape)
+    }
+
     /// Checkpoints written before hv's own checksums (chunked datasets with HDF5's Fletcher-32
     /// filter) still verify and load.
     func testLegacyFletcher32CheckpointLoads() throws {

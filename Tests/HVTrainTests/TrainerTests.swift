@@ -121,7 +121,11 @@ final class TrainerTests: XCTestCase {
         expectError("train: [1, 2\n", "not valid YAML")
         expectError("model: nowhere.yaml\n", "model")
         expectError("train:\n  pipeline_parallel: 61\n", "train.pipeline_parallel")     // the default model has 60 blocks
-        expectError("train:\n  pipeline_parallel: 2\n  context_parallel: 2\n", "not yet supported together with train.context_parallel")
+        XCTAssertNoThrow(try { () throws -> Void in
+            let p = dir.appendingPathComponent("cp-pp.yaml").path
+            try "version: 1\ntrain:\n  pipeline_parallel: 2\n  context_parallel: 2\n".write(toFile: p, atomically: true, encoding: .utf8)
+            _ = try RunConfig.load(path: p)
+        }(), "cp x pp is a valid mesh")
         expectError("train:\n  batch_size: 8\n  pipeline_parallel: 2\n  grad_accum: 2\n", "use train.micro_batches")
         expectError("train:\n  batch_size: 8\n  micro_batches: 3\n", "train.micro_batches")
     }

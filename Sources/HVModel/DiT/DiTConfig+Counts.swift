@@ -3,6 +3,14 @@
 extension DiTConfig {
     /// Exact number of parameters `HunyuanDiT(config:)` allocates.
     public var parameterCount: Int {
+        let p = partParameterCounts
+        return p.stem + mm_double_blocks_depth * p.doubleBlock + mm_single_blocks_depth * p.singleBlock + p.finalLayer
+    }
+
+    /// Parameters of the stem (patch, text, time, vector and guidance embeddings and the token
+    /// refiner), of one dual-stream block, one single-stream block and the final layer: what each
+    /// pipeline stage holds.
+    public var partParameterCounts: (stem: Int, doubleBlock: Int, singleBlock: Int, finalLayer: Int) {
         let H = hidden_size, M = mlpHidden, F = 256, P = patchVolume
         func linear(_ i: Int, _ o: Int) -> Int { i * o + o }
         let embedder = linear(F, H) + linear(H, H)
@@ -12,8 +20,8 @@ extension DiTConfig {
         let stream = linear(H, 6 * H) + linear(H, 3 * H) + qk + linear(H, H) + linear(H, M) + linear(M, H)
         let single = linear(H, 3 * H + M) + linear(H + M, H) + qk + linear(H, 3 * H)
         let final = linear(H, P * out_channels) + linear(H, 2 * H)
-        return in_channels * P * H + H + txtIn + embedder + linear(text_states_dim_2, H) + linear(H, H)
-            + (guidance_embed ? embedder : 0) + mm_double_blocks_depth * 2 * stream + mm_single_blocks_depth * single + final
+        let stem = in_channels * P * H + H + txtIn + embedder + linear(text_states_dim_2, H) + linear(H, H) + (guidance_embed ? embedder : 0)
+        return (stem, 2 * stream, single, final)
     }
 
     /// Training FLOPs (forward + backward = 3x forward) for one sample with `videoTokens`

@@ -78,22 +78,32 @@ public final class HunyuanDiT: Module {
     /// token refiner, then one per block; everything else (embeddings, final layer) is `outer`.
     public var blockModules: [Module] { [txt_in] + double_blocks + single_blocks }
 
-    public init(config c: DiTConfig, seed: UInt64) {
+    /// `holding` picks the top-level parts (`img_in`, `txt_in`, `time_in`, `vector_in`,
+    /// `guidance_in`, `double_blocks.k`, `single_blocks.k`, `final_layer`) whose weights this
+    /// instance keeps; a pipeline stage keeps only its own. The others are still drawn from the
+    /// init stream, so kept parts equal a whole model's, but released as soon as each is built
+    /// (at most one part beyond the kept ones is ever allocated); they keep their names and
+    /// shapes and must not be run.
+    public init(config c: DiTConfig, seed: UInt64, holding keep: (String) -> Bool = { _ in true }) {
         config = c
         var rng = HVRandom(seed: seed).split("dit-init")
         let H = c.hidden_size
-        img_in = PatchEmbed(patch: c.patch_size, inChannels: c.in_channels, hidden: H, rng: &rng)
-        txt_in = SingleTokenRefiner(inDim: c.text_states_dim, hidden: H, heads: c.heads_num, depth: c.refiner_depth, rng: &rng)
-        time_in = TimestepEmbedder(hidden: H, rng: &rng)
-        vector_in = MLPEmbedder(inDim: c.text_states_dim_2, hidden: H, rng: &rng)
-        guidance_in = c.guidance_embed ? TimestepEmbedder(hidden: H, rng: &rng) : nil
+        func held<M: Module>(_ part: String, _ m: M) -> M {
+            if !keep(part) { for p in m.parameters() { p.release() } }
+            return m
+        }
+        img_in = held("img_in", PatchEmbed(patch: c.patch_size, inChannels: c.in_channels, hidden: H, rng: &rng))
+        txt_in = held("txt_in", SingleTokenRefiner(inDim: c.text_states_dim, hidden: H, heads: c.heads_num, depth: c.refiner_depth, rng: &rng))
+        time_in = held("time_in", TimestepEmbedder(hidden: H, rng: &rng))
+        vector_in = held("vector_in", MLPEmbedder(inDim: c.text_states_dim_2, hidden: H, rng: &rng))
+        guidance_in = c.guidance_embed ? held("guidance_in", TimestepEmbedder(hidden: H, rng: &rng)) : nil
         var d: [MMDoubleStreamBlock] = []
-        for _ in 0..<c.mm_double_blocks_depth { d.append(MMDoubleStreamBlock(config: c, rng: &rng)) }
+        for k in 0..<c.mm_double_blocks_depth { d.append(held("double_blocks.\(k)", MMDoubleStreamBlock(config: c, rng: &rng))) }
         double_blocks = d
         var s: [MMSingleStreamBlock] = []
-        for _ in 0..<c.mm_single_blocks_depth { s.append(MMSingleStreamBlock(config: c, rng: &rng)) }
+        for k in 0..<c.mm_single_blocks_depth { s.append(held("single_blocks.\(k)", MMSingleStreamBlock(config: c, rng: &rng))) }
         single_blocks = s
-        final_layer = FinalLayer(hidden: H, patchVolume: c.patchVolume, outChannels: c.out_channels)
+        final_layer = held("final_layer", FinalLayer(hidden: H, patchVolume: c.patchVolume, outChannels: c.out_channels))
         super.init()
         nameParameters()
     }
@@ -119,67 +129,9 @@ public final class HunyuanDiT: Module {
         precondition(xs.count == 5 && xs[1] == c.in_channels, "DiT input must be [B, \(c.in_channels), T, H, W], got \(xs)")
         precondition(xs[2] % c.patch_size[0] == 0 && xs[3] % c.patch_size[1] == 0 && xs[4] % c.patch_size[2] == 0,
                      "latent size \(Array(xs[2...])) is not a multiple of the patch size \(c.patch_size)")
-        let B = xs[0]
-        let grid = tokenGrid(xs)
-        var rope = RoPE3D.frequencies(grid: grid, dims: c.rope_dim_list, theta: c.rope_theta)
-
-        var img = img_in(inp.x)                                        // [B, N, H]
-        var cp: ContextParallelShard? = nil
-        if let group = contextParallel {
-            let total = img.shape[1], mine = group.videoTokenRange(total)
-            cp = ContextParallelShard(group: group, totalVideoTokens: total)
-            img = img.slice(axis: 1, start: mine.lowerBound, length: mine.count)
-            rope = (rope.cos.slice(axis: 0, start: mine.lowerBound, length: mine.count),
-                    rope.sin.slice(axis: 0, start: mine.lowerBound, length: mine.count))
-        }
-        var vec = time_in(inp.t) + vector_in(inp.text_states_2)       // [B, H]
-        if let g = guidance_in {
-            precondition(inp.guidance != nil, "this model has a guidance embedder: pass guidance (scale x 1000)")
-            vec = vec + g(inp.guidance!)
-        }
-        // The refiner is segment 0: recomputed like a block, so ZeRO-3 can hold its weights only
-        // while it runs (forward, and its recomputation in backward).
-        var txt: Tensor                                                // [B, L, H]
-        blockHooks?.willForward(0)
-        if recomputeBlocks {
-            let t = inp.t, mask = inp.text_mask, refiner = txt_in
-            txt = recompute([inp.text_states], hooks: blockHooks?.recomputeHooks(0)) { a in refiner(a[0], t: t, mask: mask) }
-        } else {
-            txt = txt_in(inp.text_states, t: inp.t, mask: inp.text_mask)
-        }
-        blockHooks?.didForward(0)
-        let N = img.shape[1], L = txt.shape[1]
-        // Key mask over [img | txt]: video tokens always attend, padded text never.
-        var keyMask: Tensor? = nil
-        if let m = inp.text_mask { keyMask = Tensor.concat([Tensor(repeating: 1, shape: [B, N]), m], axis: 1) }
-
-        for (j, block) in double_blocks.enumerated() {
-            let i = 1 + j
-            blockHooks?.willForward(i)
-            defer { blockHooks?.didForward(i) }
-            if recomputeBlocks {
-                let both = recompute([img, txt, vec], hooks: blockHooks?.recomputeHooks(i)) { a in
-                    let (i, t) = block(img: a[0], txt: a[1], vec: a[2], rope: rope, keyMask: keyMask, cp: cp)
-                    return Tensor.concat([i, t], axis: 1)
-                }
-                img = both.slice(axis: 1, start: 0, length: N)
-                txt = both.slice(axis: 1, start: N, length: L)
-            } else {
-                (img, txt) = block(img: img, txt: txt, vec: vec, rope: rope, keyMask: keyMask, cp: cp)
-            }
-        }
-        var x = Tensor.concat([img, txt], axis: 1)
-        for (j, block) in single_blocks.enumerated() {
-            let i = 1 + double_blocks.count + j
-            blockHooks?.willForward(i)
-            defer { blockHooks?.didForward(i) }
-            if recomputeBlocks {
-                x = recompute([x, vec], hooks: blockHooks?.recomputeHooks(i)) { a in block(a[0], vec: a[1], imageTokens: N, rope: rope, keyMask: keyMask, cp: cp) }
-            } else {
-                x = block(x, vec: vec, imageTokens: N, rope: rope, keyMask: keyMask, cp: cp)
-            }
-        }
-        return final_layer(x.slice(axis: 1, start: 0, length: N), vec: vec)  // [B, N, pt*ph*pw*C]
+        let ctx = stageContext(xShape: xs, textMask: inp.text_mask)
+        let (h, vec) = stem(inp, context: ctx)
+        return head(blocks(0..<pipelineBlockCount, h: h, vec: vec, context: ctx), vec: vec, context: ctx)  // [B, n, pt*ph*pw*C]
     }
 
     /// [B, C, t*pt, h*ph, w*pw] -> [B, t*h*w, C*pt*ph*pw], the inverse of `unpatchify` (targets in

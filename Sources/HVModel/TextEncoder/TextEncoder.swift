@@ -74,20 +74,26 @@ public final class HashTextEncoder: Module, TextEncoder {
         encode(tokens: prompts.map { tokenizer.encode($0).ids })
     }
 
-    /// Encodes token ids as `tokenizer.encode` gives them (0-padded to `maxTokens`; real ids are
-    /// never 0), e.g. captions tokenised ahead of time in a latent cache.
-    public func encode(tokens: [[Int]]) -> (states: Tensor, mask: Tensor, pooled: Tensor) {
-        let B = tokens.count, L = tokenizer.maxTokens
-        var ids: [Int] = [], mask: [Float] = []
+    /// The text mask [B, L] (1 = real token) of token ids as `tokenizer.encode` gives them, from
+    /// the ids alone (pipeline stages after the first need it, not the encoder's weights).
+    public func mask(tokens: [[Int]]) -> Tensor {
+        let L = tokenizer.maxTokens
+        var mask: [Float] = []
         for t in tokens {
             precondition(t.count == L, "token ids must be padded to \(L)")
-            ids += t
             let n = t.firstIndex(of: 0) ?? L
             // An empty prompt keeps one (padding) token unmasked so attention has a key.
             mask += (0..<L).map { $0 < max(n, 1) ? 1 : 0 }
         }
-        let m = Tensor(mask, shape: [B, L])
-        var x = token_embedding(ids, shape: [B, L]) + position_embedding
+        return Tensor(mask, shape: [tokens.count, L])
+    }
+
+    /// Encodes token ids as `tokenizer.encode` gives them (0-padded to `maxTokens`; real ids are
+    /// never 0), e.g. captions tokenised ahead of time in a latent cache.
+    public func encode(tokens: [[Int]]) -> (states: Tensor, mask: Tensor, pooled: Tensor) {
+        let B = tokens.count, L = tokenizer.maxTokens
+        let m = mask(tokens: tokens)
+        var x = token_embedding(tokens.flatMap { $0 }, shape: [B, L]) + position_embedding
         x = norm(x + mlp(x))
         let mm = m.unsqueeze(-1)
         let pooled = pooled_proj((x * mm).sum(axis: 1) / mm.sum(axis: 1))

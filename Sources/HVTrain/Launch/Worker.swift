@@ -227,6 +227,14 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
             try Checkpointing.load(trainer, from: dir)
             log(String(format: "resumed from %@ at step %d (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
         }
+        let state = trainer.engine.modelStateBytes, held = trainer.engine.units.reduce(0) { $0 + $1.count }
+        let total = trainer.unitPlacement.reduce(0) { n, u in n + u.params.reduce(0) { $0 + $1.1.count } }
+        let holder = trainer.pipeline == nil ? "ZeRO over \(o.worldSize) rank(s)"
+            : "pipeline stage \(trainer.mesh.ppRank), ZeRO over \(trainer.mesh.stageGroup.count) rank(s)"
+        log(String(format: "rank %d model state: %@ of %@ parameters (%@), weights %.1f MiB + gradients %.1f MiB + Adam %.1f MiB = %.1f MiB",
+                   o.rank, held.formatted() as NSString, total.formatted() as NSString, holder as NSString,
+                   Double(state.weights) / 1048576, Double(state.gradients) / 1048576, Double(state.moments) / 1048576,
+                   Double(state.weights + state.gradients + state.moments) / 1048576))
         if o.rank == 0 && !cfg.stages.isEmpty {
             log("stages: " + cfg.stages.enumerated().map { "\($0.offset) \($0.element.name) \($0.element.steps) steps" }.joined(separator: ", ") + "; now stage \(cfg.stageIndex(forStep: trainer.step))")
         }
