@@ -13,8 +13,8 @@ public struct CoordCommand: ParsableCommand {
         commandName: "hv-coord",
         abstract: "Plan and run HunyuanVideo DiT training.",
         discussion: """
-        Quick start:  hv-coord launch --nodes cluster/hosts.local --config configs/runs/tiny.yaml
-        One process:  hv-coord train --config configs/runs/tiny.yaml
+        Quick start:  hv-coord launch --nodes cluster/hosts.local --config configs/runs/quickstart.yaml
+        One process:  hv-coord train --config configs/runs/quickstart.yaml
         Model sizes:  hv-coord plan --config configs/models/hyvideo-t2-13b.yaml
         """,
         subcommands: [LaunchCommand.self, TrainCommand.self, TrainVAECommand.self, ExportVAECommand.self, PlanCommand.self, DumpConfigCommand.self, WorkerCommand.self])
@@ -37,7 +37,7 @@ struct TrainCommand: ParsableCommand {
         commandName: "train",
         abstract: "Train in this process (flow matching, AdamW) and report loss, tokens/s and ETA.")
 
-    @Option(help: "Run config (YAML), e.g. configs/runs/tiny.yaml.") var config: String
+    @Option(help: "Run config (YAML), e.g. configs/runs/quickstart.yaml.") var config: String
     @Option(help: "Override train.steps.") var steps: Int?
     @Option(help: "Override train.seed.") var seed: UInt64?
     @Option(help: "Write the loss of every step to this CSV file (step,loss,grad_norm,lr).") var lossCsv: String?

@@ -16,7 +16,7 @@ struct EvalPromptsCommand: ParsableCommand {
         synthetic world instead of samples (what a perfect model would produce: it must score 100%).
         Examples:
           hv-sample eval --checkpoint checkpoints/demo --out-dir /tmp/eval
-          hv-sample eval --reference --config configs/runs/tiny.yaml --out-dir /tmp/eval-ref
+          hv-sample eval --reference --config configs/runs/quickstart.yaml --out-dir /tmp/eval-ref
         """)
 
     @Option(help: "Consolidated .h5, checkpoint directory or run directory.") var checkpoint: String?
