@@ -302,3 +302,60 @@ HV_CLONES HV_WIDE void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, in
         }
     }
 }
+
+/* LayerNorm / RMSNorm over rows of n: xhat = (x - mean) * rstd (mean 0 when !centered),
+ * out = xhat * w + b (w, b optional; out may be NULL), rstd per row. Sums in 16 double lanes per
+ * row, so the loops vectorise. */
+HV_CLONES void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const float *w, const float *b,
+                            size_t rows, size_t n, float eps, int centered) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *a = x + r * n;
+        float *h = xhat + r * n;
+        double lanes[16] = {0};
+        float m = 0;
+        if (centered) {
+            size_t i = 0;
+            for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) lanes[l] += (double)a[i + l];
+            for (; i < n; i++) lanes[i & 15] += (double)a[i];
+            double s = 0;
+            for (int l = 0; l < 16; l++) s += lanes[l];
+            m = (float)(s / (double)n);
+            for (int l = 0; l < 16; l++) lanes[l] = 0;
+        }
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) { double d = (double)(a[i + l] - m); lanes[l] += d * d; }
+        for (; i < n; i++) { double d = (double)(a[i] - m); lanes[i & 15] += d * d; }
+        double v = 0;
+        for (int l = 0; l < 16; l++) v += lanes[l];
+        float rs = (float)(1.0 / sqrt(v / (double)n + (double)eps));
+        rstd[r] = rs;
+        for (i = 0; i < n; i++) h[i] = (a[i] - m) * rs;
+        if (out) {
+            float *o = out + r * n;
+            if (w && b) for (size_t i = 0; i < n; i++) o[i] = h[i] * w[i] + b[i];
+            else if (w) for (size_t i = 0; i < n; i++) o[i] = h[i] * w[i];
+            else if (b) for (size_t i = 0; i < n; i++) o[i] = h[i] + b[i];
+            else for (size_t i = 0; i < n; i++) o[i] = h[i];
+        }
+    }
+}
+
+/* The input gradient of hv_norm_rows: d = g * w (w optional), then per row
+ * dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) (mean(d) term only when centered). */
+HV_CLONES void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, const float *rstd, float *dx,
+                                     size_t rows, size_t n, int centered) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *gr = g + r * n, *h = xhat + r * n;
+        float *d = dx + r * n;
+        if (w) for (size_t i = 0; i < n; i++) d[i] = gr[i] * w[i];
+        else for (size_t i = 0; i < n; i++) d[i] = gr[i];
+        double l1[16] = {0}, l2[16] = {0};
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) { l1[l] += (double)d[i + l]; l2[l] += (double)(d[i + l] * h[i + l]); }
+        for (; i < n; i++) { l1[i & 15] += (double)d[i]; l2[i & 15] += (double)(d[i] * h[i]); }
+        double sd = 0, sdh = 0;
+        for (int l = 0; l < 16; l++) { sd += l1[l]; sdh += l2[l]; }
+        float md = centered ? (float)(sd / (double)n) : 0, mdh = (float)(sdh / (double)n), rs = rstd[r];
+        for (i = 0; i < n; i++) d[i] = rs * (d[i] - md - h[i] * mdh);
+    }
+}

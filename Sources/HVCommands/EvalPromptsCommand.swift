@@ -30,10 +30,12 @@ struct EvalPromptsCommand: ParsableCommand {
     @Option(help: "Negative prompt for classifier-free guidance.") var negativePrompt = ""
     @Flag(help: "Print the report as one JSON object on stdout.") var json = false
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func run() throws {
         try runOrExit {
             threads.apply()
+            try precision.apply()
             let report: PromptFollowing.Report
             if reference {
                 let run: RunConfig

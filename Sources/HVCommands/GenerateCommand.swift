@@ -38,10 +38,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Also write the sampled latents (B, C, T, H, W) as dataset `z` of this HDF5 file (with --prompts: FILE-001.h5, ...).")
     var latents: String?
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func run() throws {
         try runOrExit {
             threads.apply()
+            try precision.apply()
             try generate(model: try TextToVideo.load(checkpoint), writeFiles: true)
         }
     }

@@ -20,6 +20,8 @@ struct StepBench: ParsableCommand {
     @Option(help: "Threads (OpenBLAS, attention; PyTorch's torch.set_num_threads).") var threads = 2
     @Option(help: "A Python venv with torch and diffusers, to time the same step in PyTorch.") var torch: String?
     @Flag(help: "Recompute block activations in backward.") var recompute = false
+    @Option(help: "Matmul precision: fp32, bf16 (bf16 operands, fp32 sums; PyTorch side under torch.autocast bfloat16) or both.")
+    var precision = BenchPrecision.fp32
 
     func run() throws {
         BLAS.threads = threads
@@ -44,39 +46,32 @@ struct StepBench: ParsableCommand {
             GradMode.withoutGrad { opt.update(params) }
             for (_, p) in params { p.zeroGrad() }
         }
-        let t = bestTime(repeats: repeats, step)
         let tokens = model.videoTokens(latentT: dims[0], latentH: dims[1], latentW: dims[2])
         let flops = Double(B) * model.trainingFLOPs(videoTokens: tokens, textTokens: L)
         print("config \(config): \(model.parameterCount.formatted()) parameters, \(B) x (\(tokens) video + \(L) text) tokens, threads \(threads), OpenBLAS \(BLAS.coreName)")
-        print(String(format: "hv       step %.3f s   %8.0f video tokens/s   %6.1f GFLOP/s", t, Double(B * tokens) / t, flops / t / 1e9))
-        guard let torch else { return }
-        let py = (torch as NSString).appendingPathComponent("bin/python")
-        let script = "scripts/dev/torch_step_bench.py"
-        let rope = model.rope_dim_list.map(String.init).joined(separator: ",")
-        let args = [script, "--hidden", "\(model.hidden_size)", "--heads", "\(model.heads_num)", "--double", "\(model.mm_double_blocks_depth)",
-                    "--single", "\(model.mm_single_blocks_depth)", "--refiner", "\(model.refiner_depth)", "--rope", rope,
-                    "--text-dim", "\(model.text_states_dim)", "--pooled-dim", "\(model.text_states_dim_2)", "--latent", latent,
-                    "--text-tokens", "\(L)", "--batch", "\(B)", "--threads", "\(threads)", "--repeats", "\(repeats)"]
-        let proc = Process()
-        proc.executableURL = URL(fileURLWithPath: py)
-        proc.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["OMP_NUM_THREADS"] = "\(threads)"
-        proc.environment = env
-        let pipe = Pipe()
-        proc.standardOutput = pipe
-        try proc.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        proc.waitUntilExit()
-        guard proc.terminationStatus == 0,
-              let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
-              let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-              let pt = obj["step_seconds"] as? Double else {
-            throw ValidationError("the PyTorch side failed (exit \(proc.terminationStatus)); run \(py) \(args.joined(separator: " ")) to see why")
+        func line(_ who: String, _ s: Double, _ extra: String = "") -> String {
+            String(format: "%@ step %.3f s   %8.0f video tokens/s   %6.1f GFLOP/s%@", who as NSString, s, Double(B * tokens) / s, flops / s / 1e9, extra as NSString)
         }
-        print(String(format: "pytorch  step %.3f s   %8.0f video tokens/s   %6.1f GFLOP/s   (torch %@, diffusers %@, %@ params)",
-                     pt, Double(B * tokens) / pt, flops / pt / 1e9, "\(obj["torch"] ?? "?")" as NSString,
-                     "\(obj["diffusers"] ?? "?")" as NSString, "\(obj["params"] ?? "?")" as NSString))
-        print(String(format: "ratio    hv / pytorch step time = %.2f  (target <= 0.80)", t / pt))
+        var hv: [MatmulPrecision: Double] = [:]
+        for p in precision.list {
+            try MatmulPrecision.select(p)
+            hv[p] = bestTime(repeats: repeats, step)
+            print(line("hv \(p.rawValue)      ", hv[p]!))
+        }
+        try MatmulPrecision.select(.fp32)
+        guard let torch else { return }
+        let side = TorchBench(venv: torch, model: model, latent: latent, textTokens: L, batch: B, threads: threads, repeats: repeats)
+        var pt: [MatmulPrecision: Double] = [:]
+        for p in precision.list {
+            let r = try side.run(mode: "train", bf16: p == .bf16)
+            pt[p] = r.seconds
+            print(line(p == .bf16 ? "pytorch bf16 " : "pytorch fp32 ", r.seconds, "   (\(r.versions)\(p == .bf16 ? ", autocast bfloat16" : ""))"))
+        }
+        for p in precision.list {
+            print(String(format: "ratio    hv %@ / pytorch %@ step time = %.2f  (target <= 0.80)", p.rawValue, p.rawValue, hv[p]! / pt[p]!))
+        }
+        if let h = hv[.bf16], let f = pt[.fp32] {
+            print(String(format: "ratio    hv bf16 / pytorch fp32 step time = %.2f", h / f))
+        }
     }
 }

@@ -13,7 +13,38 @@ public enum HVRuntime {
     public static func preferResidentMemory() { hv_tune_malloc_resident() }
 }
 
-/// Thin funnel over OpenBLAS's cblas_sgemm (row-major).
+/// What the matrix products compute in: fp32 throughout (the default), or bf16 operands with fp32
+/// sums — the mixed precision of bf16 training and of PyTorch's CPU autocast: weights, gradients,
+/// optimizer state and every non-GEMM op stay fp32; each GEMM rounds its two operands to bf16
+/// (nearest even) while packing them and accumulates in fp32 (`hv_gemm_bf16`, AVX512-BF16).
+public enum MatmulPrecision: String, Sendable, CaseIterable {
+    case fp32, bf16
+
+    /// Process-wide; set once at start (run config `train.precision`, `--precision` flags).
+    nonisolated(unsafe) public static var current: MatmulPrecision = .fp32
+    /// Smaller products stay in fp32 sgemm (packing would dominate).
+    nonisolated(unsafe) public static var minimumMACs = 32_768
+
+    /// Whether this CPU runs the bf16 kernel (vdpbf16ps).
+    public static var bf16Available: Bool { hv_bf16_gemm_available() != 0 }
+
+    /// Selects `precision`; bf16 on a CPU without AVX512-BF16 is an error naming the CPU flag.
+    public static func select(_ precision: MatmulPrecision) throws {
+        if precision == .bf16 && !bf16Available {
+            throw MatmulPrecisionError.unsupported
+        }
+        current = precision
+    }
+}
+
+public enum MatmulPrecisionError: Error, CustomStringConvertible {
+    case unsupported
+    public var description: String {
+        "precision bf16 needs a CPU with AVX512-BF16 (flag avx512_bf16 in /proc/cpuinfo); this one has none: use precision fp32"
+    }
+}
+
+/// Thin funnel over OpenBLAS's cblas_sgemm (row-major), or the bf16 kernel when selected.
 public enum BLAS {
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
     @inline(__always)
@@ -26,6 +57,13 @@ public enum BLAS {
         if k == 0 {
             if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
             else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
+            return
+        }
+        if MatmulPrecision.current == .bf16, alpha == 1, beta == 0 || beta == 1, m * n * k >= MatmulPrecision.minimumMACs {
+            // A(i, l) and B(l, j) as strides; the kernel splits over OpenBLAS's thread count, so
+            // callers that run OpenBLAS on one thread per worker (attention) keep that.
+            hv_gemm_bf16(Int32(m), Int32(n), Int32(k), a, transA ? 1 : lda, transA ? lda : 1, b, transB ? 1 : ldb, transB ? ldb : 1,
+                         c, ldc, beta == 1 ? 1 : 0, openblas_get_num_threads())
             return
         }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,

@@ -1,40 +1,7 @@
 /// LayerNorm, RMSNorm and GroupNorm with fused forward/backward.
 /// Each normalises `rows` independent groups of `n` contiguous values.
 
-/// xhat = (x - mean) * rstd per row (centered) or x * rstd (RMS); returns rstd per row.
-private func normalizeRows(_ x: UnsafePointer<Float>, _ xhat: UnsafeMutablePointer<Float>, rows: Int, n: Int,
-                           eps: Float, centered: Bool) -> [Float] {
-    var rstd = [Float](repeating: 0, count: rows)
-    for r in 0..<rows {
-        let a = x + r * n, h = xhat + r * n
-        var mean: Double = 0
-        if centered {
-            for i in 0..<n { mean += Double(a[i]) }
-            mean /= Double(n)
-        }
-        let m = Float(mean)
-        var v: Double = 0
-        for i in 0..<n { let d = Double(a[i] - m); v += d * d }
-        let rs = Float(1 / (v / Double(n) + Double(eps)).squareRoot())
-        rstd[r] = rs
-        for i in 0..<n { h[i] = (a[i] - m) * rs }
-    }
-    return rstd
-}
-
-/// dx = rstd * (dxhat - [mean(dxhat)] - xhat * mean(dxhat * xhat)) per row, in place on dxhat.
-private func normalizeRowsBackward(_ dxhat: UnsafeMutablePointer<Float>, _ xhat: UnsafePointer<Float>, _ rstd: [Float],
-                                   rows: Int, n: Int, centered: Bool) {
-    for r in 0..<rows {
-        let d = dxhat + r * n, h = xhat + r * n
-        var sd: Double = 0, sdh: Double = 0
-        for i in 0..<n { sd += Double(d[i]); sdh += Double(d[i] * h[i]) }
-        let md = centered ? Float(sd / Double(n)) : 0
-        let mdh = Float(sdh / Double(n))
-        let rs = rstd[r]
-        for i in 0..<n { d[i] = rs * (d[i] - md - h[i] * mdh) }
-    }
-}
+import CHVKernels
 
 extension Tensor {
     /// LayerNorm over the last axis; `weight`/`bias` [D] optional (HunyuanVideo's norms mostly have none).
@@ -52,23 +19,11 @@ extension Tensor {
         if let weight { precondition(weight.shape == [n], "\(name): weight \(weight.shape) for last dim \(n)") }
         if let bias { precondition(bias.shape == [n], "\(name): bias \(bias.shape) for last dim \(n)") }
         let x = contiguous()
-        let xhat = Tensor(uninitialized: shape)
-        let rstd = normalizeRows(x.pointer, xhat.pointer, rows: rows, n: n, eps: eps, centered: centered)
-        let out: Tensor
-        if weight != nil || bias != nil {
-            out = Tensor(uninitialized: shape)
-            let w = weight?.contiguous(), b = bias?.contiguous()
-            let h = xhat.pointer, o = out.pointer
-            for r in 0..<rows {
-                for i in 0..<n {
-                    var v = h[r * n + i]
-                    if let w { v *= w.pointer[i] }
-                    if let b { v += b.pointer[i] }
-                    o[r * n + i] = v
-                }
-            }
-        } else {
-            out = xhat.copy()
+        let xhat = Tensor(uninitialized: shape), out = Tensor(uninitialized: shape)
+        let w = weight?.contiguous(), b = bias?.contiguous()
+        var rstd = [Float](repeating: 0, count: rows)
+        rstd.withUnsafeMutableBufferPointer { r in
+            hv_norm_rows(x.pointer, xhat.pointer, out.pointer, r.baseAddress, w?.pointer, b?.pointer, rows, n, eps, centered ? 1 : 0)
         }
         var inputs = [self]
         if let weight { inputs.append(weight) }
@@ -76,16 +31,10 @@ extension Tensor {
         return Tensor.record(name, out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)
-            let gp = gc.pointer, h = xhat.pointer, d = dx.pointer
-            var grads: [Tensor?] = []
-            if let weight {
-                let w = weight.contiguous().pointer
-                for r in 0..<rows { for i in 0..<n { d[r * n + i] = gp[r * n + i] * w[i] } }
-            } else {
-                d.update(from: gp, count: self.count)
+            rstd.withUnsafeBufferPointer { r in
+                hv_norm_rows_backward(gc.pointer, w?.pointer, xhat.pointer, r.baseAddress, dx.pointer, rows, n, centered ? 1 : 0)
             }
-            normalizeRowsBackward(d, h, rstd, rows: rows, n: n, centered: centered)
-            grads.append(dx)
+            var grads: [Tensor?] = [dx]
             if weight != nil { grads.append(Tensor.zipMap(gc, xhat, *).reshapeRaw([rows, n]).sumRaw(axes: [0]).reshapeRaw([n])) }
             if bias != nil { grads.append(gc.reshapeRaw([rows, n]).sumRaw(axes: [0]).reshapeRaw([n])) }
             return grads
@@ -101,14 +50,17 @@ extension Tensor {
         let rows = N * groups, n = cg * S
         let x = contiguous()
         let xhat = Tensor(uninitialized: shape)
-        let rstd = normalizeRows(x.pointer, xhat.pointer, rows: rows, n: n, eps: eps, centered: true)
+        var rstd = [Float](repeating: 0, count: rows)
+        rstd.withUnsafeMutableBufferPointer { r in
+            hv_norm_rows(x.pointer, xhat.pointer, nil, r.baseAddress, nil, nil, rows, n, eps, 1)
+        }
         let out = Tensor(uninitialized: shape)
         let w = weight?.contiguous(), b = bias?.contiguous()
         do {
-            let h = xhat.pointer, o = out.pointer
+            let h = xhat.pointer, o = out.pointer, wp = w?.pointer, bp = b?.pointer
             for b0 in 0..<N {
                 for c in 0..<C {
-                    let scale = w?.pointer[c] ?? 1, shift = b?.pointer[c] ?? 0
+                    let scale = wp?[c] ?? 1, shift = bp?[c] ?? 0
                     let base = (b0 * C + c) * S
                     for s in 0..<S { o[base + s] = h[base + s] * scale + shift }
                 }
@@ -120,11 +72,11 @@ extension Tensor {
         return Tensor.record("groupNorm", out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)
-            let gp = gc.pointer, h = xhat.pointer, d = dx.pointer
+            let gp = gc.pointer, h = xhat.pointer, d = dx.pointer, wp = w?.pointer
             var dw = [Float](repeating: 0, count: C), db = [Float](repeating: 0, count: C)
             for b0 in 0..<N {
                 for c in 0..<C {
-                    let scale = w?.pointer[c] ?? 1
+                    let scale = wp?[c] ?? 1
                     let base = (b0 * C + c) * S
                     var sw: Float = 0, sb: Float = 0
                     for s in 0..<S {
@@ -135,7 +87,7 @@ extension Tensor {
                     dw[c] += sw; db[c] += sb
                 }
             }
-            normalizeRowsBackward(d, h, rstd, rows: rows, n: n, centered: true)
+            rstd.withUnsafeBufferPointer { r in hv_norm_rows_backward(d, nil, h, r.baseAddress, d, rows, n, 1) }
             var grads: [Tensor?] = [dx]
             if weight != nil { grads.append(Tensor(dw, shape: [C])) }
             if bias != nil { grads.append(Tensor(db, shape: [C])) }

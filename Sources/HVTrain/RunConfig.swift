@@ -1,6 +1,7 @@
 import Foundation
 import HVModel
 import HVNN
+import HVTensor
 import Yams
 
 /// A training run's configuration (YAML). Omitted keys take the defaults below; `validate()`
@@ -172,6 +173,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
         /// Micro-batches per optimizer step of each pipeline (1F1B schedule); with
         /// pipeline_parallel > 1 they replace grad_accum (which must then be 1).
         public var micro_batches = 1
+        /// Matmul precision: "fp32", or "bf16" (bf16 GEMM operands, fp32 sums; weights, gradients,
+        /// optimizer state and all other ops stay fp32 — needs a CPU with AVX512-BF16).
+        public var precision = "fp32"
         public var log_every = 10
         public init() {}
         public init(from decoder: Decoder) throws {
@@ -193,6 +197,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
             context_parallel = try c.decodeIfPresent(Int.self, forKey: .context_parallel) ?? d.context_parallel
             pipeline_parallel = try c.decodeIfPresent(Int.self, forKey: .pipeline_parallel) ?? d.pipeline_parallel
             micro_batches = try c.decodeIfPresent(Int.self, forKey: .micro_batches) ?? d.micro_batches
+            precision = try c.decodeIfPresent(String.self, forKey: .precision) ?? d.precision
             log_every = try c.decodeIfPresent(Int.self, forKey: .log_every) ?? d.log_every
         }
     }
@@ -263,6 +268,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if train.steps < 0 { try fail("train.steps", "must be >= 0") }
         if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
         if train.context_parallel < 1 { try fail("train.context_parallel", "must be >= 1") }
+        if MatmulPrecision(rawValue: train.precision) == nil {
+            try fail("train.precision", "'\(train.precision)' is not one of \(MatmulPrecision.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         if train.pipeline_parallel < 1 { try fail("train.pipeline_parallel", "must be >= 1") }
         if train.pipeline_parallel > model.mm_double_blocks_depth + model.mm_single_blocks_depth {
             try fail("train.pipeline_parallel", "\(train.pipeline_parallel) is more than the model's \(model.mm_double_blocks_depth + model.mm_single_blocks_depth) blocks: every stage needs one")

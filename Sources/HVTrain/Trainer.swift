@@ -72,6 +72,8 @@ public final class Trainer {
 
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
+        // Process-wide: a worker runs one trainer.
+        try MatmulPrecision.select(MatmulPrecision(rawValue: config.train.precision) ?? .fp32)
         let mesh = try DeviceMesh(world: comm.worldSize, cp: config.train.context_parallel, pp: config.train.pipeline_parallel, rank: comm.rank)
         for i in config.stageRanges.indices {
             let b = config.stageData(i).batchSize

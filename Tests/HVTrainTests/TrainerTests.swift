@@ -38,6 +38,30 @@ final class TrainerTests: XCTestCase {
         XCTAssertNotEqual(try (0..<6).map { _ in try c.trainStep().loss }, la)
     }
 
+    /// train.precision bf16 (bf16 GEMM operands, fp32 sums): the tiny run learns as in fp32 —
+    /// the loss halves, and the losses stay within a few percent of fp32's — yet differ from them
+    /// (the bf16 kernel ran), and it is bit-exact run to run.
+    func testBF16PrecisionTrainsLikeFP32() throws {
+        try XCTSkipUnless(MatmulPrecision.bf16Available, "this CPU has no AVX512-BF16")
+        defer { MatmulPrecision.current = .fp32 }
+        var cfg = try tinyRun(steps: 150)
+        let fp32 = try Trainer(config: cfg)
+        let l32 = try (0..<150).map { _ in try fp32.trainStep().loss }
+        cfg.train.precision = "bf16"
+        let a = try Trainer(config: cfg)
+        XCTAssertEqual(MatmulPrecision.current, .bf16)
+        let l16 = try (0..<150).map { _ in try a.trainStep().loss }
+        XCTAssertNotEqual(l16, l32)
+        let first = l16.prefix(20).reduce(0, +) / 20, last = l16.suffix(20).reduce(0, +) / 20
+        XCTAssertLessThan(last, first / 2, "bf16 loss went from \(first) to \(last)")
+        let last32 = l32.suffix(20).reduce(0, +) / 20
+        XCTAssertEqual(last, last32, accuracy: 0.05 * last32, "bf16 \(last) vs fp32 \(last32) over the last 20 steps")
+        let b = try Trainer(config: cfg)
+        XCTAssertEqual(try (0..<10).map { _ in try b.trainStep().loss }, Array(l16.prefix(10)))
+        cfg.train.precision = "fp16"
+        XCTAssertThrowsError(try cfg.validate(file: "run.yaml")) { XCTAssert("\($0)".contains("train.precision"), "\($0)") }
+    }
+
     /// Gradient accumulation: 1 x 8 samples and 4 x 2 samples give the same update (up to fp32 rounding).
     func testGradientAccumulationMatchesFullBatch() throws {
         var cfg = try tinyRun(steps: 2)

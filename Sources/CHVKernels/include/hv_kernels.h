@@ -65,3 +65,29 @@ void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
                             const float *gT, int Co, int kt, int kh, int kw,
                             float *dw, int ci0, int ci1);
 #endif
+
+#ifndef HV_KERNELS_BF16_H
+#define HV_KERNELS_BF16_H
+/// 1 when the CPU has AVX512-BF16 (vdpbf16ps), so hv_gemm_bf16 may be called.
+int hv_bf16_gemm_available(void);
+/// C[M x N] = A·B (+ C when accumulate), C row-major with row stride ldc. A(m, k) is
+/// A[m * rsa + k * csa] and B(k, n) is B[k * rsb + n * csb] (any strides: transposes are
+/// strides). Operands are rounded to bf16 (nearest even) as they are packed; products are summed
+/// in fp32. Runs on `threads` threads (split over the larger of M and N).
+void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                  float *C, long ldc, int accumulate, int threads);
+/// x rounded to the nearest bf16 (ties to even), returned as fp32.
+float hv_round_bf16(float x);
+#endif
+
+#ifndef HV_KERNELS_NORM_H
+#define HV_KERNELS_NORM_H
+#include <stddef.h>
+/// LayerNorm (centered) / RMSNorm rows: xhat, rstd per row, and out = xhat * w + b when out is
+/// not NULL (w, b optional).
+void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const float *w, const float *b,
+                  size_t rows, size_t n, float eps, int centered);
+/// dx of hv_norm_rows from the output gradient g (w optional).
+void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, const float *rstd, float *dx,
+                           size_t rows, size_t n, int centered);
+#endif

@@ -1,0 +1,298 @@
+// bf16 GEMM with fp32 accumulation for CPUs with AVX512-BF16 (vdpbf16ps), e.g. AMD Zen 4 and
+// Intel Cooper Lake / Sapphire Rapids. C = A·B (+ C), operands given in fp32 with arbitrary
+// strides; they are rounded to bf16 (round to nearest even) while being packed, the products
+// are summed in fp32. This is the mixed-precision matmul of bf16 training: one vdpbf16ps does
+// 32 multiply-adds where an fp32 FMA does 16, so the GEMM's peak doubles.
+//
+// Layout (Goto-style): K is taken in pairs (bf16 pairs are what vdpbf16ps multiplies). A block
+// of A is packed into panels of MR rows, laid out [pair][row] as uint32 (two bf16); a block of
+// B into panels of NR columns, [pair][column]. The micro-kernel keeps an MR x NR tile of C in
+// 24 zmm registers and, per pair, broadcasts one uint32 of A per row against two zmm of B.
+#include "hv_kernels.h"
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define MR 12
+#define NR 32
+#define KC 384      // K per block (192 pairs): an NR panel of B is 24 KiB, stays in L1
+#define MC 96       // rows of A per block: 72 KiB packed, stays in L2
+#define NC 1024     // columns of B per block: 768 KiB packed, in L2
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+static inline uint32_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+
+static inline uint32_t bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+/// c[q] = column q of the 16 x 16 matrix of 32-bit words whose rows are r[0..15].
+BF16_TARGET
+static inline void transpose16x16(const __m512i r[16], __m512i c[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + k], 128-bit lane l: rows 4i..4i+3 of column 4l + k.
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512i a = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), b = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        __m512i d = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), e = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        c[k] = _mm512_shuffle_i32x4(a, d, 0x88);
+        c[8 + k] = _mm512_shuffle_i32x4(a, d, 0xDD);
+        c[4 + k] = _mm512_shuffle_i32x4(b, e, 0x88);
+        c[12 + k] = _mm512_shuffle_i32x4(b, e, 0xDD);
+    }
+}
+
+/// Packs pairs of a strided operand into panels: out[p * w + j] = (S(2p, j), S(2p+1, j)) for
+/// p < kp, j < w, where S(k, j) = src[k * sk + j * sj] for k < kn, j < wn, and 0 outside.
+/// Fast paths: sj == 1 (pairs come from two rows: vector convert + interleave) and sk == 1
+/// (pairs are adjacent in memory).
+BF16_TARGET
+static void pack_panel(uint32_t *out, const float *src, long sk, long sj, int kn, int wn, int kp, int w) {
+    if (sj == 1) {
+        const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                             23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        for (int p = 0; p < kp; p++) {
+            int k0 = 2 * p, k1 = 2 * p + 1;
+            for (int j = 0; j < w; j += 16) {
+                int valid = wn - j, room = w - j;
+                __mmask16 lm = valid >= 16 ? 0xFFFF : valid > 0 ? (__mmask16)((1u << valid) - 1) : 0;
+                __mmask16 sm = room >= 16 ? 0xFFFF : (__mmask16)((1u << room) - 1);
+                __m512 r0 = k0 < kn ? _mm512_maskz_loadu_ps(lm, src + (long)k0 * sk + j) : _mm512_setzero_ps();
+                __m512 r1 = k1 < kn ? _mm512_maskz_loadu_ps(lm, src + (long)k1 * sk + j) : _mm512_setzero_ps();
+                // cvtne2ps: low 16 bf16 from the second argument, high 16 from the first; the
+                // permutation interleaves them into (row k0, row k1) pairs.
+                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(r1, r0);
+                _mm512_mask_storeu_epi32((void *)(out + (long)p * w + j), sm, _mm512_permutexvar_epi16(idx, both));
+            }
+        }
+        return;
+    }
+    if (sk == 1) {
+        // Pairs are adjacent: convert 16 source rows x 16 pairs, then transpose 16 x 16 words.
+        for (int j0 = 0; j0 < w; j0 += 16) {
+            int room = w - j0;
+            __mmask16 sm = room >= 16 ? 0xFFFF : (__mmask16)((1u << room) - 1);
+            int p = 0;
+            for (; 2 * p + 31 < kn; p += 16) {
+                __m512i r[16], c[16];
+                for (int i = 0; i < 16; i++) {
+                    int j = j0 + i;
+                    if (j < wn) {
+                        const float *row = src + (long)j * sj + 2 * p;
+                        r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row));
+                    } else {
+                        r[i] = _mm512_setzero_si512();
+                    }
+                }
+                transpose16x16(r, c);
+                for (int q = 0; q < 16; q++) _mm512_mask_storeu_epi32((void *)(out + (long)(p + q) * w + j0), sm, c[q]);
+            }
+            for (; p < kp; p++)
+                for (int j = j0; j < j0 + 16 && j < w; j++) {
+                    const float *row = src + (long)j * sj;
+                    float lo = j < wn && 2 * p < kn ? row[2 * p] : 0, hi = j < wn && 2 * p + 1 < kn ? row[2 * p + 1] : 0;
+                    out[(long)p * w + j] = bf16_pair(lo, hi);
+                }
+        }
+        return;
+    }
+    for (int p = 0; p < kp; p++)
+        for (int j = 0; j < w; j++) {
+            float lo = 0, hi = 0;
+            if (j < wn) {
+                if (2 * p < kn) lo = src[(long)(2 * p) * sk + (long)j * sj];
+                if (2 * p + 1 < kn) hi = src[(long)(2 * p + 1) * sk + (long)j * sj];
+            }
+            out[(long)p * w + j] = bf16_pair(lo, hi);
+        }
+}
+
+#define ROW(m)                                                                                 \
+    {                                                                                          \
+        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[m]);                                  \
+        c##m##0 = _mm512_dpbf16_ps(c##m##0, av, b0);                                           \
+        c##m##1 = _mm512_dpbf16_ps(c##m##1, av, b1);                                           \
+    }
+#define STORE(m)                                                                               \
+    {                                                                                          \
+        _mm512_storeu_ps(t + (m) * NR, c##m##0);                                               \
+        _mm512_storeu_ps(t + (m) * NR + 16, c##m##1);                                          \
+    }
+
+/// C tile [MR x NR] (+)= A panel · B panel over kp pairs; mr x nr of the tile are valid.
+BF16_TARGET
+static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C, long ldc, int mr, int nr, int accumulate) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00,
+           c90 = c00, c91 = c00, c100 = c00, c101 = c00, c110 = c00, c111 = c00;
+    for (int p = 0; p < kp; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)b), b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + 16));
+        ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7) ROW(8) ROW(9) ROW(10) ROW(11)
+        a += MR;
+        b += NR;
+    }
+    if (mr == MR && nr == NR) {
+        __m512 *cs[MR][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}, {&c40, &c41}, {&c50, &c51},
+                             {&c60, &c61}, {&c70, &c71}, {&c80, &c81}, {&c90, &c91}, {&c100, &c101}, {&c110, &c111}};
+        for (int m = 0; m < MR; m++) {
+            float *row = C + (long)m * ldc;
+            __m512 v0 = *cs[m][0], v1 = *cs[m][1];
+            if (accumulate) {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(row));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(row + 16));
+            }
+            _mm512_storeu_ps(row, v0);
+            _mm512_storeu_ps(row + 16, v1);
+        }
+        return;
+    }
+    float t[MR * NR];
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
+    for (int m = 0; m < mr; m++)
+        for (int n = 0; n < nr; n++) C[(long)m * ldc + n] = (accumulate ? C[(long)m * ldc + n] : 0) + t[m * NR + n];
+}
+
+typedef struct {
+    int M, N, K;
+    const float *A;
+    long rsa, csa;
+    const float *B;
+    long rsb, csb;
+    float *C;
+    long ldc;
+    int accumulate;
+} gemm_job;
+
+static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+BF16_TARGET
+static void gemm_serial(const gemm_job *j) {
+    int M = j->M, N = j->N, K = j->K;
+    uint32_t *bp = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(NC, NR) * NR);
+    uint32_t *ap = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(MC, MR) * MR);
+    for (int jc = 0; jc < N; jc += NC) {
+        int nc = N - jc < NC ? N - jc : NC;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC, kp = (kc + 1) / 2;
+            int acc = j->accumulate || pc > 0;
+            for (int jr = 0; jr < nc; jr += NR) {
+                int nr = nc - jr < NR ? nc - jr : NR;
+                pack_panel(bp + (long)(jr / NR) * kp * NR, j->B + (long)pc * j->rsb + (long)(jc + jr) * j->csb, j->rsb, j->csb, kc, nr, kp, NR);
+            }
+            for (int ic = 0; ic < M; ic += MC) {
+                int mc = M - ic < MC ? M - ic : MC;
+                for (int ir = 0; ir < mc; ir += MR) {
+                    int mr = mc - ir < MR ? mc - ir : MR;
+                    // A's pair index is k: S(k, row) = A[row, k].
+                    pack_panel(ap + (long)(ir / MR) * kp * MR, j->A + (long)(ic + ir) * j->rsa + (long)pc * j->csa, j->csa, j->rsa, kc, mr, kp, MR);
+                }
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int nr = nc - jr < NR ? nc - jr : NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int mr = mc - ir < MR ? mc - ir : MR;
+                        micro_kernel(kp, ap + (long)(ir / MR) * kp * MR, bp + (long)(jr / NR) * kp * NR,
+                                     j->C + (long)(ic + ir) * j->ldc + jc + jr, j->ldc, mr, nr, acc);
+                    }
+                }
+            }
+        }
+    }
+    free(bp);
+    free(ap);
+}
+
+static void *gemm_thread(void *arg) {
+    gemm_serial((const gemm_job *)arg);
+    return NULL;
+}
+
+int hv_bf16_gemm_available(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") ? 1 : 0;
+    }
+    return cached;
+}
+
+void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                  float *C, long ldc, int accumulate, int threads) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate)
+            for (int m = 0; m < M; m++) memset(C + (long)m * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    gemm_job jobs[8];
+    if (threads > 8) threads = 8;
+    if (threads < 1) threads = 1;
+    // Split the larger of M and N, in whole panels, between the threads.
+    long flops = (long)M * N * K;
+    if (flops < (1L << 21)) threads = 1;
+    int splitN = N >= M ? 1 : 0;
+    int unit = splitN ? NR : MR, total = splitN ? N : M;
+    int units = ceil_div(total, unit);
+    if (units < threads) threads = units;
+    int start = 0;
+    for (int t = 0; t < threads; t++) {
+        int cnt = units / threads + (t < units % threads ? 1 : 0);
+        int lo = start * unit, hi = (start + cnt) * unit;
+        if (hi > total) hi = total;
+        start += cnt;
+        gemm_job *j = &jobs[t];
+        *j = (gemm_job){M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate};
+        if (splitN) {
+            j->N = hi - lo;
+            j->B = B + (long)lo * csb;
+            j->C = C + lo;
+        } else {
+            j->M = hi - lo;
+            j->A = A + (long)lo * rsa;
+            j->C = C + (long)lo * ldc;
+        }
+    }
+    if (threads == 1) {
+        gemm_serial(&jobs[0]);
+        return;
+    }
+    pthread_t tids[8];
+    for (int t = 1; t < threads; t++) pthread_create(&tids[t], NULL, gemm_thread, &jobs[t]);
+    gemm_serial(&jobs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tids[t], NULL);
+}
+
+float hv_round_bf16(float x) {
+    uint32_t u = bf16_bits(x) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#else
+int hv_bf16_gemm_available(void) { return 0; }
+void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                  float *C, long ldc, int accumulate, int threads) {
+    (void)M; (void)N; (void)K; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb; (void)C; (void)ldc;
+    (void)accumulate; (void)threads;
+    abort();
+}
+float hv_round_bf16(float x) { return x; }
+#endif
