@@ -139,7 +139,7 @@ static void pack_panel(uint32_t *out, const float *src, long sk, long sj, int kn
 
 /// C tile [MR x NR] (+)= A panel · B panel over kp pairs; mr x nr of the tile are valid.
 BF16_TARGET
-static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C, long ldc, int mr, int nr, int accumulate) {
+static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C, long ldc, int mr, int nr, float alpha, int accumulate) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
            c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00,
            c90 = c00, c91 = c00, c100 = c00, c101 = c00, c110 = c00, c111 = c00;
@@ -148,6 +148,15 @@ static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C,
         ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7) ROW(8) ROW(9) ROW(10) ROW(11)
         a += MR;
         b += NR;
+    }
+    if (alpha != 1.0f) {
+        const __m512 s = _mm512_set1_ps(alpha);
+        c00 = _mm512_mul_ps(c00, s); c01 = _mm512_mul_ps(c01, s); c10 = _mm512_mul_ps(c10, s); c11 = _mm512_mul_ps(c11, s);
+        c20 = _mm512_mul_ps(c20, s); c21 = _mm512_mul_ps(c21, s); c30 = _mm512_mul_ps(c30, s); c31 = _mm512_mul_ps(c31, s);
+        c40 = _mm512_mul_ps(c40, s); c41 = _mm512_mul_ps(c41, s); c50 = _mm512_mul_ps(c50, s); c51 = _mm512_mul_ps(c51, s);
+        c60 = _mm512_mul_ps(c60, s); c61 = _mm512_mul_ps(c61, s); c70 = _mm512_mul_ps(c70, s); c71 = _mm512_mul_ps(c71, s);
+        c80 = _mm512_mul_ps(c80, s); c81 = _mm512_mul_ps(c81, s); c90 = _mm512_mul_ps(c90, s); c91 = _mm512_mul_ps(c91, s);
+        c100 = _mm512_mul_ps(c100, s); c101 = _mm512_mul_ps(c101, s); c110 = _mm512_mul_ps(c110, s); c111 = _mm512_mul_ps(c111, s);
     }
     if (mr == MR && nr == NR) {
         __m512 *cs[MR][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}, {&c40, &c41}, {&c50, &c51},
@@ -178,6 +187,7 @@ typedef struct {
     long rsb, csb;
     float *C;
     long ldc;
+    float alpha;
     int accumulate;
 } gemm_job;
 
@@ -209,7 +219,7 @@ static void gemm_serial(const gemm_job *j) {
                     for (int ir = 0; ir < mc; ir += MR) {
                         int mr = mc - ir < MR ? mc - ir : MR;
                         micro_kernel(kp, ap + (long)(ir / MR) * kp * MR, bp + (long)(jr / NR) * kp * NR,
-                                     j->C + (long)(ic + ir) * j->ldc + jc + jr, j->ldc, mr, nr, acc);
+                                     j->C + (long)(ic + ir) * j->ldc + jc + jr, j->ldc, mr, nr, j->alpha, acc);
                     }
                 }
             }
@@ -233,7 +243,7 @@ int hv_bf16_gemm_available(void) {
     return cached;
 }
 
-void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, int threads) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -258,7 +268,7 @@ void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const
         if (hi > total) hi = total;
         start += cnt;
         gemm_job *j = &jobs[t];
-        *j = (gemm_job){M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate};
+        *j = (gemm_job){M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate};
         if (splitN) {
             j->N = hi - lo;
             j->B = B + (long)lo * csb;
@@ -288,9 +298,9 @@ float hv_round_bf16(float x) {
 
 #else
 int hv_bf16_gemm_available(void) { return 0; }
-void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, int threads) {
-    (void)M; (void)N; (void)K; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb; (void)C; (void)ldc;
+    (void)M; (void)alpha; (void)N; (void)K; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb; (void)C; (void)ldc;
     (void)accumulate; (void)threads;
     abort();
 }

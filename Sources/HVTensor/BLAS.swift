@@ -59,10 +59,10 @@ public enum BLAS {
             else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
             return
         }
-        if MatmulPrecision.current == .bf16, alpha == 1, beta == 0 || beta == 1, m * n * k >= MatmulPrecision.minimumMACs {
+        if MatmulPrecision.current == .bf16, beta == 0 || beta == 1, m * n * k >= MatmulPrecision.minimumMACs {
             // A(i, l) and B(l, j) as strides; the kernel splits over OpenBLAS's thread count, so
             // callers that run OpenBLAS on one thread per worker (attention) keep that.
-            hv_gemm_bf16(Int32(m), Int32(n), Int32(k), a, transA ? 1 : lda, transA ? lda : 1, b, transB ? 1 : ldb, transB ? ldb : 1,
+            hv_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, transA ? 1 : lda, transA ? lda : 1, b, transB ? 1 : ldb, transB ? ldb : 1,
                          c, ldc, beta == 1 ? 1 : 0, openblas_get_num_threads())
             return
         }

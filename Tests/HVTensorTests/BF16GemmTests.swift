@@ -15,7 +15,7 @@ final class BF16GemmTests: XCTestCase {
         BLAS.threads = 2
     }
 
-    /// Every transpose combination, beta 0 and 1, awkward sizes (odd K, M and N not multiples of
+    /// Every transpose combination, alpha 1 and 1/8, beta 0 and 1, awkward sizes (odd K, M and N not multiples of
     /// the 12 x 32 tile, K past one 384 block), 1 and 2 threads: equal to a float64 sum of the
     /// bf16-rounded products within fp32 summation error.
     func testMatchesBF16RoundedReference() {
@@ -25,7 +25,7 @@ final class BF16GemmTests: XCTestCase {
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {
-                    for beta: Float in [0, 1] {
+                    for (alpha, beta): (Float, Float) in [(1, 0), (1, 1), (0.125, 1)] {
                         for threads in [1, 2] {
                             let a = (0..<(m * k)).map { _ in rng.uniform() * 2 - 1 }, b = (0..<(k * n)).map { _ in rng.uniform() * 2 - 1 }
                             let c0 = (0..<(m * n)).map { _ in rng.uniform() * 2 - 1 }
@@ -36,7 +36,7 @@ final class BF16GemmTests: XCTestCase {
                             a.withUnsafeBufferPointer { ap in
                                 b.withUnsafeBufferPointer { bp in
                                     c.withUnsafeMutableBufferPointer { cp in
-                                        BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, a: ap.baseAddress!, lda: lda,
+                                        BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
                                                    b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: n)
                                     }
                                 }
@@ -45,17 +45,20 @@ final class BF16GemmTests: XCTestCase {
                             var worst = 0.0
                             for i in 0..<m {
                                 for j in 0..<n {
-                                    var s = beta == 1 ? Double(c0[i * n + j]) : 0, mag = abs(s)
+                                    var s = 0.0, mag = 0.0
                                     for l in 0..<k {
                                         let x = Double(hv_round_bf16(transA ? a[l * lda + i] : a[i * lda + l]))
                                         let y = Double(hv_round_bf16(transB ? b[j * ldb + l] : b[l * ldb + j]))
                                         s += x * y
                                         mag += abs(x * y)
                                     }
+                                    s *= Double(alpha)
+                                    mag *= Double(alpha)
+                                    if beta == 1 { s += Double(c0[i * n + j]); mag += abs(Double(c0[i * n + j])) }
                                     worst = max(worst, abs(s - Double(c[i * n + j])) / (mag + 1e-6))
                                 }
                             }
-                            XCTAssertLessThan(worst, 2e-6, "m \(m) n \(n) k \(k) transA \(transA) transB \(transB) beta \(beta) threads \(threads)")
+                            XCTAssertLessThan(worst, 2e-6, "m \(m) n \(n) k \(k) transA \(transA) transB \(transB) alpha \(alpha) beta \(beta) threads \(threads)")
                         }
                     }
                 }

@@ -70,11 +70,11 @@ void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
 #define HV_KERNELS_BF16_H
 /// 1 when the CPU has AVX512-BF16 (vdpbf16ps), so hv_gemm_bf16 may be called.
 int hv_bf16_gemm_available(void);
-/// C[M x N] = A·B (+ C when accumulate), C row-major with row stride ldc. A(m, k) is
+/// C[M x N] = alpha A·B (+ C when accumulate), C row-major with row stride ldc. A(m, k) is
 /// A[m * rsa + k * csa] and B(k, n) is B[k * rsb + n * csb] (any strides: transposes are
 /// strides). Operands are rounded to bf16 (nearest even) as they are packed; products are summed
 /// in fp32. Runs on `threads` threads (split over the larger of M and N).
-void hv_gemm_bf16(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, int threads);
 /// x rounded to the nearest bf16 (ties to even), returned as fp32.
 float hv_round_bf16(float x);
