@@ -177,22 +177,9 @@ struct AllReduceBench: ParsableCommand {
         let script = "scripts/dev/gloo_allreduce_bench.py"
         var args = [script, "--ranks", "\(ranks)", "--runs", "\(runs)"] + sizes.flatMap { ["--bytes", "\($0)"] }
         if bf16 { args.append("--bf16") }
-        let proc = Process()
-        proc.executableURL = URL(fileURLWithPath: py)
-        proc.arguments = args
-        var e = env
-        e["OMP_NUM_THREADS"] = "1"
-        proc.environment = e
-        let pipe = Pipe()
-        proc.standardOutput = pipe
-        try proc.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        proc.waitUntilExit()
-        guard proc.terminationStatus == 0,
-              let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
-              let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-              let results = obj["results"] as? [[String: Any]] else {
-            throw ValidationError("the gloo side failed (exit \(proc.terminationStatus)); run \(py) \(args.joined(separator: " ")) to see why")
+        let obj = try runPythonJSON(venv: venv, args: args, threads: 1, env: env, side: "gloo")
+        guard let results = obj["results"] as? [[String: Any]] else {
+            throw ValidationError("the gloo side printed no results; run \(py) \(args.joined(separator: " ")) to see why")
         }
         var out: [Int: (median: Double, min: Double)] = [:]
         for r in results {

@@ -31,25 +31,36 @@ struct TorchBench {
                     "--pooled-dim", "\(model.text_states_dim_2)", "--latent", latent, "--text-tokens", "\(textTokens)",
                     "--batch", "\(batch)", "--threads", "\(threads)", "--repeats", "\(repeats)"]
         if bf16 { args.append("--bf16") }
-        let proc = Process()
-        proc.executableURL = URL(fileURLWithPath: py)
-        proc.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["OMP_NUM_THREADS"] = "\(threads)"
-        proc.environment = env
-        let pipe = Pipe()
-        proc.standardOutput = pipe
-        try proc.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        proc.waitUntilExit()
-        guard proc.terminationStatus == 0,
-              let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
-              let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-              let seconds = obj["step_seconds"] as? Double else {
-            throw ValidationError("the PyTorch side failed (exit \(proc.terminationStatus)); run \(py) \(args.joined(separator: " ")) to see why")
+        let obj = try runPythonJSON(venv: venv, args: args, threads: threads, side: "PyTorch")
+        guard let seconds = obj["step_seconds"] as? Double else {
+            throw ValidationError("the PyTorch side printed no step_seconds; run \(py) \(args.joined(separator: " ")) to see why")
         }
         return Result(seconds: seconds, versions: "torch \(obj["torch"] ?? "?"), diffusers \(obj["diffusers"] ?? "?"), \(obj["params"] ?? "?") params")
     }
+}
+
+/// Runs a dev script with the venv's python (OMP_NUM_THREADS = threads) and returns the JSON
+/// object on the last line of its output; `side` names it in errors.
+func runPythonJSON(venv: String, args: [String], threads: Int, env: [String: String] = ProcessInfo.processInfo.environment,
+                   side: String) throws -> [String: Any] {
+    let py = (venv as NSString).appendingPathComponent("bin/python")
+    let proc = Process()
+    proc.executableURL = URL(fileURLWithPath: py)
+    proc.arguments = args
+    var env = env
+    env["OMP_NUM_THREADS"] = "\(threads)"
+    proc.environment = env
+    let pipe = Pipe()
+    proc.standardOutput = pipe
+    try proc.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    proc.waitUntilExit()
+    guard proc.terminationStatus == 0,
+          let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
+          let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+        throw ValidationError("the \(side) side failed (exit \(proc.terminationStatus)); run \(py) \(args.joined(separator: " ")) to see why")
+    }
+    return obj
 }
 
 /// `--precision fp32|bf16|both` of the step and sample benchmarks.
