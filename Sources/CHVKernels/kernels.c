@@ -305,9 +305,12 @@ HV_CLONES HV_WIDE void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, in
 
 /* LayerNorm / RMSNorm over rows of n: xhat = (x - mean) * rstd (mean 0 when !centered),
  * out = xhat * w + b (w, b optional; out may be NULL), rstd per row. Sums in 16 double lanes per
- * row, so the loops vectorise. */
+ * row, so the loops vectorise. No fused multiply-adds (fp contract off): each product is rounded
+ * as in the Swift loops these replaced; with contraction the VAE's 1-worker and 2-worker loss
+ * curves drifted apart by 2e-5 relative in 3 steps (VAELaunchTests allows 1e-5). */
 HV_CLONES void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const float *w, const float *b,
                             size_t rows, size_t n, float eps, int centered) {
+#pragma clang fp contract(off)
     for (size_t r = 0; r < rows; r++) {
         const float *a = x + r * n;
         float *h = xhat + r * n;
@@ -344,6 +347,7 @@ HV_CLONES void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd
  * dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) (mean(d) term only when centered). */
 HV_CLONES void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, const float *rstd, float *dx,
                                      size_t rows, size_t n, int centered) {
+#pragma clang fp contract(off)
     for (size_t r = 0; r < rows; r++) {
         const float *gr = g + r * n, *h = xhat + r * n;
         float *d = dx + r * n;
