@@ -106,6 +106,13 @@ HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_
 
 int hv_malloc_trim(void) { return malloc_trim(0); }
 
+void hv_heap_stats(size_t *arena_bytes, size_t *in_use_bytes, size_t *mmapped_bytes) {
+    struct mallinfo2 m = mallinfo2();
+    *arena_bytes = m.arena;
+    *in_use_bytes = m.uordblks;
+    *mmapped_bytes = m.hblkhd;
+}
+
 // glibc's own environment variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
 // MALLOC_ARENA_MAX) win over these defaults.
 void hv_tune_malloc(void) {

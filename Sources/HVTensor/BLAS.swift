@@ -9,6 +9,13 @@ public enum HVRuntime {
     public static func configureProcess() { hv_tune_malloc() }
     /// Hands the heap's free pages back to the kernel (after ZeRO-3 drops the full model).
     public static func trimHeap() { _ = hv_malloc_trim() }
+    /// glibc's view of the heap: bytes taken from the kernel by the arenas (resident once
+    /// touched, whether live or free), bytes of them in live blocks, and bytes in mmap-ed blocks.
+    public static func heapStats() -> (arena: Int, inUse: Int, mmapped: Int) {
+        var a = 0, u = 0, m = 0
+        hv_heap_stats(&a, &u, &m)
+        return (a, u, m)
+    }
     /// Large blocks mmap-ed and returned when freed (ZeRO-3 workers; see hv_tune_malloc_resident).
     public static func preferResidentMemory() { hv_tune_malloc_resident() }
 }

@@ -104,9 +104,17 @@ final class GradientTests: XCTestCase {
     func testConv3d() {
         let x = randomTensor([1, 2, 4, 5, 4], seed: 28), w = randomTensor([3, 2, 3, 3, 3], seed: 29, std: 0.3)
         let b = randomTensor([3], seed: 30)
-        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: .causal(kernel: (3, 3, 3))) }
-        check([x, w]) { $0[0].conv3d($0[1], padding: .causal(kernel: (3, 3, 3), mode: .zeros)) }
+        // im2col (padding read through index maps) and the direct kernels (on a padded copy).
+        let saved = Conv3dDirect.maxChannels
+        defer { Conv3dDirect.maxChannels = saved }
+        for maxChannels in [0, 64] {
+            Conv3dDirect.maxChannels = maxChannels
+            check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: .causal(kernel: (3, 3, 3))) }
+            check([x, w]) { $0[0].conv3d($0[1], padding: .causal(kernel: (3, 3, 3), mode: .zeros)) }
+            check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: Conv3dPadding(front: 1, back: 2, height: 2, width: 3, mode: .replicate)) }
+        }
         check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], stride: (1, 2, 2), padding: Conv3dPadding(front: 2, height: 1, width: 1)) }
+        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], stride: (2, 2, 3), padding: Conv3dPadding(front: 2, height: 2, width: 3, mode: .replicate)) }
         let pw = randomTensor([3, 2, 1, 2, 2], seed: 31)
         check([x, pw, b]) { $0[0].slice(axis: 3, start: 0, length: 4).conv3d($0[1], bias: $0[2], stride: (1, 2, 2)) }
         check([x]) { $0[0].pad3d(Conv3dPadding(front: 2, back: 1, height: 1, width: 2, mode: .replicate)) }

@@ -46,6 +46,9 @@ void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, 
               float eps, float weight_decay, float bc1, float bc2);
 /* Returns the heap's free pages to the kernel (glibc malloc_trim(0)); 1 if memory was released. */
 int hv_malloc_trim(void);
+/* glibc mallinfo2 of the main arena and mmap-ed chunks: heap bytes obtained from the kernel
+   (sbrk), bytes of it in live allocations, bytes in mmap-ed chunks. */
+void hv_heap_stats(size_t *arena_bytes, size_t *in_use_bytes, size_t *mmapped_bytes);
 #endif
 
 #ifndef HV_KERNELS_CONV_H

@@ -17,6 +17,10 @@ import HVTensor
 /// Receptive fields, GroupNorm statistics and the mid-block attention cross tile borders, so
 /// the result is close to, not equal to, a whole decode/encode (as in the official code).
 extension CausalVAE {
+    /// Called after every decoded tile with its latent frame count and spatial origin (memory
+    /// traces of `hv-bench vae-decode`); nil by default.
+    nonisolated(unsafe) public static var afterDecodedTile: ((_ frames: Int, _ y: Int, _ x: Int) -> Void)?
+
     /// Spatial `tile`/`overlap` in latent pixels; `temporalTile`/`temporalOverlap` in latent
     /// frames (official: 16 and 4, i.e. 64 + 1 frames at a 48-frame stride).
     public func tiledDecode(_ z: Tensor, tile: Int = 32, overlap: Int = 8, temporalTile: Int = 16, temporalOverlap: Int = 4) -> Tensor {
@@ -169,7 +173,11 @@ extension CausalVAE {
     /// Spatial tiles only; `tile` and `overlap` in latent pixels.
     public func spatialTiledDecode(_ z: Tensor, tile: Int = 32, overlap: Int = 8) -> Tensor {
         let H = z.shape[3], W = z.shape[4]
-        if H <= tile && W <= tile { return decode(z) }
+        if H <= tile && W <= tile {
+            let out = decode(z)
+            CausalVAE.afterDecodedTile?(z.shape[2], 0, 0)
+            return out
+        }
         precondition(overlap > 0 && overlap < tile, "overlap must be in 1..<tile")
         let s = config.spatial_compression
         let stride = tile - overlap
@@ -187,6 +195,7 @@ extension CausalVAE {
             for x in xs {
                 let part = z.slice(axis: 3, start: y, length: min(tile, H - y)).slice(axis: 4, start: x, length: min(tile, W - x)).contiguous()
                 row.append(decode(part))
+                CausalVAE.afterDecodedTile?(z.shape[2], y, x)
             }
             tiles.append(row)
         }
