@@ -18,6 +18,22 @@ public enum HVRuntime {
     }
     /// Large blocks mmap-ed and returned when freed (ZeRO-3 workers; see hv_tune_malloc_resident).
     public static func preferResidentMemory() { hv_tune_malloc_resident() }
+    /// Runs `body` with `preferResidentMemory`'s settings, then restores the previous ones: for
+    /// a phase whose peak must stay bounded (a tiled VAE decode), where the page faults of
+    /// fresh mmap-ed blocks cost far less than the heap's high-water across differently sized
+    /// activations. Not for concurrent use from several threads.
+    public static func withResidentMemory<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = mallocThresholds
+        hv_tune_malloc_resident()
+        defer { hv_malloc_set_thresholds(saved.mmap, saved.trim) }
+        return try body()
+    }
+    /// glibc's mmap and trim thresholds in bytes, as last set by hv (not by the environment).
+    public static var mallocThresholds: (mmap: Int, trim: Int) {
+        var m = 0, t = 0
+        hv_malloc_thresholds(&m, &t)
+        return (m, t)
+    }
 }
 
 /// Thin funnel over OpenBLAS's cblas_sgemm (row-major).

@@ -21,17 +21,24 @@ extension CausalVAE {
     /// traces of `hv-bench vae-decode`); nil by default.
     nonisolated(unsafe) public static var afterDecodedTile: ((_ frames: Int, _ y: Int, _ x: Int) -> Void)?
 
-    /// Hands the heap's free pages back to the kernel after a tile. hv's executables keep freed
-    /// blocks in the heap (`HVRuntime.configureProcess`), and a tile's activations come in many
-    /// sizes, so without this the resident set after a few tiles is the allocator's high-water
-    /// across all of them, not one tile's peak. Costs milliseconds per tile.
+    /// Hands the heap's free pages back to the kernel (before a decode and after every tile).
+    /// hv's executables keep freed blocks in the heap (`HVRuntime.configureProcess`), and a
+    /// tile's activations come in many sizes: measured on 4 tiles of 13 x 144 x 144, glibc held
+    /// 4.36 GiB of heap for 0.93 GiB of live blocks. Costs milliseconds.
     static func releaseTileMemory() { HVRuntime.trimHeap() }
 
     /// Spatial `tile`/`overlap` in latent pixels; `temporalTile`/`temporalOverlap` in latent
     /// frames (official: 16 and 4, i.e. 64 + 1 frames at a 48-frame stride).
+    ///
+    /// Memory: activations are allocated as mmap-ed blocks and unmapped when freed for the
+    /// duration (`HVRuntime.withResidentMemory`), and the heap is trimmed after every tile, so
+    /// the resident peak is one tile's live peak (BENCHMARKS.md, "Tiled decode memory").
     public func tiledDecode(_ z: Tensor, tile: Int = 32, overlap: Int = 8, temporalTile: Int = 16, temporalOverlap: Int = 4) -> Tensor {
-        CausalVAE.temporalTiledDecode(z, tile: temporalTile, overlap: temporalOverlap, compression: config.temporal_compression) {
-            self.spatialTiledDecode($0, tile: tile, overlap: overlap)
+        CausalVAE.releaseTileMemory()
+        return HVRuntime.withResidentMemory {
+            CausalVAE.temporalTiledDecode(z, tile: temporalTile, overlap: temporalOverlap, compression: config.temporal_compression) {
+                self.spatialTiledDecode($0, tile: tile, overlap: overlap)
+            }
         }
     }
 
