@@ -106,18 +106,36 @@ HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_
 
 int hv_malloc_trim(void) { return malloc_trim(0); }
 
+void hv_heap_stats(size_t *arena_bytes, size_t *in_use_bytes, size_t *mmapped_bytes) {
+    struct mallinfo2 m = mallinfo2();
+    *arena_bytes = m.arena;
+    *in_use_bytes = m.uordblks;
+    *mmapped_bytes = m.hblkhd;
+}
+
+// The thresholds last set here (glibc's initial 128 KiB until then); mallopt has no getter.
+static size_t hv_mmap_threshold = 128 << 10, hv_trim_threshold = 128 << 10;
+
 // glibc's own environment variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
-// MALLOC_ARENA_MAX) win over these defaults.
+// MALLOC_ARENA_MAX) win over these settings.
+void hv_malloc_set_thresholds(size_t mmap_threshold, size_t trim_threshold) {
+    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+    hv_mmap_threshold = mmap_threshold;
+    hv_trim_threshold = trim_threshold;
+}
+
+void hv_malloc_thresholds(size_t *mmap_threshold, size_t *trim_threshold) {
+    *mmap_threshold = hv_mmap_threshold;
+    *trim_threshold = hv_trim_threshold;
+}
+
 void hv_tune_malloc(void) {
-    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    hv_malloc_set_thresholds(1 << 30, 1 << 30);
     if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
 }
 
-void hv_tune_malloc_resident(void) {
-    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 256 << 10);
-    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, 4 << 20);
-}
+void hv_tune_malloc_resident(void) { hv_malloc_set_thresholds(256 << 10, 4 << 20); }
 
 // Checkpoint checksum: Fletcher-style sums over little-endian 32-bit words in 8 independent
 // lanes (word i goes to lane i % 8): a[k] += w, b[k] += a[k] (mod 2^64). The lanes make the

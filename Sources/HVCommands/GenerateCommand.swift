@@ -17,7 +17,7 @@ struct GenerateCommand: ParsableCommand {
         --checkpoint takes a consolidated file (hv-ckpt consolidate), a checkpoint directory or a run directory
         (its latest checkpoint; shards are reassembled in memory). Without --vae, latents of the synthetic latent
         world are rendered by their palette colours (8x8 pixels per latent pixel); with --vae they are decoded by
-        the causal VAE (tiled). Writes OUT (mp4) and OUT with .png (a contact sheet of the frames).
+        the causal VAE in tiles (--vae-tile and friends; the defaults fit a 33x256x256 decode in 4 GiB). Writes OUT (mp4) and OUT with .png (a contact sheet of the frames).
         """)
 
     @Option(help: "Consolidated .h5, checkpoint directory or run directory.") var checkpoint: String
@@ -37,6 +37,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Frames per second of the mp4.") var fps = 8.0
     @Option(help: "Also write the sampled latents (B, C, T, H, W) as dataset `z` of this HDF5 file (with --prompts: FILE-001.h5, ...).")
     var latents: String?
+    @OptionGroup var vaeTiles: VAETileOptions
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var precision: PrecisionOptions
 
@@ -107,7 +108,10 @@ struct GenerateCommand: ParsableCommand {
             let rgb: [[UInt8]]
             let (fw, fh): (Int, Int)
             if let decoder {
-                let video = GradMode.withoutGrad { decoder.tiledDecode(z * Float(1 / decoder.config.scaling_factor)) }
+                let video = GradMode.withoutGrad {
+                    decoder.tiledDecode(z * Float(1 / decoder.config.scaling_factor), tile: vaeTiles.vaeTile, overlap: vaeTiles.vaeOverlap,
+                                        temporalTile: vaeTiles.vaeTemporalTile, temporalOverlap: vaeTiles.vaeTemporalOverlap)
+                }
                 let T = video.shape[2], vh = video.shape[3], vw = video.shape[4]
                 rgb = (0..<T).map { t in
                     var img = [UInt8](repeating: 0, count: vh * vw * 3)

@@ -37,3 +37,23 @@ struct PrecisionOptions: ParsableArguments {
 
     func apply() throws { try MatmulPrecision.select(precision) }
 }
+
+/// Tiles of a VAE decode. The defaults are what fits a 33 x 256 x 256 decode of the full
+/// HunyuanVideo VAE in 4 GiB (BENCHMARKS.md, "Tiled decode memory"): 144 px tiles (2 x 2 per
+/// 256 px frame) of 13 frames. The official tiles (256 px, 65 frames) decode that clip in one
+/// piece, well over 7 GiB in fp32; the overlaps cost about 1.8x the compute of one piece.
+struct VAETileOptions: ParsableArguments {
+    @Option(help: "VAE decode: spatial tile in latent pixels (x 8 video pixels).") var vaeTile = 18
+    @Option(help: "VAE decode: spatial tile overlap in latent pixels.") var vaeOverlap = 4
+    @Option(help: "VAE decode: temporal tile in latent frames (a tile decodes 1 + 4 x this video frames).") var vaeTemporalTile = 3
+    @Option(help: "VAE decode: temporal tile overlap in latent frames.") var vaeTemporalOverlap = 1
+
+    func validate() throws {
+        guard vaeTile > 0, vaeOverlap > 0, vaeOverlap < vaeTile else {
+            throw ValidationError("--vae-overlap (\(vaeOverlap)) must be in 1..<--vae-tile (\(vaeTile))")
+        }
+        guard vaeTemporalTile > 0, vaeTemporalOverlap >= 0, vaeTemporalOverlap < vaeTemporalTile else {
+            throw ValidationError("--vae-temporal-overlap (\(vaeTemporalOverlap)) must be in 0..<--vae-temporal-tile (\(vaeTemporalTile))")
+        }
+    }
+}

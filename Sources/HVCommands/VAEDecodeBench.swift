@@ -45,6 +45,15 @@ struct VAEDecodeBench: ParsableCommand {
             print("VAE \(config): \(vae.parameterCount.formatted()) parameters; latents \(z.shape) -> video \(frames)x\(size)x\(size)")
             print("tiles: spatial \(tile) latent px (overlap \(overlap)), temporal \(temporalTile)+1 latent frames (overlap \(temporalOverlap)); temporal tiles: \(CausalVAE.temporalTileRanges(latentFrames: lt, tile: temporalTile, overlap: temporalOverlap).map { "\($0.lowerBound)...\($0.upperBound)" }.joined(separator: " "))")
             let t0 = Date()
+            if ProcessInfo.processInfo.environment["HV_TRACE_MEMORY"].map({ $0 != "0" && !$0.isEmpty }) ?? false {
+                // Per tile: resident now, high-water, and glibc's heap (taken from the kernel vs live).
+                CausalVAE.afterDecodedTile = { frames, y, x in
+                    let h = HVRuntime.heapStats(), gib: (Int) -> Double = { Double($0) / 1073741824 }
+                    print(String(format: "tile %ld frames @ (%ld, %ld) %.0fs: RSS %.2f GiB, peak %.2f GiB; heap %.2f GiB (%.2f live), mmap %.2f GiB",
+                                 frames, y, x, Date().timeIntervalSince(t0), gib(Self.statusKB("VmRSS") * 1024), gib(Self.statusKB("VmHWM") * 1024),
+                                 gib(h.arena), gib(h.inUse), gib(h.mmapped)))
+                }
+            }
             let video = GradMode.withoutGrad {
                 vae.tiledDecode(z, tile: tile, overlap: overlap, temporalTile: temporalTile, temporalOverlap: temporalOverlap)
             }

@@ -62,6 +62,8 @@ public final class GroupNorm: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor { x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps) }
+    /// `self(x).silu()`, fused (in place) when nothing is recorded.
+    public func thenSiLU(_ x: Tensor) -> Tensor { x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: true) }
 }
 
 /// nn.Conv3d: weight [out, in, kt, kh, kw], bias [out].

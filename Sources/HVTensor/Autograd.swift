@@ -76,6 +76,12 @@ struct ReadyQueue {
 }
 
 extension Tensor {
+    /// Whether an op on `inputs` records history now (ops skip buffers only backward needs).
+    @inline(__always)
+    static func willRecord(_ inputs: [Tensor]) -> Bool {
+        GradMode.isEnabled && inputs.contains(where: { $0.requiresGrad })
+    }
+
     /// Attaches `backward` to `out` when recording is on and any input requires grad.
     @inline(__always)
     static func record(_ name: String, _ out: Tensor, _ inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {

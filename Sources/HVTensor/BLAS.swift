@@ -9,8 +9,31 @@ public enum HVRuntime {
     public static func configureProcess() { hv_tune_malloc() }
     /// Hands the heap's free pages back to the kernel (after ZeRO-3 drops the full model).
     public static func trimHeap() { _ = hv_malloc_trim() }
+    /// glibc's view of the heap: bytes taken from the kernel by the arenas (resident once
+    /// touched, whether live or free), bytes of them in live blocks, and bytes in mmap-ed blocks.
+    public static func heapStats() -> (arena: Int, inUse: Int, mmapped: Int) {
+        var a = 0, u = 0, m = 0
+        hv_heap_stats(&a, &u, &m)
+        return (a, u, m)
+    }
     /// Large blocks mmap-ed and returned when freed (ZeRO-3 workers; see hv_tune_malloc_resident).
     public static func preferResidentMemory() { hv_tune_malloc_resident() }
+    /// Runs `body` with `preferResidentMemory`'s settings, then restores the previous ones: for
+    /// a phase whose peak must stay bounded (a tiled VAE decode), where the page faults of
+    /// fresh mmap-ed blocks cost far less than the heap's high-water across differently sized
+    /// activations. Not for concurrent use from several threads.
+    public static func withResidentMemory<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = mallocThresholds
+        hv_tune_malloc_resident()
+        defer { hv_malloc_set_thresholds(saved.mmap, saved.trim) }
+        return try body()
+    }
+    /// glibc's mmap and trim thresholds in bytes, as last set by hv (not by the environment).
+    public static var mallocThresholds: (mmap: Int, trim: Int) {
+        var m = 0, t = 0
+        hv_malloc_thresholds(&m, &t)
+        return (m, t)
+    }
 }
 
 /// What the matrix products compute in: fp32 throughout (the default), or bf16 operands with fp32

@@ -20,6 +20,10 @@ public struct Conv3dPadding: Sendable, Equatable {
 }
 
 extension Tensor {
+    /// Floats of im2col columns per GEMM (64 MB): conv3d takes as many output rows (t, ho) as
+    /// fit, at least one. Tests lower it to cut frames into several chunks.
+    nonisolated(unsafe) public static var im2colBudget = 1 << 24
+
     /// Pads x [N, C, T, H, W] in time (front/back) and space (symmetric), zeros or replicate.
     public func pad3d(_ pad: Conv3dPadding) -> Tensor {
         precondition(rank == 5, "pad3d expects [N, C, T, H, W], got \(shape)")
@@ -72,39 +76,67 @@ extension Tensor {
     }
 
     /// 3D convolution: x [N, Ci, T, H, W], weight [Co, Ci, kt, kh, kw], bias [Co].
-    /// Lowered to im2col + sgemm, a few output frames at a time to bound the column buffer.
+    /// Narrow layers run the direct kernels on a padded copy (Conv3dDirect); the others are
+    /// lowered to im2col + sgemm over a few output rows at a time, the padding read through
+    /// index maps instead of a padded copy: at the VAE's widest layers (256 channels at
+    /// 13 x 144 x 144) the padded copy alone is 330 MB and a whole frame of columns 570 MB.
     public func conv3d(_ weight: Tensor, bias: Tensor? = nil, stride: (t: Int, h: Int, w: Int) = (1, 1, 1),
                        padding: Conv3dPadding = .none) -> Tensor {
         precondition(rank == 5 && weight.rank == 5, "conv3d: input \(shape), weight \(weight.shape)")
         precondition(weight.shape[1] == shape[1], "conv3d: weight \(weight.shape) expects \(weight.shape[1]) input channels, input has \(shape[1])")
-        let xp = pad3d(padding)
-        let N = xp.shape[0], Ci = xp.shape[1], T = xp.shape[2], H = xp.shape[3], W = xp.shape[4]
         let Co = weight.shape[0], kt = weight.shape[2], kh = weight.shape[3], kw = weight.shape[4]
+        let direct = Conv3dDirect.applies(inChannels: shape[1], outChannels: Co, kernel: (kh, kw), stride: stride)
+        let input = direct ? pad3d(padding) : self, pad = direct ? Conv3dPadding.none : padding
+        let x = input.contiguous(), w = weight.contiguous()
+        // x [N, Ci, Ti, Hi, Wi] is read as if padded to [N, Ci, T, H, W].
+        let N = x.shape[0], Ci = x.shape[1], Ti = x.shape[2], Hi = x.shape[3], Wi = x.shape[4]
+        let T = Ti + pad.front + pad.back, H = Hi + 2 * pad.height, W = Wi + 2 * pad.width
         let (st, sh, sw) = stride
-        precondition(T >= kt && H >= kh && W >= kw, "conv3d: kernel \(weight.shape) larger than padded input \(xp.shape)")
+        precondition(T >= kt && H >= kh && W >= kw, "conv3d: kernel \(weight.shape) larger than padded input \(shape) with \(padding)")
         let To = (T - kt) / st + 1, Ho = (H - kh) / sh + 1, Wo = (W - kw) / sw + 1
-        let K = Ci * kt * kh * kw, HWo = Ho * Wo, P = To * HWo
+        let K = Ci * kt * kh * kw, HWo = Ho * Wo, P = To * HWo, rows = To * Ho
         if let bias { precondition(bias.shape == [Co], "conv3d: bias \(bias.shape) for \(Co) outputs") }
-        let framesPerChunk = Swift.max(1, Swift.min(To, (1 << 24) / Swift.max(1, K * HWo)))
-        let x = xp.contiguous(), w = weight.contiguous()
+        let rowsPerChunk = Swift.max(1, Swift.min(rows, Tensor.im2colBudget / Swift.max(1, K * Wo)))
         let out = Tensor(uninitialized: [N, Co, To, Ho, Wo])
-        let direct = Conv3dDirect.applies(inChannels: Ci, outChannels: Co, kernel: (kh, kw), stride: stride)
-        let cols = UnsafeMutablePointer<Float>.allocate(capacity: direct ? 0 : K * framesPerChunk * HWo)
+        let cols = UnsafeMutablePointer<Float>.allocate(capacity: direct ? 0 : K * rowsPerChunk * Wo)
         defer { cols.deallocate() }
 
-        // cols[k, (t - t0) * HWo + ho * Wo + wo] = x[n, ci, t*st+dt, ho*sh+dh, wo*sw+dw]
-        func im2col(_ n: Int, _ t0: Int, _ nt: Int, _ cols: UnsafeMutablePointer<Float>) {
-            let pc = nt * HWo
-            let xn = x.pointer + n * Ci * T * H * W
+        // Padded index -> stored index (-1: a zero), per axis.
+        func map(_ n: Int, _ before: Int, _ size: Int) -> [Int] {
+            (0..<n).map { i in
+                let s = i - before
+                if s >= 0 && s < size { return s }
+                return pad.mode == .replicate ? Swift.min(Swift.max(s, 0), size - 1) : -1
+            }
+        }
+        let mt = map(T, pad.front, Ti), mh = map(H, pad.height, Hi), mw = map(W, pad.width, Wi)
+        // Per kernel column dw: the outputs wo in lo..<hi read stored column wo * sw + dw - width
+        // (inside the input); the others go through mw.
+        let inside: [Range<Int>] = (0..<kw).map { dw in
+            let lo = Swift.min(Wo, Swift.max(0, (pad.width - dw + sw - 1) / sw))
+            let hi = Swift.max(lo, Swift.min(Wo, (Wi + pad.width - dw + sw - 1) / sw))
+            return lo..<hi
+        }
+
+        // cols[k, (r - r0) * Wo + wo] = padded x[n, ci, t*st+dt, ho*sh+dh, wo*sw+dw] for rows r = t * Ho + ho.
+        func im2col(_ n: Int, _ r0: Int, _ nr: Int, _ cols: UnsafeMutablePointer<Float>) {
+            let pc = nr * Wo
+            let xn = x.pointer + n * Ci * Ti * Hi * Wi
             for ci in 0..<Ci { for dt in 0..<kt { for dh in 0..<kh { for dw in 0..<kw {
                 let row = cols + (((ci * kt + dt) * kh + dh) * kw + dw) * pc
-                for t in 0..<nt {
-                    let plane = xn + (ci * T + (t0 + t) * st + dt) * H * W
-                    for ho in 0..<Ho {
-                        let src = plane + (ho * sh + dh) * W + dw
-                        let dst = row + t * HWo + ho * Wo
-                        if sw == 1 { dst.update(from: src, count: Wo) } else { for wo in 0..<Wo { dst[wo] = src[wo * sw] } }
+                let inner = inside[dw], shift = dw - pad.width
+                for r in r0..<(r0 + nr) {
+                    let dst = row + (r - r0) * Wo
+                    let ti = mt[(r / Ho) * st + dt], hi = mh[(r % Ho) * sh + dh]
+                    if ti < 0 || hi < 0 { dst.update(repeating: 0, count: Wo); continue }
+                    let src = xn + (ci * Ti + ti) * Hi * Wi + hi * Wi
+                    for wo in 0..<inner.lowerBound { let s = mw[wo * sw + dw]; dst[wo] = s < 0 ? 0 : src[s] }
+                    if sw == 1 {
+                        (dst + inner.lowerBound).update(from: src + inner.lowerBound + shift, count: inner.count)
+                    } else {
+                        for wo in inner { dst[wo] = src[wo * sw + shift] }
                     }
+                    for wo in inner.upperBound..<Wo { let s = mw[wo * sw + dw]; dst[wo] = s < 0 ? 0 : src[s] }
                 }
             }}}}
         }
@@ -116,24 +148,24 @@ extension Tensor {
             if let packed {
                 Conv3dDirect.forward(x.pointer + n * geometry.inSize, geometry, packed: packed, out: out.pointer + n * Co * P, threads: threads)
             }
-            var t0 = 0
-            while !direct && t0 < To {
-                let nt = Swift.min(framesPerChunk, To - t0)
-                im2col(n, t0, nt, cols)
-                BLAS.sgemm(m: Co, n: nt * HWo, k: K, a: w.pointer, lda: K, b: cols, ldb: nt * HWo,
-                           c: out.pointer + n * Co * P + t0 * HWo, ldc: P)
-                t0 += nt
+            var r0 = 0
+            while !direct && r0 < rows {
+                let nr = Swift.min(rowsPerChunk, rows - r0)
+                im2col(n, r0, nr, cols)
+                BLAS.sgemm(m: Co, n: nr * Wo, k: K, a: w.pointer, lda: K, b: cols, ldb: nr * Wo,
+                           c: out.pointer + n * Co * P + r0 * Wo, ldc: P)
+                r0 += nr
             }
             if let bias {
                 let bp = bias.contiguous().pointer
                 for c in 0..<Co { let o = out.pointer + (n * Co + c) * P; let b = bp[c]; for i in 0..<P { o[i] += b } }
             }
         }
-        var inputs = [xp, weight]
+        var inputs = [input, weight]
         if let bias { inputs.append(bias) }
         return Tensor.record("conv3d", out, inputs) { g in
             let gc = g.contiguous()
-            let dx: Tensor? = xp.requiresGrad ? Tensor(zeros: x.shape) : nil
+            let dx: Tensor? = input.requiresGrad ? Tensor(zeros: x.shape) : nil
             let dw: Tensor? = weight.requiresGrad ? Tensor(zeros: w.shape) : nil
             if direct {
                 let flipped = dx != nil ? Conv3dDirect.packedWeight(w, flipped: true) : nil
@@ -145,37 +177,39 @@ extension Tensor {
                     }
                 }
             }
-            let chunkCapacity = direct ? 0 : K * framesPerChunk * HWo
+            let chunkCapacity = direct ? 0 : K * rowsPerChunk * Wo
             let cols = UnsafeMutablePointer<Float>.allocate(capacity: chunkCapacity)
             let dcols = UnsafeMutablePointer<Float>.allocate(capacity: chunkCapacity)
             defer { cols.deallocate(); dcols.deallocate() }
             for n in 0..<N where !direct {
-                var t0 = 0
-                while t0 < To {
-                    let nt = Swift.min(framesPerChunk, To - t0)
-                    let pc = nt * HWo
-                    let gChunk = gc.pointer + n * Co * P + t0 * HWo
+                var r0 = 0
+                while r0 < rows {
+                    let nr = Swift.min(rowsPerChunk, rows - r0)
+                    let pc = nr * Wo
+                    let gChunk = gc.pointer + n * Co * P + r0 * Wo
                     if let dw {
-                        im2col(n, t0, nt, cols)
+                        im2col(n, r0, nr, cols)
                         BLAS.sgemm(transB: true, m: Co, n: K, k: pc, a: gChunk, lda: P, b: cols, ldb: pc, beta: 1, c: dw.pointer, ldc: K)
                     }
                     if let dx {
                         BLAS.sgemm(transA: true, m: K, n: pc, k: Co, a: w.pointer, lda: K, b: gChunk, ldb: P, c: dcols, ldc: pc)
-                        // col2im: scatter-add back into the padded input.
-                        let dxn = dx.pointer + n * Ci * T * H * W
+                        // col2im: scatter-add back through the padding maps (replicated borders sum).
+                        let dxn = dx.pointer + n * Ci * Ti * Hi * Wi
                         for ci in 0..<Ci { for dt in 0..<kt { for dh in 0..<kh { for dwi in 0..<kw {
                             let row = dcols + (((ci * kt + dt) * kh + dh) * kw + dwi) * pc
-                            for t in 0..<nt {
-                                let plane = dxn + (ci * T + (t0 + t) * st + dt) * H * W
-                                for ho in 0..<Ho {
-                                    let dst = plane + (ho * sh + dh) * W + dwi
-                                    let src = row + t * HWo + ho * Wo
-                                    for wo in 0..<Wo { dst[wo * sw] += src[wo] }
-                                }
+                            let inner = inside[dwi], shift = dwi - pad.width
+                            for r in r0..<(r0 + nr) {
+                                let ti = mt[(r / Ho) * st + dt], hi = mh[(r % Ho) * sh + dh]
+                                if ti < 0 || hi < 0 { continue }
+                                let dst = dxn + (ci * Ti + ti) * Hi * Wi + hi * Wi
+                                let src = row + (r - r0) * Wo
+                                for wo in 0..<inner.lowerBound { let s = mw[wo * sw + dwi]; if s >= 0 { dst[s] += src[wo] } }
+                                for wo in inner { dst[wo * sw + shift] += src[wo] }
+                                for wo in inner.upperBound..<Wo { let s = mw[wo * sw + dwi]; if s >= 0 { dst[s] += src[wo] } }
                             }
                         }}}}
                     }
-                    t0 += nt
+                    r0 += nr
                 }
             }
             var grads: [Tensor?] = [dx, dw]

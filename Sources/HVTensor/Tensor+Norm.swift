@@ -42,19 +42,26 @@ extension Tensor {
     }
 
     /// GroupNorm over x [N, C, *spatial] with `groups` groups; weight/bias [C] optional.
-    public func groupNorm(groups: Int, weight: Tensor? = nil, bias: Tensor? = nil, eps: Float = 1e-6) -> Tensor {
+    /// `silu`: then x * sigmoid(x) (the VAE's norm -> SiLU), in place when nothing is recorded.
+    public func groupNorm(groups: Int, weight: Tensor? = nil, bias: Tensor? = nil, eps: Float = 1e-6, silu: Bool = false) -> Tensor {
         precondition(rank >= 2, "groupNorm needs [N, C, ...], got \(shape)")
         let N = shape[0], C = shape[1]
         precondition(C % groups == 0, "groupNorm: \(C) channels not divisible by \(groups) groups")
+        var inputs = [self]
+        if let weight { inputs.append(weight) }
+        if let bias { inputs.append(bias) }
+        let recording = Tensor.willRecord(inputs)
+        if silu && recording { return groupNorm(groups: groups, weight: weight, bias: bias, eps: eps).silu() }
         let S = count / (N * C), cg = C / groups
         let rows = N * groups, n = cg * S
         let x = contiguous()
-        let xhat = Tensor(uninitialized: shape)
+        // Without a graph, x-hat is normalised straight into the output (one activation fewer).
+        let out = Tensor(uninitialized: shape)
+        let xhat = recording ? Tensor(uninitialized: shape) : out
         var rstd = [Float](repeating: 0, count: rows)
         rstd.withUnsafeMutableBufferPointer { r in
             hv_norm_rows(x.pointer, xhat.pointer, nil, r.baseAddress, nil, nil, rows, n, eps, 1)
         }
-        let out = Tensor(uninitialized: shape)
         let w = weight?.contiguous(), b = bias?.contiguous()
         do {
             let h = xhat.pointer, o = out.pointer, wp = w?.pointer, bp = b?.pointer
@@ -66,9 +73,7 @@ extension Tensor {
                 }
             }
         }
-        var inputs = [self]
-        if let weight { inputs.append(weight) }
-        if let bias { inputs.append(bias) }
+        if silu { hv_silu_forward(out.pointer, out.pointer, count) }
         return Tensor.record("groupNorm", out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)

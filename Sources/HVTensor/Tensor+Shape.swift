@@ -74,17 +74,29 @@ extension Tensor {
 
     /// Nearest up-sampling of x [N, C, T, H, W] by integer factors.
     public func upsampleNearest(scale: (t: Int, h: Int, w: Int)) -> Tensor {
+        upsampleNearest(scale: scale, skipFrames: 0)
+    }
+
+    /// The causal VAE's up-sampling: frame 0 only in space, the others by all factors, i.e.
+    /// `upsampleNearest(scale:)` without its first st - 1 frames: [N, C, 1 + st·(T-1), sh·H, sw·W]
+    /// (one output instead of two pieces and their concatenation).
+    public func causalUpsampleNearest(scale: (t: Int, h: Int, w: Int)) -> Tensor {
+        upsampleNearest(scale: scale, skipFrames: scale.t - 1)
+    }
+
+    /// Output frame t is input frame (t + skipFrames) / st.
+    private func upsampleNearest(scale: (t: Int, h: Int, w: Int), skipFrames: Int) -> Tensor {
         precondition(rank == 5, "upsampleNearest expects [N, C, T, H, W], got \(shape)")
         let (st, sh, sw) = scale
         let NC = shape[0] * shape[1], T = shape[2], H = shape[3], W = shape[4]
-        let To = T * st, Ho = H * sh, Wo = W * sw
+        let To = T * st - skipFrames, Ho = H * sh, Wo = W * sw
         let x = contiguous()
         let out = Tensor(uninitialized: [shape[0], shape[1], To, Ho, Wo])
         let p = x.pointer, o = out.pointer
         for c in 0..<NC {
             for t in 0..<To {
                 for h in 0..<Ho {
-                    let src = p + ((c * T + t / st) * H + h / sh) * W
+                    let src = p + ((c * T + (t + skipFrames) / st) * H + h / sh) * W
                     let dst = o + ((c * To + t) * Ho + h) * Wo
                     for w in 0..<Wo { dst[w] = src[w / sw] }
                 }
@@ -98,7 +110,7 @@ extension Tensor {
             for c in 0..<NC {
                 for t in 0..<To {
                     for h in 0..<Ho {
-                        let dst = d + ((c * T + t / st) * H + h / sh) * W
+                        let dst = d + ((c * T + (t + skipFrames) / st) * H + h / sh) * W
                         let src = gp + ((c * To + t) * Ho + h) * Wo
                         for w in 0..<Wo { dst[w / sw] += src[w] }
                     }

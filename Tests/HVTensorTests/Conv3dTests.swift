@@ -37,6 +37,42 @@ final class Conv3dTests: XCTestCase {
         XCTAssertLessThan(maxAbsDiff(x.conv3d(w, bias: b, padding: pad), naiveConv(padded, w, b, stride: (1, 1, 1))), 1e-4)
     }
 
+    /// im2col reads the padding through index maps, in chunks of output rows that need not
+    /// be whole frames: the same as a naive loop over an explicitly padded input, forward and
+    /// input gradient (against the direct kernels' padded path), for any chunk size.
+    func testIm2colPaddingAndRowChunks() {
+        let x = randomTensor([2, 3, 4, 5, 7], seed: 6), w = randomTensor([4, 3, 3, 3, 3], seed: 7), b = randomTensor([4], seed: 8)
+        let savedBudget = Tensor.im2colBudget, savedDirect = Conv3dDirect.maxChannels
+        defer { Tensor.im2colBudget = savedBudget; Conv3dDirect.maxChannels = savedDirect }
+        let pads = [Conv3dPadding.causal(kernel: (3, 3, 3)), .causal(kernel: (3, 3, 3), mode: .zeros),
+                    Conv3dPadding(front: 1, back: 2, height: 2, width: 3, mode: .replicate)]
+        for pad in pads {
+            for stride in [(1, 1, 1), (2, 2, 3)] {
+                let ref = naiveConv(x.pad3d(pad), w, b, stride: stride)
+                // One row, 3 rows (chunks cross frame borders), whole input.
+                for budget in [1, 81 * 3 * 7, 1 << 24] {
+                    Tensor.im2colBudget = budget
+                    Conv3dDirect.maxChannels = 0
+                    let y = x.conv3d(w, bias: b, stride: stride, padding: pad)
+                    XCTAssertEqual(y.shape, ref.shape)
+                    XCTAssertLessThan(maxAbsDiff(y, ref), 1e-4, "\(pad) stride \(stride) budget \(budget)")
+                }
+            }
+            // Input gradient through the maps (replicated borders summed) vs pad3d's backward.
+            var dxs: [Tensor] = []
+            for maxChannels in [0, 64] {
+                Conv3dDirect.maxChannels = maxChannels
+                Tensor.im2colBudget = 81 * 2 * 7
+                let xv = x.copy()
+                xv.requiresGrad = true
+                let y = xv.conv3d(w, bias: b, padding: pad)
+                (y * randomTensor(y.shape, seed: 9)).sum().backward()
+                dxs.append(xv.grad!)
+            }
+            XCTAssertLessThan(maxAbsDiff(dxs[0], dxs[1]), 1e-4, "dx \(pad)")
+        }
+    }
+
     func testReplicatePaddingValues() {
         let x = Tensor([1, 2, 3, 4], shape: [1, 1, 2, 1, 2])
         let p = x.pad3d(Conv3dPadding(front: 2, back: 0, height: 0, width: 1, mode: .replicate))

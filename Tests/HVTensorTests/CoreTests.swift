@@ -1,3 +1,4 @@
+import Foundation
 import HVTensor
 import XCTest
 import _HVTestSupport
@@ -56,6 +57,24 @@ final class CoreTests: XCTestCase {
         }
         XCTAssertNil(weakOut, "an op output is still alive after backward (reference cycle)")
         XCTAssertNotNil(w.grad)
+    }
+
+    /// The tiled VAE decode's allocator scope: large blocks are mmap-ed inside (glibc counts
+    /// them apart from the heap) and the previous thresholds come back after.
+    func testResidentMemoryScopeRestoresThresholds() throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["MALLOC_MMAP_THRESHOLD_"] != nil, "glibc's environment overrides the thresholds")
+        HVRuntime.configureProcess()
+        let before = HVRuntime.mallocThresholds
+        XCTAssertEqual(before.mmap, 1 << 30)
+        let (mapped, inside) = HVRuntime.withResidentMemory { () -> (Int, (mmap: Int, trim: Int)) in
+            let base = HVRuntime.heapStats().mmapped
+            let t = Tensor(zeros: [16 << 20])  // 64 MB
+            return (withExtendedLifetime(t) { HVRuntime.heapStats().mmapped - base }, HVRuntime.mallocThresholds)
+        }
+        XCTAssertGreaterThanOrEqual(mapped, 64 << 20)
+        XCTAssertEqual(inside.mmap, 256 << 10)
+        XCTAssertEqual(HVRuntime.mallocThresholds.mmap, before.mmap)
+        XCTAssertEqual(HVRuntime.mallocThresholds.trim, before.trim)
     }
 
     func testNoGradModeRecordsNothing() {

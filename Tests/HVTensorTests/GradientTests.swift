@@ -57,6 +57,11 @@ final class GradientTests: XCTestCase {
         let g = randomTensor([2, 4, 2, 3, 3], seed: 11), gw = randomTensor([4], seed: 12), gb = randomTensor([4], seed: 13)
         check([g, gw, gb]) { $0[0].groupNorm(groups: 2, weight: $0[1], bias: $0[2]) }
         check([g]) { $0[0].groupNorm(groups: 4) }
+        check([g, gw, gb]) { $0[0].groupNorm(groups: 2, weight: $0[1], bias: $0[2], silu: true) }
+        // Without a graph the fused in-place path gives the composite's values.
+        let fused = GradMode.withoutGrad { g.groupNorm(groups: 2, weight: gw, bias: gb, silu: true) }
+        XCTAssertLessThan(maxAbsDiff(fused, g.groupNorm(groups: 2, weight: gw, bias: gb).silu()), 1e-6)
+        XCTAssertLessThan(maxAbsDiff(GradMode.withoutGrad { g.groupNorm(groups: 4) }, g.groupNorm(groups: 4)), 1e-6)
     }
 
     func testLinearAndMatmul() {
@@ -83,6 +88,12 @@ final class GradientTests: XCTestCase {
         let v = randomTensor([1, 2, 2, 2, 3], seed: 23)
         check([v]) { $0[0].upsampleNearest(scale: (2, 2, 2)) }
         check([v]) { $0[0].upsampleNearest(scale: (1, 3, 2)) }
+        check([v]) { $0[0].causalUpsampleNearest(scale: (2, 2, 2)) }
+        // Causal: frame 0 in space only, then the rest by all factors (the VAE's former concat).
+        let first = v.slice(axis: 2, start: 0, length: 1).upsampleNearest(scale: (1, 2, 3))
+        let rest = v.slice(axis: 2, start: 1, length: 1).upsampleNearest(scale: (2, 2, 3))
+        XCTAssertEqual(v.causalUpsampleNearest(scale: (2, 2, 3)).scalars, Tensor.concat([first, rest], axis: 2).scalars)
+        XCTAssertEqual(v.causalUpsampleNearest(scale: (1, 2, 2)).scalars, v.upsampleNearest(scale: (1, 2, 2)).scalars)
     }
 
     func testRotary() {
@@ -104,9 +115,17 @@ final class GradientTests: XCTestCase {
     func testConv3d() {
         let x = randomTensor([1, 2, 4, 5, 4], seed: 28), w = randomTensor([3, 2, 3, 3, 3], seed: 29, std: 0.3)
         let b = randomTensor([3], seed: 30)
-        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: .causal(kernel: (3, 3, 3))) }
-        check([x, w]) { $0[0].conv3d($0[1], padding: .causal(kernel: (3, 3, 3), mode: .zeros)) }
+        // im2col (padding read through index maps) and the direct kernels (on a padded copy).
+        let saved = Conv3dDirect.maxChannels
+        defer { Conv3dDirect.maxChannels = saved }
+        for maxChannels in [0, 64] {
+            Conv3dDirect.maxChannels = maxChannels
+            check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: .causal(kernel: (3, 3, 3))) }
+            check([x, w]) { $0[0].conv3d($0[1], padding: .causal(kernel: (3, 3, 3), mode: .zeros)) }
+            check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], padding: Conv3dPadding(front: 1, back: 2, height: 2, width: 3, mode: .replicate)) }
+        }
         check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], stride: (1, 2, 2), padding: Conv3dPadding(front: 2, height: 1, width: 1)) }
+        check([x, w, b]) { $0[0].conv3d($0[1], bias: $0[2], stride: (2, 2, 3), padding: Conv3dPadding(front: 2, height: 2, width: 3, mode: .replicate)) }
         let pw = randomTensor([3, 2, 1, 2, 2], seed: 31)
         check([x, pw, b]) { $0[0].slice(axis: 3, start: 0, length: 4).conv3d($0[1], bias: $0[2], stride: (1, 2, 2)) }
         check([x]) { $0[0].pad3d(Conv3dPadding(front: 2, back: 1, height: 1, width: 2, mode: .replicate)) }

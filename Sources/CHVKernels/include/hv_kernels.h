@@ -40,12 +40,21 @@ void hv_tune_malloc(void);
 /// up are mmap-ed and unmapped when freed, and the heap top is trimmed from 4 MiB, so RSS follows
 /// live memory instead of the step's high-water mark (costs page faults on large temporaries).
 void hv_tune_malloc_resident(void);
+
+/// Sets glibc's mmap and trim thresholds (bytes; glibc's environment variables still win) and
+/// reads back the ones last set through these functions (128 KiB each, glibc's initial values,
+/// before any).
+void hv_malloc_set_thresholds(size_t mmap_threshold, size_t trim_threshold);
+void hv_malloc_thresholds(size_t *mmap_threshold, size_t *trim_threshold);
 /// One AdamW step (decoupled weight decay, bias corrections bc1 = 1 - beta1^t, bc2 = 1 - beta2^t),
 /// in place on p, m, v; the same arithmetic, in the same order, as the scalar reference.
 void hv_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
               float eps, float weight_decay, float bc1, float bc2);
 /* Returns the heap's free pages to the kernel (glibc malloc_trim(0)); 1 if memory was released. */
 int hv_malloc_trim(void);
+/* glibc mallinfo2 of the main arena and mmap-ed chunks: heap bytes obtained from the kernel
+   (sbrk), bytes of it in live allocations, bytes in mmap-ed chunks. */
+void hv_heap_stats(size_t *arena_bytes, size_t *in_use_bytes, size_t *mmapped_bytes);
 #endif
 
 #ifndef HV_KERNELS_CONV_H

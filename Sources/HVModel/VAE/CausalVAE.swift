@@ -30,7 +30,7 @@ public final class ResnetBlockCausal3D: Module {
         conv_shortcut = cin != cout ? CausalConv3d(cin, cout, kernel: 1, rng: &rng) : nil
     }
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = conv2(norm2(conv1(norm1(x).silu())).silu())
+        let h = conv2(norm2.thenSiLU(conv1(norm1.thenSiLU(x))))
         return (conv_shortcut.map { $0(x) } ?? x) + h
     }
 }
@@ -54,14 +54,7 @@ public final class UpsampleCausal3D: Module {
     }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         let s = space ? 2 : 1
-        let T = x.shape[2]
-        let first = x.slice(axis: 2, start: 0, length: 1).upsampleNearest(scale: (1, s, s))
-        var y = first
-        if T > 1 {
-            let rest = x.slice(axis: 2, start: 1, length: T - 1).upsampleNearest(scale: (time ? 2 : 1, s, s))
-            y = Tensor.concat([first, rest], axis: 2)
-        }
-        return conv(y)
+        return conv(x.causalUpsampleNearest(scale: (time ? 2 : 1, s, s)))
     }
 }
 
@@ -161,7 +154,7 @@ public final class EncoderCausal3D: Module {
     func callAsFunction(_ x: Tensor) -> Tensor {
         var h = conv_in(x)
         for b in down_blocks { h = b(h) }
-        return conv_out(conv_norm_out(mid_block(h)).silu())
+        return conv_out(conv_norm_out.thenSiLU(mid_block(h)))
     }
 }
 
@@ -190,7 +183,7 @@ public final class DecoderCausal3D: Module {
     func callAsFunction(_ z: Tensor) -> Tensor {
         var h = mid_block(conv_in(z))
         for b in up_blocks { h = b(h) }
-        return conv_out(conv_norm_out(h).silu())
+        return conv_out(conv_norm_out.thenSiLU(h))
     }
 }
 

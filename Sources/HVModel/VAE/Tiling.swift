@@ -17,11 +17,28 @@ import HVTensor
 /// Receptive fields, GroupNorm statistics and the mid-block attention cross tile borders, so
 /// the result is close to, not equal to, a whole decode/encode (as in the official code).
 extension CausalVAE {
+    /// Called after every decoded tile with its latent frame count and spatial origin (memory
+    /// traces of `hv-bench vae-decode`); nil by default.
+    nonisolated(unsafe) public static var afterDecodedTile: ((_ frames: Int, _ y: Int, _ x: Int) -> Void)?
+
+    /// Hands the heap's free pages back to the kernel (before a decode and after every tile).
+    /// hv's executables keep freed blocks in the heap (`HVRuntime.configureProcess`), and a
+    /// tile's activations come in many sizes: measured on 4 tiles of 13 x 144 x 144, glibc held
+    /// 4.36 GiB of heap for 0.93 GiB of live blocks. Costs milliseconds.
+    static func releaseTileMemory() { HVRuntime.trimHeap() }
+
     /// Spatial `tile`/`overlap` in latent pixels; `temporalTile`/`temporalOverlap` in latent
     /// frames (official: 16 and 4, i.e. 64 + 1 frames at a 48-frame stride).
+    ///
+    /// Memory: activations are allocated as mmap-ed blocks and unmapped when freed for the
+    /// duration (`HVRuntime.withResidentMemory`), and the heap is trimmed after every tile, so
+    /// the resident peak is one tile's live peak (BENCHMARKS.md, "Tiled decode memory").
     public func tiledDecode(_ z: Tensor, tile: Int = 32, overlap: Int = 8, temporalTile: Int = 16, temporalOverlap: Int = 4) -> Tensor {
-        CausalVAE.temporalTiledDecode(z, tile: temporalTile, overlap: temporalOverlap, compression: config.temporal_compression) {
-            self.spatialTiledDecode($0, tile: tile, overlap: overlap)
+        CausalVAE.releaseTileMemory()
+        return HVRuntime.withResidentMemory {
+            CausalVAE.temporalTiledDecode(z, tile: temporalTile, overlap: temporalOverlap, compression: config.temporal_compression) {
+                self.spatialTiledDecode($0, tile: tile, overlap: overlap)
+            }
         }
     }
 
@@ -169,7 +186,12 @@ extension CausalVAE {
     /// Spatial tiles only; `tile` and `overlap` in latent pixels.
     public func spatialTiledDecode(_ z: Tensor, tile: Int = 32, overlap: Int = 8) -> Tensor {
         let H = z.shape[3], W = z.shape[4]
-        if H <= tile && W <= tile { return decode(z) }
+        if H <= tile && W <= tile {
+            let out = decode(z)
+            CausalVAE.releaseTileMemory()
+            CausalVAE.afterDecodedTile?(z.shape[2], 0, 0)
+            return out
+        }
         precondition(overlap > 0 && overlap < tile, "overlap must be in 1..<tile")
         let s = config.spatial_compression
         let stride = tile - overlap
@@ -187,6 +209,8 @@ extension CausalVAE {
             for x in xs {
                 let part = z.slice(axis: 3, start: y, length: min(tile, H - y)).slice(axis: 4, start: x, length: min(tile, W - x)).contiguous()
                 row.append(decode(part))
+                CausalVAE.releaseTileMemory()
+                CausalVAE.afterDecodedTile?(z.shape[2], y, x)
             }
             tiles.append(row)
         }
