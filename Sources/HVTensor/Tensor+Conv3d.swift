@@ -12,6 +12,16 @@ public struct Conv3dPadding: Sendable, Equatable {
 
     public static let none = Conv3dPadding()
 
+    /// For each of `n` padded positions along an axis with `before` padding, the stored index
+    /// (0..<size) it reads: the nearest edge when replicating, -1 (a zero) otherwise.
+    func sourceIndices(_ n: Int, before: Int, size: Int) -> [Int] {
+        (0..<n).map { i in
+            let s = i - before
+            if s >= 0 && s < size { return s }
+            return mode == .replicate ? Swift.min(Swift.max(s, 0), size - 1) : -1
+        }
+    }
+
     public static func causal(kernel: (t: Int, h: Int, w: Int), mode: Mode = .replicate) -> Conv3dPadding {
         Conv3dPadding(front: kernel.t - 1, back: 0, height: kernel.h / 2, width: kernel.w / 2, mode: mode)
     }
@@ -31,14 +41,8 @@ extension Tensor {
         let NC = shape[0] * shape[1], T = shape[2], H = shape[3], W = shape[4]
         let To = T + pad.front + pad.back, Ho = H + 2 * pad.height, Wo = W + 2 * pad.width
         // Source index per padded index, -1 for a zero.
-        func map(_ n: Int, _ before: Int, _ size: Int) -> [Int] {
-            (0..<n).map { i in
-                let s = i - before
-                if s >= 0 && s < size { return s }
-                return pad.mode == .replicate ? Swift.min(Swift.max(s, 0), size - 1) : -1
-            }
-        }
-        let mt = map(To, pad.front, T), mh = map(Ho, pad.height, H), mw = map(Wo, pad.width, W)
+        let mt = pad.sourceIndices(To, before: pad.front, size: T), mh = pad.sourceIndices(Ho, before: pad.height, size: H)
+        let mw = pad.sourceIndices(Wo, before: pad.width, size: W)
         let x = contiguous()
         let out = Tensor(uninitialized: [shape[0], shape[1], To, Ho, Wo])
         let p = x.pointer, o = out.pointer
@@ -102,14 +106,8 @@ extension Tensor {
         defer { cols.deallocate() }
 
         // Padded index -> stored index (-1: a zero), per axis.
-        func map(_ n: Int, _ before: Int, _ size: Int) -> [Int] {
-            (0..<n).map { i in
-                let s = i - before
-                if s >= 0 && s < size { return s }
-                return pad.mode == .replicate ? Swift.min(Swift.max(s, 0), size - 1) : -1
-            }
-        }
-        let mt = map(T, pad.front, Ti), mh = map(H, pad.height, Hi), mw = map(W, pad.width, Wi)
+        let mt = pad.sourceIndices(T, before: pad.front, size: Ti), mh = pad.sourceIndices(H, before: pad.height, size: Hi)
+        let mw = pad.sourceIndices(W, before: pad.width, size: Wi)
         // Per kernel column dw: the outputs wo in lo..<hi read stored column wo * sw + dw - width
         // (inside the input); the others go through mw.
         let inside: [Range<Int>] = (0..<kw).map { dw in
