@@ -255,8 +255,8 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
     if (threads > 8) threads = 8;
     if (threads < 1) threads = 1;
     // Split the larger of M and N, in whole panels, between the threads.
-    long flops = (long)M * N * K;
-    if (flops < (1L << 21)) threads = 1;
+    long macs = (long)M * N * K;
+    if (macs < (1L << 21)) threads = 1;
     int splitN = N >= M ? 1 : 0;
     int unit = splitN ? NR : MR, total = splitN ? N : M;
     int units = ceil_div(total, unit);

@@ -18,16 +18,20 @@ extension Tensor {
         let n = shape[rank - 1], rows = count / max(n, 1)
         if let weight { precondition(weight.shape == [n], "\(name): weight \(weight.shape) for last dim \(n)") }
         if let bias { precondition(bias.shape == [n], "\(name): bias \(bias.shape) for last dim \(n)") }
-        let x = contiguous()
-        let xhat = Tensor(uninitialized: shape), out = Tensor(uninitialized: shape)
-        let w = weight?.contiguous(), b = bias?.contiguous()
-        var rstd = [Float](repeating: 0, count: rows)
-        rstd.withUnsafeMutableBufferPointer { r in
-            hv_norm_rows(x.pointer, xhat.pointer, out.pointer, r.baseAddress, w?.pointer, b?.pointer, rows, n, eps, centered ? 1 : 0)
-        }
         var inputs = [self]
         if let weight { inputs.append(weight) }
         if let bias { inputs.append(bias) }
+        let x = contiguous(), out = Tensor(uninitialized: shape)
+        // Without a graph (sampling), x-hat is not kept: it is normalised straight into the output
+        // (the affine, if any, applied in place), one buffer and one copy fewer.
+        let recording = Tensor.willRecord(inputs)
+        let xhat = recording ? Tensor(uninitialized: shape) : out
+        let w = weight?.contiguous(), b = bias?.contiguous()
+        let outPointer = recording || w != nil || b != nil ? out.pointer : nil
+        var rstd = [Float](repeating: 0, count: rows)
+        rstd.withUnsafeMutableBufferPointer { r in
+            hv_norm_rows(x.pointer, xhat.pointer, outPointer, r.baseAddress, w?.pointer, b?.pointer, rows, n, eps, centered ? 1 : 0)
+        }
         return Tensor.record(name, out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)

@@ -48,6 +48,25 @@ final class GradientTests: XCTestCase {
         check([a]) { $0[0].square() }
     }
 
+    /// Without a graph the last-axis norms normalise in place into their output; the values
+    /// equal the recorded path's bit for bit, with and without the affine, and the input is untouched.
+    func testNormsWithoutGraphEqualRecorded() {
+        let x = randomTensor([3, 5, 40], seed: 14), w = randomTensor([40], seed: 15), b = randomTensor([40], seed: 16)
+        let before = x.scalars
+        let ops: [(String, (Tensor) -> Tensor)] = [("layerNorm", { $0.layerNorm() }), ("layerNorm affine", { $0.layerNorm(weight: w, bias: b) }),
+                                                  ("rmsNorm", { $0.rmsNorm() }), ("rmsNorm weight", { $0.rmsNorm(weight: w) })]
+        for (name, op) in ops {
+            let xg = x.copy()
+            xg.requiresGrad = true
+            let recorded = op(xg)
+            XCTAssertNotNil(recorded.gradNode, name)
+            let plain = GradMode.withoutGrad { op(x) }
+            XCTAssertNil(plain.gradNode, name)
+            XCTAssertEqual(plain.scalars, recorded.scalars, name)
+        }
+        XCTAssertEqual(x.scalars, before)
+    }
+
     func testNorms() {
         let x = randomTensor([2, 3, 8], seed: 8), w = randomTensor([8], seed: 9), b = randomTensor([8], seed: 10)
         check([x]) { $0[0].layerNorm() }

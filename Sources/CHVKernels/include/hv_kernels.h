@@ -93,7 +93,7 @@ float hv_round_bf16(float x);
 #define HV_KERNELS_NORM_H
 #include <stddef.h>
 /// LayerNorm (centered) / RMSNorm rows: xhat, rstd per row, and out = xhat * w + b when out is
-/// not NULL (w, b optional).
+/// not NULL (w, b optional; out may be xhat itself).
 void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const float *w, const float *b,
                   size_t rows, size_t n, float eps, int centered);
 /// dx of hv_norm_rows from the output gradient g (w optional).
