@@ -381,3 +381,8 @@ HV_CLONES void hv_norm_rows_backward(const float *g, const float *w, const float
         for (i = 0; i < n; i++) d[i] = rs * (d[i] - md - h[i] * mdh);
     }
 }
+
+static _Thread_local int hv_parallel_nesting;
+int hv_parallel_depth(void) { return hv_parallel_nesting; }
+void hv_parallel_enter(void) { hv_parallel_nesting++; }
+void hv_parallel_exit(void) { hv_parallel_nesting--; }

@@ -190,7 +190,7 @@ extension Tensor {
         let a = contiguous(), b = other.contiguous()
         let out = Tensor(uninitialized: shape)
         let p = out.pointer, x = a.pointer, y = b.pointer
-        for i in 0..<count { p[i] = x[i] + y[i] }
+        Parallel.chunks(count) { r in for i in r { p[i] = x[i] + y[i] } }
         return out
     }
 }

@@ -28,7 +28,8 @@ public final class Storage: @unchecked Sendable {
 
     public convenience init(zeros count: Int) {
         self.init(uninitialized: count)
-        pointer.initialize(repeating: 0, count: count)
+        let p = UncheckedSendable(pointer)
+        Parallel.chunks(count) { r in (p.value + r.lowerBound).initialize(repeating: 0, count: r.count) }
     }
 
     deinit {

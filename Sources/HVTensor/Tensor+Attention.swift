@@ -193,14 +193,19 @@ func parallelFor(_ n: Int, threads: Int, _ body: @Sendable (Int) -> Void) {
     defer { BLAS.threads = saved }
     let workers = min(threads, n)
     DispatchQueue.concurrentPerform(iterations: workers) { w in
+        hv_parallel_enter()
+        defer { hv_parallel_exit() }
         var i = w
         while i < n { body(i); i += workers }
     }
 }
 
 extension FlashAttention {
-    /// Worker threads for attention (default: all cores).
-    nonisolated(unsafe) public static var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Worker threads for attention (default: all cores); the same setting as `Parallel.threads`.
+    public static var threads: Int {
+        get { Parallel.threads }
+        set { Parallel.threads = newValue }
+    }
 }
 
 extension Tensor {

@@ -27,19 +27,9 @@ func broadcastBinary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
     }
     let inner = outShape[rank - 1]
     let ia = sa[rank - 1], ib = sb[rank - 1]
-    var index = [Int](repeating: 0, count: rank)
-    var offA = 0, offB = 0, offO = 0
-    while offO < n {
-        innerLoop(op, o + offO, pa + offA, ia, pb + offB, ib, inner)
-        offO += inner
-        var d = rank - 2
-        while d >= 0 {
-            index[d] += 1
-            offA += sa[d]; offB += sb[d]
-            if index[d] < outShape[d] { break }
-            offA -= sa[d] * outShape[d]; offB -= sb[d] * outShape[d]
-            index[d] = 0
-            d -= 1
+    Parallel.chunks(n / inner, grain: Swift.max(1, Parallel.grain / inner)) { rows in
+        Parallel.forEachRow(outShape, [sa, sb], rows) { row, off in
+            innerLoop(op, o + row * inner, pa + off[0], ia, pb + off[1], ib, inner)
         }
     }
     return out
@@ -131,7 +121,7 @@ extension Tensor {
         let x = contiguous()
         let out = Tensor(uninitialized: shape)
         let p = x.pointer, o = out.pointer
-        for i in 0..<count { o[i] = f(p[i]) }
+        Parallel.chunks(count) { r in for i in r { o[i] = f(p[i]) } }
         return Tensor.record(name, out, [self]) { g in [grad(g, x, out)] }
     }
 
@@ -142,7 +132,7 @@ extension Tensor {
         let x = a.contiguous(), y = b.contiguous()
         let out = Tensor(uninitialized: a.shape)
         let p = x.pointer, q = y.pointer, o = out.pointer
-        for i in 0..<a.count { o[i] = f(p[i], q[i]) }
+        Parallel.chunks(a.count) { r in for i in r { o[i] = f(p[i], q[i]) } }
         return out
     }
 
@@ -160,11 +150,13 @@ extension Tensor {
     public func silu() -> Tensor {
         let x = contiguous()
         let out = Tensor(uninitialized: shape)
-        hv_silu_forward(x.pointer, out.pointer, count)
+        let xp = x.pointer, op = out.pointer
+        Parallel.chunks(count) { r in hv_silu_forward(xp + r.lowerBound, op + r.lowerBound, r.count) }
         return Tensor.record("silu", out, [self]) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: x.shape)
-            hv_silu_backward(x.pointer, gc.pointer, dx.pointer, x.count)
+            let xp = x.pointer, gp = gc.pointer, dp = dx.pointer
+            Parallel.chunks(x.count) { r in hv_silu_backward(xp + r.lowerBound, gp + r.lowerBound, dp + r.lowerBound, r.count) }
             return [dx]
         }
     }
@@ -173,11 +165,13 @@ extension Tensor {
     public func gelu() -> Tensor {
         let x = contiguous()
         let out = Tensor(uninitialized: shape)
-        hv_gelu_forward(x.pointer, out.pointer, count)
+        let xp = x.pointer, op = out.pointer
+        Parallel.chunks(count) { r in hv_gelu_forward(xp + r.lowerBound, op + r.lowerBound, r.count) }
         return Tensor.record("gelu", out, [self]) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: x.shape)
-            hv_gelu_backward(x.pointer, gc.pointer, dx.pointer, x.count)
+            let xp = x.pointer, gp = gc.pointer, dp = dx.pointer
+            Parallel.chunks(x.count) { r in hv_gelu_backward(xp + r.lowerBound, gp + r.lowerBound, dp + r.lowerBound, r.count) }
             return [dx]
         }
     }

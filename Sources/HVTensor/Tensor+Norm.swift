@@ -30,13 +30,21 @@ extension Tensor {
         let outPointer = recording || w != nil || b != nil ? out.pointer : nil
         var rstd = [Float](repeating: 0, count: rows)
         rstd.withUnsafeMutableBufferPointer { r in
-            hv_norm_rows(x.pointer, xhat.pointer, outPointer, r.baseAddress, w?.pointer, b?.pointer, rows, n, eps, centered ? 1 : 0)
+            let rp = r.baseAddress!, xp = x.pointer, hp = xhat.pointer, wp = w?.pointer, bp = b?.pointer
+            Parallel.chunks(rows, grain: Swift.max(1, Parallel.grain / Swift.max(n, 1))) { part in
+                let o = part.lowerBound * n
+                hv_norm_rows(xp + o, hp + o, outPointer.map { $0 + o }, rp + part.lowerBound, wp, bp, part.count, n, eps, centered ? 1 : 0)
+            }
         }
         return Tensor.record(name, out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)
             rstd.withUnsafeBufferPointer { r in
-                hv_norm_rows_backward(gc.pointer, w?.pointer, xhat.pointer, r.baseAddress, dx.pointer, rows, n, centered ? 1 : 0)
+                let rp = r.baseAddress!, gp = gc.pointer, wp = w?.pointer, hp = xhat.pointer, dp = dx.pointer
+                Parallel.chunks(rows, grain: Swift.max(1, Parallel.grain / Swift.max(n, 1))) { part in
+                    let o = part.lowerBound * n
+                    hv_norm_rows_backward(gp + o, wp, hp + o, rp + part.lowerBound, dp + o, part.count, n, centered ? 1 : 0)
+                }
             }
             var grads: [Tensor?] = [dx]
             if weight != nil { grads.append(Tensor.zipMap(gc, xhat, *).reshapeRaw([rows, n]).sumRaw(axes: [0]).reshapeRaw([n])) }

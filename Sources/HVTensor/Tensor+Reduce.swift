@@ -13,11 +13,16 @@ extension Tensor {
             s[ax] = 1
             let out = Tensor(zeros: s)
             let p = cur.pointer, o = out.pointer
-            for i in 0..<outer {
-                let dst = o + i * inner
-                for j in 0..<n {
-                    let src = p + (i * n + j) * inner
-                    for k in 0..<inner { dst[k] += src[k] }
+            // Split over outer slices, or over columns when there is one slice (bias gradients).
+            let columns = outer == 1
+            Parallel.chunks(columns ? inner : outer, grain: Swift.max(1, Parallel.grain / Swift.max(1, columns ? n : n * inner))) { part in
+                for i in columns ? 0..<1 : part {
+                    let dst = o + i * inner
+                    let ks = columns ? part : 0..<inner
+                    for j in 0..<n {
+                        let src = p + (i * n + j) * inner
+                        for k in ks { dst[k] += src[k] }
+                    }
                 }
             }
             cur = out

@@ -91,20 +91,16 @@ func copyInto(_ dst: Tensor, _ src: Tensor) {
     if n == 0 { return }
     let rank = dst.rank
     let inner = dst.shape[rank - 1], innerStride = dst.strides[rank - 1]
-    var index = [Int](repeating: 0, count: rank)
-    var off = 0, o = 0
     let d = dst.pointer, p = s.pointer
-    while o < n {
-        for i in 0..<inner { d[off + i * innerStride] = p[o + i] }
-        o += inner
-        var k = rank - 2
-        while k >= 0 {
-            index[k] += 1
-            off += dst.strides[k]
-            if index[k] < dst.shape[k] { break }
-            off -= dst.strides[k] * dst.shape[k]
-            index[k] = 0
-            k -= 1
+    Parallel.chunks(n / inner, grain: Swift.max(1, Parallel.grain / inner)) { rows in
+        Parallel.forEachRow(dst.shape, [dst.strides], rows) { row, off in
+            let o = d + off[0], q = p + row * inner
+            if innerStride == 1 {
+                o.update(from: q, count: inner)
+            } else {
+                for i in 0..<inner { o[i * innerStride] = q[i] }
+            }
         }
     }
+    withExtendedLifetime(s) {}
 }

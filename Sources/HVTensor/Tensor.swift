@@ -141,29 +141,23 @@ func copyStrided(from t: Tensor, to dst: UnsafeMutablePointer<Float>) {
     let n = t.count
     if n == 0 { return }
     let src = t.pointer
-    if t.isContiguous { dst.update(from: src, count: n); return }
+    if t.isContiguous {
+        Parallel.chunks(n) { r in (dst + r.lowerBound).update(from: src + r.lowerBound, count: r.count) }
+        return
+    }
     let rank = t.rank
     let shape = t.shape, strides = t.strides
     let inner = shape[rank - 1], innerStride = strides[rank - 1]
-    var index = [Int](repeating: 0, count: rank)
-    var o = 0
-    var srcOff = 0
-    while o < n {
-        if innerStride == 1 {
-            (dst + o).update(from: src + srcOff, count: inner)
-        } else {
-            for i in 0..<inner { dst[o + i] = src[srcOff + i * innerStride] }
-        }
-        o += inner
-        // increment the outer index
-        var d = rank - 2
-        while d >= 0 {
-            index[d] += 1
-            srcOff += strides[d]
-            if index[d] < shape[d] { break }
-            srcOff -= strides[d] * shape[d]
-            index[d] = 0
-            d -= 1
+    let sendable = UncheckedSendable(dst)
+    Parallel.chunks(n / inner, grain: Swift.max(1, Parallel.grain / inner)) { rows in
+        let dst = sendable.value
+        Parallel.forEachRow(shape, [strides], rows) { row, off in
+            let o = row * inner, s = src + off[0]
+            if innerStride == 1 {
+                (dst + o).update(from: s, count: inner)
+            } else {
+                for i in 0..<inner { dst[o + i] = s[i * innerStride] }
+            }
         }
     }
 }

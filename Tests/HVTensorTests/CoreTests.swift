@@ -35,6 +35,42 @@ final class CoreTests: XCTestCase {
         XCTAssertEqual(Tensor.concat(chunks, axis: 0).scalars, a.scalars)
     }
 
+    /// Elementwise ops, copies, norms and reductions split over threads (`Parallel`) give the
+    /// same bits as on one thread, forward and backward, including uneven splits (3 threads) and
+    /// broadcast, permuted and sliced operands. grain 1 forces the split on these small shapes.
+    func testThreadedElementwiseOpsEqualSerial() {
+        func leaf(_ shape: [Int], _ seed: UInt64) -> Tensor {
+            let t = randomTensor(shape, seed: seed)
+            t.requiresGrad = true
+            return t
+        }
+        func run() -> [[Float]] {
+            let x = leaf([4, 5, 6], 11), y = leaf([5, 6], 12), z = leaf([4, 1, 6], 13), w = leaf([6], 14), b = leaf([6], 15)
+            let h = (x * y + z) / (y.square() + 1)
+            let p = h.permute([2, 0, 1]).contiguous().gelu().permute([1, 2, 0])
+            let n = p.layerNorm(weight: w, bias: b).silu() + p.rmsNorm(weight: w)
+            let s = Tensor.concat([n.slice(axis: 2, start: 1, length: 3), n.slice(axis: 1, start: 0, length: 2).reshape([4, 12])
+                .reshape([4, 2, 6]).slice(axis: 2, start: 0, length: 3)], axis: 1)
+            let loss = (s.sum(axes: [0]) * s.sum(axes: [0]).exp()).sum() + s.mean(axes: [1, 2]).square().sum()
+            loss.backward()
+            return [h.scalars, p.scalars, n.scalars, s.scalars, loss.scalars, x.grad!.scalars, y.grad!.scalars,
+                    z.grad!.scalars, w.grad!.scalars, b.grad!.scalars, Tensor(zeros: [7, 9]).scalars]
+        }
+        let saved = (Parallel.threads, Parallel.grain)
+        defer { (Parallel.threads, Parallel.grain) = saved }
+        Parallel.threads = 1
+        let serial = run()
+        for threads in [2, 3] {
+            Parallel.threads = threads
+            Parallel.grain = 1
+            let split = run()
+            for (i, (a, b)) in zip(serial, split).enumerated() {
+                XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "output \(i) differs with \(threads) threads")
+            }
+        }
+        XCTAssertEqual(serial[10], [Float](repeating: 0, count: 63))
+    }
+
     func testGradientAccumulatesAcrossBackwardCalls() {
         let w = Tensor([1, 2, 3], shape: [3], requiresGrad: true)
         (w * 2).sum().backward()

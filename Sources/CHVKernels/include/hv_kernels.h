@@ -100,3 +100,12 @@ void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const fl
 void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, const float *rstd, float *dx,
                            size_t rows, size_t n, int centered);
 #endif
+
+#ifndef HV_KERNELS_PARALLEL_H
+#define HV_KERNELS_PARALLEL_H
+/// Nesting depth of hv's parallel regions on the calling thread (thread-local): work split over
+/// threads is not split again inside a region.
+int hv_parallel_depth(void);
+void hv_parallel_enter(void);
+void hv_parallel_exit(void);
+#endif
