@@ -71,6 +71,19 @@ final class CoreTests: XCTestCase {
         XCTAssertEqual(serial[10], [Float](repeating: 0, count: 63))
     }
 
+    /// Workers get a short OpenBLAS spin (its idle threads would otherwise compete for the core
+    /// that elementwise work is split onto), unless the user set one; a forced weak core type
+    /// is dropped only on an AVX-512 CPU and only without HV_KEEP_OPENBLAS_CORETYPE=1.
+    func testChildEnvironmentSetsOpenBLASThreadTimeout() {
+        let base = ["PATH": "/usr/bin"]
+        XCTAssertEqual(BLASEnvironment.childEnvironment(base)["OPENBLAS_THREAD_TIMEOUT"], BLASEnvironment.defaultThreadTimeout)
+        XCTAssertEqual(BLASEnvironment.childEnvironment(base.merging(["OPENBLAS_THREAD_TIMEOUT": "22"]) { $1 })["OPENBLAS_THREAD_TIMEOUT"], "22")
+        let forced = base.merging(["OPENBLAS_CORETYPE": "Haswell"]) { $1 }
+        XCTAssertEqual(BLASEnvironment.childEnvironment(forced)["OPENBLAS_CORETYPE"], BLASEnvironment.cpuHasAVX512 ? nil : "Haswell")
+        let kept = forced.merging(["HV_KEEP_OPENBLAS_CORETYPE": "1"]) { $1 }
+        XCTAssertEqual(BLASEnvironment.childEnvironment(kept)["OPENBLAS_CORETYPE"], "Haswell")
+    }
+
     func testGradientAccumulatesAcrossBackwardCalls() {
         let w = Tensor([1, 2, 3], shape: [3], requiresGrad: true)
         (w * 2).sum().backward()

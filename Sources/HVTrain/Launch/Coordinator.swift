@@ -164,7 +164,7 @@ public final class Coordinator: @unchecked Sendable {
         env[BLASEnvironment.markerVariable] = "1"   // kernels already chosen here; no re-exec in workers
         env["HV_RANK"] = "\(w.rank)"
         env["HV_WORLD_SIZE"] = "\(o.hosts.worldSize)"
-        let envPrefix = ["env"] + ["HV_RANK", "HV_WORLD_SIZE", BLASEnvironment.markerVariable].map { "\($0)=\(env[$0]!)" }
+        let envPrefix = ["env"] + ["HV_RANK", "HV_WORLD_SIZE", BLASEnvironment.markerVariable, BLASEnvironment.timeoutVariable].map { "\($0)=\(env[$0]!)" }
         let mode: LaunchOptions.Launcher = o.template != nil ? .template : (o.launcher == .auto ? (HostsFile.isLocal(w.host) ? .local : .ssh) : o.launcher)
         switch mode {
         case .local, .auto:
