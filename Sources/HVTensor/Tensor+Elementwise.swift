@@ -147,31 +147,46 @@ extension Tensor {
     }
 
     /// x * sigmoid(x) (vectorised C kernel).
-    public func silu() -> Tensor {
-        let x = contiguous()
-        let out = Tensor(uninitialized: shape)
-        let xp = x.pointer, op = out.pointer
-        Parallel.chunks(count) { r in hv_silu_forward(xp + r.lowerBound, op + r.lowerBound, r.count) }
-        return Tensor.record("silu", out, [self]) { g in
-            let gc = g.contiguous()
-            let dx = Tensor(uninitialized: x.shape)
-            let xp = x.pointer, gp = gc.pointer, dp = dx.pointer
-            Parallel.chunks(x.count) { r in hv_silu_backward(xp + r.lowerBound, gp + r.lowerBound, dp + r.lowerBound, r.count) }
-            return [dx]
-        }
-    }
+    public func silu() -> Tensor { activation("silu", hv_silu_forward, hv_silu_backward) }
 
     /// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (vectorised C kernel).
-    public func gelu() -> Tensor {
-        let x = contiguous()
+    public func gelu() -> Tensor { activation("gelu", hv_gelu_forward, hv_gelu_backward) }
+
+    /// A C activation kernel applied row by row, split over the cores. A view whose last axis is
+    /// contiguous (a slice of a fused projection) is read in place, not copied first.
+    private func activation(_ name: String, _ forward: @escaping @convention(c) (UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int) -> Void,
+                            _ backward: @escaping @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int) -> Void) -> Tensor {
+        let x = rank > 0 && strides[rank - 1] == 1 ? self : contiguous()
         let out = Tensor(uninitialized: shape)
-        let xp = x.pointer, op = out.pointer
-        Parallel.chunks(count) { r in hv_gelu_forward(xp + r.lowerBound, op + r.lowerBound, r.count) }
-        return Tensor.record("gelu", out, [self]) { g in
+        let n = count
+        if n == 0 { return out }
+        let inner = shape[rank - 1], xp = x.pointer, op = out.pointer
+        let xStrides = x.strides, shape = shape
+        func rows(_ body: @escaping (Range<Int>, UnsafeMutablePointer<Int>) -> Void) {
+            if x.isContiguous {
+                Parallel.chunks(n) { r in var zero = 0; body(r, &zero) }
+                return
+            }
+            Parallel.chunks(n / inner, grain: Swift.max(1, Parallel.grain / inner)) { part in
+                Parallel.forEachRow(shape, [xStrides], part) { row, off in body(row * inner ..< (row + 1) * inner, off) }
+            }
+        }
+        // r: a range of output (contiguous) positions; off[0]: x's offset of r's first element
+        // minus r.lowerBound for strided x (0 for contiguous x, addressed like the output).
+        let contiguousX = x.isContiguous
+        rows { r, off in
+            let xs = contiguousX ? xp + r.lowerBound : xp + off[0]
+            forward(xs, op + r.lowerBound, r.count)
+        }
+        return Tensor.record(name, out, [self]) { g in
             let gc = g.contiguous()
-            let dx = Tensor(uninitialized: x.shape)
-            let xp = x.pointer, gp = gc.pointer, dp = dx.pointer
-            Parallel.chunks(x.count) { r in hv_gelu_backward(xp + r.lowerBound, gp + r.lowerBound, dp + r.lowerBound, r.count) }
+            let dx = Tensor(uninitialized: shape)
+            let gp = gc.pointer, dp = dx.pointer
+            rows { r, off in
+                let xs = contiguousX ? xp + r.lowerBound : xp + off[0]
+                backward(xs, gp + r.lowerBound, dp + r.lowerBound, r.count)
+            }
+            withExtendedLifetime((x, gc)) {}
             return [dx]
         }
     }

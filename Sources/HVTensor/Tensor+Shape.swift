@@ -16,10 +16,18 @@ extension Tensor {
         let out = Tensor(uninitialized: outShape)
         let rowOut = outShape[ax] * inner
         var start = 0
+        let o = out.pointer
         for t in tensors {
             let c = t.contiguous()
-            let len = t.shape[ax] * inner
-            for i in 0..<outer { (out.pointer + i * rowOut + start).update(from: c.pointer + i * len, count: len) }
+            let len = t.shape[ax] * inner, src = c.pointer, at = start
+            if outer == 1 {
+                Parallel.chunks(len) { r in (o + at + r.lowerBound).update(from: src + r.lowerBound, count: r.count) }
+            } else {
+                Parallel.chunks(outer, grain: Swift.max(1, Parallel.grain / Swift.max(len, 1))) { rows in
+                    for i in rows { (o + i * rowOut + at).update(from: src + i * len, count: len) }
+                }
+            }
+            withExtendedLifetime(c) {}
             start += len
         }
         let sizes = tensors.map { $0.shape[ax] }

@@ -51,9 +51,10 @@ final class CoreTests: XCTestCase {
             let n = p.layerNorm(weight: w, bias: b).silu() + p.rmsNorm(weight: w)
             let s = Tensor.concat([n.slice(axis: 2, start: 1, length: 3), n.slice(axis: 1, start: 0, length: 2).reshape([4, 12])
                 .reshape([4, 2, 6]).slice(axis: 2, start: 0, length: 3)], axis: 1)
-            let loss = (s.sum(axes: [0]) * s.sum(axes: [0]).exp()).sum() + s.mean(axes: [1, 2]).square().sum()
+            let a = s.slice(axis: 2, start: 1, length: 2).gelu() + s.transpose(0, 1).silu().transpose(0, 1).slice(axis: 2, start: 0, length: 2)
+            let loss = (s.sum(axes: [0]) * s.sum(axes: [0]).exp()).sum() + s.mean(axes: [1, 2]).square().sum() + a.square().sum()
             loss.backward()
-            return [h.scalars, p.scalars, n.scalars, s.scalars, loss.scalars, x.grad!.scalars, y.grad!.scalars,
+            return [h.scalars, p.scalars, n.scalars, s.scalars, a.scalars, loss.scalars, x.grad!.scalars, y.grad!.scalars,
                     z.grad!.scalars, w.grad!.scalars, b.grad!.scalars, Tensor(zeros: [7, 9]).scalars]
         }
         let saved = (Parallel.threads, Parallel.grain)
@@ -68,7 +69,25 @@ final class CoreTests: XCTestCase {
                 XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "output \(i) differs with \(threads) threads")
             }
         }
-        XCTAssertEqual(serial[10], [Float](repeating: 0, count: 63))
+        XCTAssertEqual(serial[11], [Float](repeating: 0, count: 63))
+    }
+
+    /// Activations read a view whose last axis is contiguous in place; values and gradients
+    /// equal those through an explicit copy.
+    func testActivationsOfStridedViewsEqualContiguous() {
+        for f in [{ (t: Tensor) in t.gelu() }, { (t: Tensor) in t.silu() }] {
+            var results: [[Float]] = []
+            for copyFirst in [false, true] {
+                let x = randomTensor([3, 4, 10], seed: 21)
+                x.requiresGrad = true
+                let v = x.slice(axis: 2, start: 3, length: 5).transpose(0, 1)
+                let y = f(copyFirst ? v.contiguous() : v)
+                (y * randomTensor([4, 3, 5], seed: 22)).sum().backward()
+                results.append(y.scalars + x.grad!.scalars)
+            }
+            XCTAssertEqual(results[0], results[1])
+            XCTAssertTrue(results[0].contains { $0 != 0 })
+        }
     }
 
     /// Workers get a short OpenBLAS spin (its idle threads would otherwise compete for the core
