@@ -10,6 +10,7 @@
 // 24 zmm registers and, per pair, broadcasts one uint32 of A per row against two zmm of B.
 #include "hv_kernels.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,15 @@ static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C,
         for (int n = 0; n < nr; n++) C[(long)m * ldc + n] = (accumulate ? C[(long)m * ldc + n] : 0) + t[m * NR + n];
 }
 
+// Threads: the larger of M and N is split in whole panels between the threads; the other
+// operand is shared. Each K block (KC) of the shared operand is packed once, cooperatively (the
+// threads take its panels in turn), then every thread multiplies it against its own part; a
+// barrier separates packing from use and use from the next block's packing. Worker threads
+// persist between calls (a pool, woken through a condition variable) instead of being created
+// per call.
+
+static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
 typedef struct {
     int M, N, K;
     const float *A;
@@ -189,49 +199,132 @@ typedef struct {
     long ldc;
     float alpha;
     int accumulate;
-} gemm_job;
+    int threads, splitN;
+    int lo[8], hi[8];        // each thread's rows (splitN = 0) or columns (splitN = 1)
+    uint32_t *shared;        // the shared operand's packed K block
+    int arrived;             // barrier: threads arrived in the current phase (atomic access)
+    int phase;
+} gemm_plan;
 
-static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+static void barrier_wait(gemm_plan *p) {
+    if (p->threads == 1) return;
+    int ph = __atomic_load_n(&p->phase, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&p->arrived, 1, __ATOMIC_ACQ_REL) == p->threads) {
+        __atomic_store_n(&p->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->phase, ph + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&p->phase, __ATOMIC_ACQUIRE) == ph; spins++) {
+        if (spins > 4000) sched_yield(); else __builtin_ia32_pause();
+    }
+}
 
 BF16_TARGET
-static void gemm_serial(const gemm_job *j) {
-    int M = j->M, N = j->N, K = j->K;
-    uint32_t *bp = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(NC, NR) * NR);
-    uint32_t *ap = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(MC, MR) * MR);
-    for (int jc = 0; jc < N; jc += NC) {
-        int nc = N - jc < NC ? N - jc : NC;
-        for (int pc = 0; pc < K; pc += KC) {
-            int kc = K - pc < KC ? K - pc : KC, kp = (kc + 1) / 2;
-            int acc = j->accumulate || pc > 0;
-            for (int jr = 0; jr < nc; jr += NR) {
-                int nr = nc - jr < NR ? nc - jr : NR;
-                pack_panel(bp + (long)(jr / NR) * kp * NR, j->B + (long)pc * j->rsb + (long)(jc + jr) * j->csb, j->rsb, j->csb, kc, nr, kp, NR);
+static void gemm_part(gemm_plan *p, int t) {
+    const int M = p->M, N = p->N, K = p->K, T = p->threads;
+    const int lo = p->lo[t], hi = p->hi[t];
+    uint32_t *own = p->splitN ? aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(NC, NR) * NR)
+                              : aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(MC, MR) * MR);
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC, kp = (kc + 1) / 2;
+        int acc = p->accumulate || pc > 0;
+        if (p->splitN) {
+            // Shared: all of A's rows for this K block, MR-row panels taken in turn.
+            for (int i = t; i < ceil_div(M, MR); i += T) {
+                int mr = M - i * MR < MR ? M - i * MR : MR;
+                pack_panel(p->shared + (long)i * kp * MR, p->A + (long)i * MR * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, kp, MR);
             }
-            for (int ic = 0; ic < M; ic += MC) {
-                int mc = M - ic < MC ? M - ic : MC;
+            barrier_wait(p);
+            for (int jc = lo; jc < hi; jc += NC) {
+                int nc = hi - jc < NC ? hi - jc : NC;
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int nr = nc - jr < NR ? nc - jr : NR;
+                    pack_panel(own + (long)(jr / NR) * kp * NR, p->B + (long)pc * p->rsb + (long)(jc + jr) * p->csb, p->rsb, p->csb, kc, nr, kp, NR);
+                }
+                for (int ic = 0; ic < M; ic += MC) {
+                    int mc = M - ic < MC ? M - ic : MC;
+                    for (int jr = 0; jr < nc; jr += NR) {
+                        int nr = nc - jr < NR ? nc - jr : NR;
+                        for (int ir = 0; ir < mc; ir += MR) {
+                            int mr = mc - ir < MR ? mc - ir : MR;
+                            micro_kernel(kp, p->shared + (long)((ic + ir) / MR) * kp * MR, own + (long)(jr / NR) * kp * NR,
+                                         p->C + (long)(ic + ir) * p->ldc + jc + jr, p->ldc, mr, nr, p->alpha, acc);
+                        }
+                    }
+                }
+            }
+        } else {
+            // Shared: all of B's columns for this K block, NR-column panels taken in turn.
+            for (int j = t; j < ceil_div(N, NR); j += T) {
+                int nr = N - j * NR < NR ? N - j * NR : NR;
+                pack_panel(p->shared + (long)j * kp * NR, p->B + (long)pc * p->rsb + (long)j * NR * p->csb, p->rsb, p->csb, kc, nr, kp, NR);
+            }
+            barrier_wait(p);
+            for (int ic = lo; ic < hi; ic += MC) {
+                int mc = hi - ic < MC ? hi - ic : MC;
                 for (int ir = 0; ir < mc; ir += MR) {
                     int mr = mc - ir < MR ? mc - ir : MR;
                     // A's pair index is k: S(k, row) = A[row, k].
-                    pack_panel(ap + (long)(ir / MR) * kp * MR, j->A + (long)(ic + ir) * j->rsa + (long)pc * j->csa, j->csa, j->rsa, kc, mr, kp, MR);
+                    pack_panel(own + (long)(ir / MR) * kp * MR, p->A + (long)(ic + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, kp, MR);
                 }
-                for (int jr = 0; jr < nc; jr += NR) {
-                    int nr = nc - jr < NR ? nc - jr : NR;
-                    for (int ir = 0; ir < mc; ir += MR) {
-                        int mr = mc - ir < MR ? mc - ir : MR;
-                        micro_kernel(kp, ap + (long)(ir / MR) * kp * MR, bp + (long)(jr / NR) * kp * NR,
-                                     j->C + (long)(ic + ir) * j->ldc + jc + jr, j->ldc, mr, nr, j->alpha, acc);
+                for (int jc = 0; jc < N; jc += NC) {
+                    int nc = N - jc < NC ? N - jc : NC;
+                    for (int jr = 0; jr < nc; jr += NR) {
+                        int nr = nc - jr < NR ? nc - jr : NR;
+                        for (int ir = 0; ir < mc; ir += MR) {
+                            int mr = mc - ir < MR ? mc - ir : MR;
+                            micro_kernel(kp, own + (long)(ir / MR) * kp * MR, p->shared + (long)((jc + jr) / NR) * kp * NR,
+                                         p->C + (long)(ic + ir) * p->ldc + jc + jr, p->ldc, mr, nr, p->alpha, acc);
+                        }
                     }
                 }
             }
         }
+        barrier_wait(p);  // everyone is done with this block before the next one is packed
     }
-    free(bp);
-    free(ap);
+    free(own);
 }
 
-static void *gemm_thread(void *arg) {
-    gemm_serial((const gemm_job *)arg);
+// The pool: up to 7 workers, created on first use; a call hands them its plan and takes part
+// itself as thread 0. One call at a time uses the pool; a concurrent call runs on one thread.
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
+static int pool_workers;
+static long pool_generation;
+static int pool_running;
+static gemm_plan *pool_plan;
+
+static void *pool_main(void *arg) {
+    int id = (int)(long)arg;
+    long seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool_mu);
+        while (pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
+        seen = pool_generation;
+        gemm_plan *p = pool_plan;
+        pthread_mutex_unlock(&pool_mu);
+        if (id < p->threads) gemm_part(p, id);
+        pthread_mutex_lock(&pool_mu);
+        if (--pool_running == 0) pthread_cond_signal(&pool_done);
+        pthread_mutex_unlock(&pool_mu);
+    }
     return NULL;
+}
+
+static int pool_ensure(int workers) {
+    while (pool_workers < workers) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&tid, &attr, pool_main, (void *)(long)(pool_workers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        pool_workers++;
+    }
+    return pool_workers;
 }
 
 int hv_bf16_gemm_available(void) {
@@ -243,6 +336,8 @@ int hv_bf16_gemm_available(void) {
     return cached;
 }
 
+extern int hv_parallel_depth(void);
+
 void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, int threads) {
     if (M <= 0 || N <= 0) return;
@@ -251,42 +346,52 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
             for (int m = 0; m < M; m++) memset(C + (long)m * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
-    gemm_job jobs[8];
     if (threads > 8) threads = 8;
-    if (threads < 1) threads = 1;
-    // Split the larger of M and N, in whole panels, between the threads.
+    if (threads < 1 || hv_parallel_depth() > 0) threads = 1;
     long macs = (long)M * N * K;
     if (macs < (1L << 21)) threads = 1;
     int splitN = N >= M ? 1 : 0;
     int unit = splitN ? NR : MR, total = splitN ? N : M;
     int units = ceil_div(total, unit);
     if (units < threads) threads = units;
+    int pooled = 0;
+    if (threads > 1) {
+        if (pthread_mutex_trylock(&pool_busy) == 0) {
+            pooled = 1;
+            int have = pool_ensure(threads - 1);
+            if (have < threads - 1) threads = have + 1;
+        } else {
+            threads = 1;
+        }
+    }
+    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, threads, splitN};
     int start = 0;
     for (int t = 0; t < threads; t++) {
         int cnt = units / threads + (t < units % threads ? 1 : 0);
-        int lo = start * unit, hi = (start + cnt) * unit;
-        if (hi > total) hi = total;
+        plan.lo[t] = start * unit;
+        plan.hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
         start += cnt;
-        gemm_job *j = &jobs[t];
-        *j = (gemm_job){M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate};
-        if (splitN) {
-            j->N = hi - lo;
-            j->B = B + (long)lo * csb;
-            j->C = C + lo;
-        } else {
-            j->M = hi - lo;
-            j->A = A + (long)lo * rsa;
-            j->C = C + (long)lo * ldc;
+    }
+    int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
+    plan.shared = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)sharedPanels);
+    if (threads > 1) {
+        pthread_mutex_lock(&pool_mu);
+        pool_plan = &plan;
+        pool_running = pool_workers;
+        pool_generation++;
+        pthread_cond_broadcast(&pool_wake);
+        pthread_mutex_unlock(&pool_mu);
+    }
+    gemm_part(&plan, 0);
+    if (pooled) {
+        if (threads > 1) {
+            pthread_mutex_lock(&pool_mu);
+            while (pool_running > 0) pthread_cond_wait(&pool_done, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
         }
+        pthread_mutex_unlock(&pool_busy);
     }
-    if (threads == 1) {
-        gemm_serial(&jobs[0]);
-        return;
-    }
-    pthread_t tids[8];
-    for (int t = 1; t < threads; t++) pthread_create(&tids[t], NULL, gemm_thread, &jobs[t]);
-    gemm_serial(&jobs[0]);
-    for (int t = 1; t < threads; t++) pthread_join(tids[t], NULL);
+    free(plan.shared);
 }
 
 float hv_round_bf16(float x) {
