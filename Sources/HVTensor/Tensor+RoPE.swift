@@ -57,11 +57,14 @@ extension Tensor {
     static func rotate(_ x: UnsafePointer<Float>, _ o: UnsafeMutablePointer<Float>, _ c: UnsafePointer<Float>,
                        _ s: UnsafePointer<Float>, B: Int, S: Int, Hh: Int, D: Int, inverse: Bool) {
         let sign: Float = inverse ? -1 : 1
-        for b in 0..<B {
-            for t in 0..<S {
+        let out = UncheckedSendable(o)
+        Parallel.chunks(B * S, grain: Swift.max(1, Parallel.grain / Swift.max(1, Hh * D))) { tokens in
+            let o = out.value
+            for bt in tokens {
+                let t = bt % S
                 let cr = c + t * D, sr = s + t * D
                 for h in 0..<Hh {
-                    let base = ((b * S + t) * Hh + h) * D
+                    let base = (bt * Hh + h) * D
                     let xi = x + base, oi = o + base
                     var i = 0
                     while i < D {

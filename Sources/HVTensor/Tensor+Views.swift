@@ -34,19 +34,30 @@ extension Tensor {
 
     public func flatten() -> Tensor { reshape([count]) }
 
+    /// A size-1 axis inserted at `axis`: always a view (strided tensors are not copied).
     public func unsqueeze(_ axis: Int) -> Tensor {
         let a = axis < 0 ? axis + rank + 1 : axis
-        var s = shape
+        precondition(a >= 0 && a <= rank, "unsqueeze axis \(axis) for rank \(rank)")
+        var s = shape, st = strides
         s.insert(1, at: a)
-        return reshape(s)
+        st.insert(a < rank ? strides[a] * shape[a] : 1, at: a)
+        return sizeOneAxisView(s, st)
     }
 
+    /// The size-1 axis `axis` removed: always a view (strided tensors are not copied).
     public func squeeze(_ axis: Int) -> Tensor {
         let a = normalizeAxis(axis, rank: rank)
         precondition(shape[a] == 1, "squeeze axis \(axis) of size \(shape[a])")
-        var s = shape
+        var s = shape, st = strides
         s.remove(at: a)
-        return reshape(s)
+        st.remove(at: a)
+        return sizeOneAxisView(s, st)
+    }
+
+    private func sizeOneAxisView(_ s: [Int], _ st: [Int]) -> Tensor {
+        let out = Tensor(storage: storage, shape: s, strides: st, offset: offset)
+        let original = shape
+        return Tensor.record("reshape", out, [self]) { g in [g.reshapeRaw(original)] }
     }
 
     /// Axis permutation view: result axis i is source axis `dims[i]`.

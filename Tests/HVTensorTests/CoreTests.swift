@@ -52,9 +52,12 @@ final class CoreTests: XCTestCase {
             let s = Tensor.concat([n.slice(axis: 2, start: 1, length: 3), n.slice(axis: 1, start: 0, length: 2).reshape([4, 12])
                 .reshape([4, 2, 6]).slice(axis: 2, start: 0, length: 3)], axis: 1)
             let a = s.slice(axis: 2, start: 1, length: 2).gelu() + s.transpose(0, 1).silu().transpose(0, 1).slice(axis: 2, start: 0, length: 2)
-            let loss = (s.sum(axes: [0]) * s.sum(axes: [0]).exp()).sum() + s.mean(axes: [1, 2]).square().sum() + a.square().sum()
+            let (cos, sin) = RoPE3D.frequencies(grid: (t: 1, h: 2, w: 3), dims: [2, 2, 2])
+            let rot = h.reshape([4, 5, 6, 1]).transpose(1, 3).reshape([4, 6, 1, 5]).slice(axis: 3, start: 0, length: 4)
+                .reshape([4, 6, 2, 2]).slice(axis: 0, start: 1, length: 1).squeeze(0).unsqueeze(0).applyRotary(cos: cos.slice(axis: 1, start: 0, length: 2), sin: sin.slice(axis: 1, start: 0, length: 2))
+            let loss = (s.sum(axes: [0]) * s.sum(axes: [0]).exp()).sum() + s.mean(axes: [1, 2]).square().sum() + a.square().sum() + rot.square().sum()
             loss.backward()
-            return [h.scalars, p.scalars, n.scalars, s.scalars, a.scalars, loss.scalars, x.grad!.scalars, y.grad!.scalars,
+            return [h.scalars, p.scalars, n.scalars, s.scalars, a.scalars, rot.scalars, loss.scalars, x.grad!.scalars, y.grad!.scalars,
                     z.grad!.scalars, w.grad!.scalars, b.grad!.scalars, Tensor(zeros: [7, 9]).scalars]
         }
         let saved = (Parallel.threads, Parallel.grain)
@@ -69,7 +72,7 @@ final class CoreTests: XCTestCase {
                 XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "output \(i) differs with \(threads) threads")
             }
         }
-        XCTAssertEqual(serial[11], [Float](repeating: 0, count: 63))
+        XCTAssertEqual(serial[12], [Float](repeating: 0, count: 63))
     }
 
     /// Activations read a view whose last axis is contiguous in place; values and gradients
