@@ -160,7 +160,7 @@ extension Tensor {
         let out = Tensor(uninitialized: shape)
         let n = count
         if n == 0 { return out }
-        let inner = shape[rank - 1], xp = x.pointer, op = out.pointer
+        let inner = rank > 0 ? shape[rank - 1] : 1, xp = x.pointer, op = out.pointer
         let xStrides = x.strides, shape = shape
         func rows(_ body: @escaping (Range<Int>, UnsafeMutablePointer<Int>) -> Void) {
             if x.isContiguous {

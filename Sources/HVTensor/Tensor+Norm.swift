@@ -30,7 +30,8 @@ extension Tensor {
         let outPointer = recording || w != nil || b != nil ? out.pointer : nil
         var rstd = [Float](repeating: 0, count: rows)
         rstd.withUnsafeMutableBufferPointer { r in
-            let rp = r.baseAddress!, xp = x.pointer, hp = xhat.pointer, wp = w?.pointer, bp = b?.pointer
+            guard let rp = r.baseAddress else { return }  // no rows
+            let xp = x.pointer, hp = xhat.pointer, wp = w?.pointer, bp = b?.pointer
             Parallel.chunks(rows, grain: Swift.max(1, Parallel.grain / Swift.max(n, 1))) { part in
                 let o = part.lowerBound * n
                 hv_norm_rows(xp + o, hp + o, outPointer.map { $0 + o }, rp + part.lowerBound, wp, bp, part.count, n, eps, centered ? 1 : 0)
@@ -40,7 +41,8 @@ extension Tensor {
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)
             rstd.withUnsafeBufferPointer { r in
-                let rp = r.baseAddress!, gp = gc.pointer, wp = w?.pointer, hp = xhat.pointer, dp = dx.pointer
+                guard let rp = r.baseAddress else { return }  // no rows
+                let gp = gc.pointer, wp = w?.pointer, hp = xhat.pointer, dp = dx.pointer
                 Parallel.chunks(rows, grain: Swift.max(1, Parallel.grain / Swift.max(n, 1))) { part in
                     let o = part.lowerBound * n
                     hv_norm_rows_backward(gp + o, wp, hp + o, rp + part.lowerBound, dp + o, part.count, n, centered ? 1 : 0)

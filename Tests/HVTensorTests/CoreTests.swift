@@ -93,6 +93,16 @@ final class CoreTests: XCTestCase {
         }
     }
 
+    /// Norms of a tensor with no rows and activations of a scalar neither crash nor change shape.
+    func testNormsOfEmptyTensorsAndActivationsOfScalars() {
+        let empty = Tensor(zeros: [0, 4])
+        XCTAssertEqual(empty.layerNorm().shape, [0, 4])
+        XCTAssertEqual(empty.rmsNorm(weight: Tensor(repeating: 1, shape: [4])).shape, [0, 4])
+        let scalar = Tensor([1], shape: [])
+        XCTAssertEqual(scalar.gelu().scalars[0], 0.8412, accuracy: 1e-3)
+        XCTAssertEqual(scalar.silu().scalars[0], 0.7311, accuracy: 1e-3)
+    }
+
     /// Workers get a short OpenBLAS spin (its idle threads would otherwise compete for the core
     /// that elementwise work is split onto), unless the user set one; a forced weak core type
     /// is dropped only on an AVX-512 CPU and only without HV_KEEP_OPENBLAS_CORETYPE=1.
