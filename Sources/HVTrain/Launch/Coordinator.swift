@@ -161,10 +161,12 @@ public final class Coordinator: @unchecked Sendable {
 
     func spawn(_ w: WorkerProcess, command: [String]) throws {
         var env = BLASEnvironment.childEnvironment()
-        env[BLASEnvironment.markerVariable] = "1"   // kernels already chosen here; no re-exec in workers
+        env[BLASEnvironment.markerVariable] = "1"   // kernels already chosen here; no re-exec in local workers
         env["HV_RANK"] = "\(w.rank)"
         env["HV_WORLD_SIZE"] = "\(o.hosts.worldSize)"
-        let envPrefix = ["env"] + ["HV_RANK", "HV_WORLD_SIZE", BLASEnvironment.markerVariable, BLASEnvironment.timeoutVariable].map { "\($0)=\(env[$0]!)" }
+        // Remote workers (ssh, template) start from their host's environment: they get the rank,
+        // world size and OpenBLAS spin, and re-exec themselves if that host forces weak kernels.
+        let envPrefix = ["env"] + ["HV_RANK", "HV_WORLD_SIZE", BLASEnvironment.timeoutVariable].map { "\($0)=\(env[$0]!)" }
         let mode: LaunchOptions.Launcher = o.template != nil ? .template : (o.launcher == .auto ? (HostsFile.isLocal(w.host) ? .local : .ssh) : o.launcher)
         switch mode {
         case .local, .auto:
