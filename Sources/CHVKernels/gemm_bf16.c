@@ -296,9 +296,11 @@ static long pool_generation;
 static int pool_running;
 static gemm_plan *pool_plan;
 
+static long pool_start[8];  // the generation current when worker i was created
+
 static void *pool_main(void *arg) {
     int id = (int)(long)arg;
-    long seen = 0;
+    long seen = pool_start[id];  // written before pthread_create; later generations are new work
     for (;;) {
         pthread_mutex_lock(&pool_mu);
         while (pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
@@ -319,6 +321,9 @@ static int pool_ensure(int workers) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        // Generations advance only under pool_busy, which the caller holds: a worker added
+        // by a later call must not take the previous call's (finished) generation as new.
+        pool_start[pool_workers + 1] = pool_generation;
         int rc = pthread_create(&tid, &attr, pool_main, (void *)(long)(pool_workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -387,6 +392,7 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
         if (threads > 1) {
             pthread_mutex_lock(&pool_mu);
             while (pool_running > 0) pthread_cond_wait(&pool_done, &pool_mu);
+            pool_plan = NULL;
             pthread_mutex_unlock(&pool_mu);
         }
         pthread_mutex_unlock(&pool_busy);

@@ -35,14 +35,14 @@ struct KernelsBench: ParsableCommand {
     @Option(help: "Head dimension for attention.") var headDim = 128
     @Option(help: "Timed repetitions per measurement (best is reported).") var repeats = 3
     @Option(help: "OpenBLAS threads (default: all cores).") var threads: Int?
-    @Option(help: "Attention worker threads (default: all cores).") var attentionThreads: Int?
+    @Option(help: "Attention (and elementwise) worker threads (default: --threads, else all cores).") var attentionThreads: Int?
     @Option(help: "Attention query/key block size.") var block: Int?
     @Flag(help: "Only the attention benchmark.") var attentionOnly = false
     @Flag(help: "Only the Conv3d benchmark (direct kernels vs im2col + sgemm).") var convOnly = false
 
     func run() throws {
-        if let threads { BLAS.threads = threads }
-        if let attentionThreads { FlashAttention.threads = attentionThreads }
+        if let threads { BLAS.threads = threads; Parallel.threads = threads }
+        if let attentionThreads { FlashAttention.threads = attentionThreads }  // also elementwise work (Parallel.threads)
         if let block { FlashAttention.blockQ = block; FlashAttention.blockK = block }
         print("OpenBLAS \(BLAS.config) | kernel \(BLAS.coreName) | threads \(BLAS.threads) | OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
         var rng = HVRandom(seed: 1)

@@ -18,7 +18,7 @@ func runOrExit(_ body: () throws -> Void) throws {
 }
 
 struct ThreadOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads (default: all cores).") var threads: Int?
+    @Option(help: "Threads for OpenBLAS, attention and elementwise work (default: all cores).") var threads: Int?
 
     func apply() {
         if let threads {

@@ -31,7 +31,7 @@ struct VAEDecodeBench: ParsableCommand {
 
     func run() throws {
         try runOrExit {
-            if let threads { BLAS.threads = threads }
+            if let threads { BLAS.threads = threads; Parallel.threads = threads }
             let c = try loadVAEConfig(path: config)
             guard (frames - 1) % c.temporal_compression == 0, size % c.spatial_compression == 0 else {
                 throw ValidationError("--frames must be 1 + \(c.temporal_compression)k and --size a multiple of \(c.spatial_compression)")

@@ -156,10 +156,13 @@ extension Tensor {
     /// contiguous (a slice of a fused projection) is read in place, not copied first.
     private func activation(_ name: String, _ forward: @escaping @convention(c) (UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int) -> Void,
                             _ backward: @escaping @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int) -> Void) -> Tensor {
-        let x = rank > 0 && strides[rank - 1] == 1 ? self : contiguous()
+        // In place only outside a graph: the backward pass keeps x, and a view would keep the
+        // whole fused projection alive instead of the slice.
+        let inPlace = isContiguous || (rank > 0 && strides[rank - 1] == 1 && !Tensor.willRecord([self]))
+        let x = inPlace ? self : contiguous()
         let out = Tensor(uninitialized: shape)
         let n = count
-        if n == 0 { return out }
+        if n == 0 { return Tensor.record(name, out, [self]) { g in [Tensor(zeros: g.shape)] } }
         let inner = rank > 0 ? shape[rank - 1] : 1, xp = x.pointer, op = out.pointer
         let xStrides = x.strides, shape = shape
         func rows(_ body: @escaping (Range<Int>, UnsafeMutablePointer<Int>) -> Void) {
@@ -171,8 +174,8 @@ extension Tensor {
                 Parallel.forEachRow(shape, [xStrides], part) { row, off in body(row * inner ..< (row + 1) * inner, off) }
             }
         }
-        // r: a range of output (contiguous) positions; off[0]: x's offset of r's first element
-        // minus r.lowerBound for strided x (0 for contiguous x, addressed like the output).
+        // r: a range of output (contiguous) positions; off[0]: for strided x, x's offset of the
+        // row's first element (r is one row); unused for contiguous x, addressed like the output.
         let contiguousX = x.isContiguous
         rows { r, off in
             let xs = contiguousX ? xp + r.lowerBound : xp + off[0]
@@ -181,7 +184,7 @@ extension Tensor {
         return Tensor.record(name, out, [self]) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: shape)
-            let gp = gc.pointer, dp = dx.pointer
+            let gp = gc.pointer, dp = dx.pointer, xp = x.pointer
             rows { r, off in
                 let xs = contiguousX ? xp + r.lowerBound : xp + off[0]
                 backward(xs, gp + r.lowerBound, dp + r.lowerBound, r.count)

@@ -16,7 +16,8 @@ final class BF16GemmTests: XCTestCase {
     }
 
     /// Every transpose combination, alpha 1 and 1/8, beta 0 and 1, awkward sizes (odd K, M and N not multiples of
-    /// the 12 x 32 tile, K past one 384 block), 1 and 2 threads: equal to a float64 sum of the
+    /// the 12 x 32 tile, K past one 384 block), 1, 2 and 3 threads (3 grows the GEMM's worker pool after
+    /// it has served calls): equal to a float64 sum of the
     /// bf16-rounded products within fp32 summation error.
     func testMatchesBF16RoundedReference() {
         var rng = HVRandom(seed: 7)
@@ -26,7 +27,7 @@ final class BF16GemmTests: XCTestCase {
             for transA in [false, true] {
                 for transB in [false, true] {
                     for (alpha, beta): (Float, Float) in [(1, 0), (1, 1), (0.125, 1)] {
-                        for threads in [1, 2] {
+                        for threads in [1, 2, 3] {
                             let a = (0..<(m * k)).map { _ in rng.uniform() * 2 - 1 }, b = (0..<(k * n)).map { _ in rng.uniform() * 2 - 1 }
                             let c0 = (0..<(m * n)).map { _ in rng.uniform() * 2 - 1 }
                             var c = c0

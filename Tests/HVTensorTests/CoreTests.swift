@@ -90,6 +90,12 @@ final class CoreTests: XCTestCase {
             }
             XCTAssertEqual(results[0], results[1])
             XCTAssertTrue(results[0].contains { $0 != 0 })
+            // Outside a graph the view is read in place (no copy); same values.
+            let x = randomTensor([3, 4, 10], seed: 21)
+            let v = x.slice(axis: 2, start: 3, length: 5).transpose(0, 1)
+            let (inPlace, copied) = GradMode.withoutGrad { (f(v).scalars, f(v.contiguous()).scalars) }
+            XCTAssertEqual(inPlace, copied)
+            XCTAssertEqual(inPlace, Array(results[0].prefix(inPlace.count)))
         }
     }
 
