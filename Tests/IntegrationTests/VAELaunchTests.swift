@@ -43,12 +43,12 @@ final class VAELaunchTests: XCTestCase {
         return (status, out + err)
     }
 
-    func losses(_ runDir: String) throws -> [Int: Double] {
+    func losses(_ runDir: String, key: String = "loss") throws -> [Int: Double] {
         let text = try String(contentsOfFile: runDir + "/metrics.jsonl", encoding: .utf8)
         var out: [Int: Double] = [:]
         for l in text.split(separator: "\n") {
             let o = try JSONSerialization.jsonObject(with: Data(l.utf8)) as! [String: Any]
-            out[o["step"] as! Int] = (o["loss"] as! Double)
+            out[o["step"] as! Int] = (o[key] as! Double)
         }
         return out
     }
@@ -78,6 +78,12 @@ final class VAELaunchTests: XCTestCase {
             let (_, log) = try launch(2, steps: 4, runDir: two, zero: zero)
             let b = try losses(two)
             XCTAssertEqual(b.keys.sorted(), [1, 2, 3, 4], String(log.suffix(2000)))
+            // Adam's update barely depends on the gradient's scale, so the losses alone would
+            // not notice gradients summed instead of averaged over the workers; the global
+            // gradient norm of the first step (same weights, same batch) does.
+            let g1 = try XCTUnwrap(try losses(one, key: "grad_norm")[1]), g2 = try XCTUnwrap(try losses(two, key: "grad_norm")[1])
+            XCTAssertGreaterThan(g1, 0)
+            XCTAssertEqual(g1, g2, accuracy: 1e-5 * g1, "ZeRO \(zero): step-1 gradient norm, 1 worker \(g1), 2 workers \(g2)")
             for s in 1...4 {
                 // Steps 1-2 within 1e-5; later steps within 1e-4: the runs differ only in float
                 // summation order (batch 4 in one process vs 2 + 2 and an all-reduce), and Adam's
