@@ -26,17 +26,19 @@ final class LaunchTests: XCTestCase {
         return (status, out + err)
     }
 
-    func losses(_ runDir: String) throws -> [Double] {
+    func losses(_ runDir: String, key: String = "loss") throws -> [Double] {
         let text = try String(contentsOfFile: runDir + "/metrics.jsonl", encoding: .utf8)
         return try text.split(separator: "\n").map {
             let obj = try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
-            return obj["loss"] as! Double
+            return obj[key] as! Double
         }
     }
 
-    /// The same 20-step run on 1, 2 and 4 workers, ZeRO stages 0-3: same loss curve within 1e-5 relative.
+    /// The same 20-step run on 1, 2 and 4 workers, ZeRO stages 0-3: same loss curve within 1e-5
+    /// relative, and the same global gradient norm at step 1 (Adam's updates hardly depend on the
+    /// gradient's scale, so the losses alone would miss gradients summed instead of averaged).
     func testWorkersAndZeroStagesGiveTheSameLossCurve() throws {
-        var reference: [Double]? = nil
+        var reference: [Double]? = nil, referenceNorm: Double? = nil
         for world in [1, 2, 4] {
             let h = try hosts("localhost slots=\(world)\n")
             for stage in 0...3 {
@@ -46,6 +48,10 @@ final class LaunchTests: XCTestCase {
                 XCTAssertEqual(status, 0, "world \(world) stage \(stage): \(log.suffix(2000))")
                 let l = try losses(dir)
                 XCTAssertEqual(l.count, 20)
+                let norm = try XCTUnwrap(try losses(dir, key: "grad_norm").first)
+                if let ref = referenceNorm {
+                    XCTAssertEqual(norm, ref, accuracy: 1e-5 * ref, "world \(world) stage \(stage): step-1 gradient norm")
+                } else { referenceNorm = norm; XCTAssertGreaterThan(norm, 0) }
                 if let ref = reference {
                     for (a, b) in zip(l, ref) { XCTAssertEqual(a, b, accuracy: 1e-5 * abs(b), "world \(world) stage \(stage)") }
                 } else { reference = l }
