@@ -8,8 +8,8 @@ import HVTensor
 import Yams
 
 /// VAE training run (YAML): the causal 3D VAE on synthetic moving-shape clips, loss
-/// L1 + kl_weight x KL (the paper's 1e-6). The paper's LPIPS (0.1) and adversarial (0.05)
-/// terms are left out: they need a pretrained VGG and a discriminator.
+/// L1 (or MSE, `train.recon_loss`) + kl_weight x KL (the paper's 1e-6). The paper's LPIPS (0.1)
+/// and adversarial (0.05) terms are left out: they need a pretrained VGG and a discriminator.
 public struct VAERunConfig: Codable, Sendable, Equatable {
     public var vae = VAEConfig()
     public var data = Data()
@@ -26,6 +26,8 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         public init() {}
     }
 
+    public enum ReconstructionLoss: String, Codable, Sendable, Equatable { case l1, mse }
+
     public struct Train: Codable, Sendable, Equatable {
         public var steps = 500
         /// The global batch: every step draws `batch_size` clips and the data-parallel ranks
@@ -39,6 +41,11 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         /// Global gradient-norm clip (0 = off).
         public var clip_grad = 1.0
         public var kl_weight = 1e-6
+        /// Reconstruction loss: `l1` (the paper's) or `mse`. Without the paper's perceptual and
+        /// adversarial terms, L1 alone stalls on these clips at "background only" (19.5 dB): once
+        /// most pixels are right, their gradient signs flip from step to step and drown the
+        /// shape's (BENCHMARKS.md, "Causal VAE"); MSE's gradient fades as pixels become right.
+        public var recon_loss = ReconstructionLoss.l1
         public var seed: UInt64 = 0
         public var log_every = 25
         public init() {}
@@ -53,6 +60,7 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
             min_lr_ratio = try c.decodeIfPresent(Double.self, forKey: .min_lr_ratio) ?? d.min_lr_ratio
             clip_grad = try c.decodeIfPresent(Double.self, forKey: .clip_grad) ?? d.clip_grad
             kl_weight = try c.decodeIfPresent(Double.self, forKey: .kl_weight) ?? d.kl_weight
+            recon_loss = try c.decodeIfPresent(ReconstructionLoss.self, forKey: .recon_loss) ?? d.recon_loss
             seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
             log_every = try c.decodeIfPresent(Int.self, forKey: .log_every) ?? d.log_every
         }
@@ -226,7 +234,7 @@ public final class VAETrainer {
         }
         let z = mean + (logvar * 0.5).exp() * noise
         let recon = vae.decode(z)
-        let l1 = recon.l1Loss(x)
+        let l1 = config.train.recon_loss == .mse ? recon.mseLoss(x) : recon.l1Loss(x)  // reported as "L1" either way
         let kl = CausalVAE.kl(mean: mean, logvar: logvar)
         // Local means weighted by the slice's share of the global batch: the summed gradients
         // are those of the global batch mean.

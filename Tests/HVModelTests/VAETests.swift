@@ -12,6 +12,35 @@ final class VAETests: XCTestCase {
         return try loadVAEConfig(path: root.appendingPathComponent("configs/vae/tiny.yaml").path)
     }
 
+    /// `train.recon_loss` selects L1 (the default, the paper's) or MSE; another value is an
+    /// error naming the file; an MSE run trains.
+    func testReconstructionLossOption() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let base = try String(contentsOfFile: root.appendingPathComponent("configs/runs/vae-tiny.yaml").path, encoding: .utf8)
+            .replacingOccurrences(of: "vae: ../vae/tiny.yaml", with: "vae: \(root.appendingPathComponent("configs/vae/tiny.yaml").path)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-recon-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func write(_ loss: String?) throws -> String {
+            let path = dir.appendingPathComponent("\(loss ?? "default").yaml").path
+            let text = loss.map { base.replacingOccurrences(of: "  kl_weight: 0.000001", with: "  kl_weight: 0.000001\n  recon_loss: \($0)") } ?? base
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        XCTAssertEqual(try VAERunConfig.load(path: try write(nil)).train.recon_loss, .l1)
+        var mse = try VAERunConfig.load(path: try write("mse"))
+        XCTAssertEqual(mse.train.recon_loss, .mse)
+        XCTAssertThrowsError(try VAERunConfig.load(path: try write("l2"))) { error in
+            XCTAssert("\(error)".contains("l2.yaml"), "\(error)")
+        }
+        mse.train.steps = 2
+        mse.data.count = 20
+        mse.data.held_out = 2
+        let trainer = try VAETrainer(config: mse)
+        let first = try trainer.trainStep(), second = try trainer.trainStep()
+        XCTAssert(first.l1.isFinite && first.l1 > 0 && second.l1.isFinite, "\(first.l1) \(second.l1)")
+    }
+
     /// T frames -> 1 + (T-1)/4 latent frames, H/8 x W/8, 16 channels, and back.
     func testShapes() throws {
         let c = try tinyConfig()
