@@ -42,9 +42,10 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         public var clip_grad = 1.0
         public var kl_weight = 1e-6
         /// Reconstruction loss: `l1` (the paper's) or `mse`. Without the paper's perceptual and
-        /// adversarial terms, L1 alone stalls on these clips at "background only" (19.5 dB): once
-        /// most pixels are right, their gradient signs flip from step to step and drown the
-        /// shape's (BENCHMARKS.md, "Causal VAE"); MSE's gradient fades as pixels become right.
+        /// adversarial terms, L1 stalls at "background only" even on a single clip (once most
+        /// pixels are right their gradient signs flip from step to step and drown the shape's),
+        /// where MSE, whose gradient fades as pixels become right, fits the shape. On the full
+        /// synthetic set neither has passed ~19.7 dB yet (BENCHMARKS.md, "Causal VAE").
         public var recon_loss = ReconstructionLoss.l1
         public var seed: UInt64 = 0
         public var log_every = 25
