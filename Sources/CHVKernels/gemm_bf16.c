@@ -219,6 +219,18 @@ static void barrier_wait(gemm_plan *p) {
     }
 }
 
+/// C block [mc x nc] (+)= packed A panels (mc rows) · packed B panels (nc columns) over kp pairs.
+BF16_TARGET
+static void macro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C, long ldc, int mc, int nc, float alpha, int acc) {
+    for (int jr = 0; jr < nc; jr += NR) {
+        int nr = nc - jr < NR ? nc - jr : NR;
+        for (int ir = 0; ir < mc; ir += MR) {
+            int mr = mc - ir < MR ? mc - ir : MR;
+            micro_kernel(kp, a + (long)(ir / MR) * kp * MR, b + (long)(jr / NR) * kp * NR, C + (long)ir * ldc + jr, ldc, mr, nr, alpha, acc);
+        }
+    }
+}
+
 BF16_TARGET
 static void gemm_part(gemm_plan *p, int t) {
     const int M = p->M, N = p->N, K = p->K, T = p->threads;
@@ -241,17 +253,9 @@ static void gemm_part(gemm_plan *p, int t) {
                     int nr = nc - jr < NR ? nc - jr : NR;
                     pack_panel(own + (long)(jr / NR) * kp * NR, p->B + (long)pc * p->rsb + (long)(jc + jr) * p->csb, p->rsb, p->csb, kc, nr, kp, NR);
                 }
-                for (int ic = 0; ic < M; ic += MC) {
-                    int mc = M - ic < MC ? M - ic : MC;
-                    for (int jr = 0; jr < nc; jr += NR) {
-                        int nr = nc - jr < NR ? nc - jr : NR;
-                        for (int ir = 0; ir < mc; ir += MR) {
-                            int mr = mc - ir < MR ? mc - ir : MR;
-                            micro_kernel(kp, p->shared + (long)((ic + ir) / MR) * kp * MR, own + (long)(jr / NR) * kp * NR,
-                                         p->C + (long)(ic + ir) * p->ldc + jc + jr, p->ldc, mr, nr, p->alpha, acc);
-                        }
-                    }
-                }
+                for (int ic = 0; ic < M; ic += MC)
+                    macro_kernel(kp, p->shared + (long)(ic / MR) * kp * MR, own, p->C + (long)ic * p->ldc + jc, p->ldc,
+                                 M - ic < MC ? M - ic : MC, nc, p->alpha, acc);
             }
         } else {
             // Shared: all of B's columns for this K block, NR-column panels taken in turn.
@@ -267,17 +271,9 @@ static void gemm_part(gemm_plan *p, int t) {
                     // A's pair index is k: S(k, row) = A[row, k].
                     pack_panel(own + (long)(ir / MR) * kp * MR, p->A + (long)(ic + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, kp, MR);
                 }
-                for (int jc = 0; jc < N; jc += NC) {
-                    int nc = N - jc < NC ? N - jc : NC;
-                    for (int jr = 0; jr < nc; jr += NR) {
-                        int nr = nc - jr < NR ? nc - jr : NR;
-                        for (int ir = 0; ir < mc; ir += MR) {
-                            int mr = mc - ir < MR ? mc - ir : MR;
-                            micro_kernel(kp, own + (long)(ir / MR) * kp * MR, p->shared + (long)((jc + jr) / NR) * kp * NR,
-                                         p->C + (long)(ic + ir) * p->ldc + jc + jr, p->ldc, mr, nr, p->alpha, acc);
-                        }
-                    }
-                }
+                for (int jc = 0; jc < N; jc += NC)
+                    macro_kernel(kp, own, p->shared + (long)(jc / NR) * kp * NR, p->C + (long)ic * p->ldc + jc, p->ldc, mc,
+                                 N - jc < NC ? N - jc : NC, p->alpha, acc);
             }
         }
         barrier_wait(p);  // everyone is done with this block before the next one is packed
