@@ -21,10 +21,12 @@ struct SampleBench: ParsableCommand {
     @Option(help: "A Python venv with torch and diffusers, to time the same step in PyTorch.") var torch: String?
     @Option(help: "Matmul precision: fp32, bf16 (bf16 operands, fp32 sums; PyTorch side under torch.autocast bfloat16) or both.")
     var precision = BenchPrecision.fp32
+    @Flag(help: "Attention over blocked sgemm calls instead of the fused kernel (for A/B timings).") var blockedAttention = false
 
     func run() throws {
         BLAS.threads = threads
         FlashAttention.threads = threads
+        FlashAttention.fused = !blockedAttention
         let model = try loadModelConfig(path: config)
         let dims = latent.split(separator: "x").compactMap { Int($0) }
         guard dims.count == 3 else { throw ValidationError("--latent must look like 4x32x32") }

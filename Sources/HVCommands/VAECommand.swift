@@ -14,6 +14,7 @@ struct TrainVAECommand: ParsableCommand {
     @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
     @Option(help: "Override train.steps.") var steps: Int?
     @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file.") var out: String?
+    @Option(help: "Also report held-out PSNR every N steps (0 = only at the end).") var psnrEvery = 0
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -32,6 +33,9 @@ struct TrainVAECommand: ParsableCommand {
                     outLine(String(format: "step %5d/%d  L1 %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
                                    stats.lr, Date().timeIntervalSince(t0)))
                     window.removeAll()
+                }
+                if psnrEvery > 0, (s + 1) % psnrEvery == 0, s + 1 < cfg.train.steps {
+                    outLine(String(format: "step %5d  held-out PSNR %.2f dB", s + 1, try trainer.heldOutPSNR()))
                 }
             }
             let psnr = try trainer.heldOutPSNR()

@@ -9,6 +9,9 @@ import Foundation
 public enum FlashAttention {
     nonisolated(unsafe) public static var blockQ = 256
     nonisolated(unsafe) public static var blockK = 256
+    /// Heads with D a multiple of 16 run the fused C kernel (`hv_attention_*_head`, AVX2 + FMA)
+    /// when the CPU has it; false forces the blocked path over sgemm (tests compare the two).
+    nonisolated(unsafe) public static var fused = true
 
     /// One head: q [Sq, D], k/v [Sk, D] contiguous; keyMask [Sk] (nonzero = attend) or nil.
     /// Writes out [Sq, D] and lse [Sq] (natural log-sum-exp of the scaled scores; -inf for a
@@ -20,6 +23,9 @@ public enum FlashAttention {
                                    keyMask: UnsafePointer<Float>?, sq: Int, sk: Int, d: Int, scale: Float,
                                    out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                                    causalBlock: Int = 0, rowOffset: Int = 0, colOffset: Int = 0, accumulate: Bool = false) {
+        if fused, !accumulate, sq > 0, sk > 0,
+           hv_attention_forward_head(q, k, v, keyMask, Int32(sq), Int32(sk), Int32(d), scale, out, lse,
+                                     Int32(causalBlock), rowOffset, colOffset) != 0 { return }
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         defer { scores.deallocate() }
@@ -93,6 +99,9 @@ public enum FlashAttention {
                                     dout: UnsafePointer<Float>, sq: Int, sk: Int, d: Int, scale: Float,
                                     dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                                     causalBlock: Int = 0, colOffset: Int = 0, accumulateDQ: Bool = false, accumulateDKV: Bool = false) {
+        if fused, sq > 0, sk > 0,
+           hv_attention_backward_head(q, k, v, keyMask, out, lse, dout, Int32(sq), Int32(sk), Int32(d), scale, dq, dk, dv,
+                                      Int32(causalBlock), colOffset, accumulateDQ ? 1 : 0, accumulateDKV ? 1 : 0) != 0 { return }
         let bq = min(blockQ, max(sq, 1)), bk = min(blockK, max(sk, 1))
         let p = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
         let dp = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)

@@ -15,14 +15,28 @@ final class AttentionTests: XCTestCase {
         return s.softmax(axis: -1).matmul(v)
     }
 
-    func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool) {
+    /// Runs `body` with the fused kernel on and off (the blocked sgemm path); D a multiple of 16
+    /// takes the fused path when it is on.
+    func bothPaths(_ body: (Bool) -> Void) {
+        defer { FlashAttention.fused = true }
+        for fused in [true, false] {
+            FlashAttention.fused = fused
+            body(fused)
+        }
+    }
+
+    func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool, d: Int = 16, heads: Int = 3) {
+        bothPaths { fused in compare(blockQ: blockQ, blockK: blockK, sq: sq, sk: sk, masked: masked, d: d, heads: heads, fused: fused) }
+    }
+
+    func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool, d: Int, heads: Int, fused: Bool) {
         FlashAttention.blockQ = blockQ; FlashAttention.blockK = blockK
         defer { FlashAttention.blockQ = 256; FlashAttention.blockK = 256 }
-        let q = randomTensor([2, 3, sq, 16], seed: 1), k = randomTensor([2, 3, sk, 16], seed: 2), v = randomTensor([2, 3, sk, 16], seed: 3)
+        let q = randomTensor([2, heads, sq, d], seed: 1), k = randomTensor([2, heads, sk, d], seed: 2), v = randomTensor([2, heads, sk, d], seed: 3)
         var m: [Float] = []
         for b in 0..<2 { for j in 0..<sk { m.append(masked && (j % 3 == 1 || (b == 1 && j >= sk / 2)) ? 0 : 1) } }
         let mask = masked ? Tensor(m, shape: [2, sk]) : nil
-        let g = randomTensor([2, 3, sq, 16], seed: 4)
+        let g = randomTensor([2, heads, sq, d], seed: 4)
         for t in [q, k, v] { t.requiresGrad = true }
         let fast = Tensor.scaledDotProductAttention(q, k, v, keyMask: mask)
         (fast * g).sum().backward()
@@ -30,23 +44,29 @@ final class AttentionTests: XCTestCase {
         for t in [q, k, v] { t.zeroGrad() }
         let ref = naive(q, k, v, mask: mask)
         (ref * g).sum().backward()
-        XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward (bq \(blockQ), bk \(blockK), masked \(masked))")
+        let what = "bq \(blockQ), bk \(blockK), sq \(sq), sk \(sk), d \(d), masked \(masked), fused \(fused)"
+        XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward (\(what))")
         for (i, t) in [q, k, v].enumerated() {
-            XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(["q", "k", "v"][i]) (bq \(blockQ), bk \(blockK), masked \(masked))")
+            XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(["q", "k", "v"][i]) (\(what))")
         }
     }
 
     /// Frame-causal attention (the VAE mid block): equals the naive version with a block-causal
     /// bias, forward and backward, across block boundaries and thread splits.
     func testFrameCausalMatchesNaive() {
+        for (S, frame, D) in [(30, 6, 8), (30, 6, 16), (110, 10, 32)] {
+            bothPaths { fused in frameCausal(S: S, frame: frame, D: D, fused: fused) }
+        }
+    }
+
+    func frameCausal(S: Int, frame: Int, D: Int, fused: Bool) {
         for (bq, bk, threads) in [(4, 8, 1), (8, 4, 2), (256, 256, 2)] {
             FlashAttention.blockQ = bq; FlashAttention.blockK = bk
             let savedThreads = FlashAttention.threads
             FlashAttention.threads = threads
             defer { FlashAttention.blockQ = 256; FlashAttention.blockK = 256; FlashAttention.threads = savedThreads }
-            let S = 30, frame = 6
-            let q = randomTensor([1, 1, S, 8], seed: 21), k = randomTensor([1, 1, S, 8], seed: 22), v = randomTensor([1, 1, S, 8], seed: 23)
-            let g = randomTensor([1, 1, S, 8], seed: 24)
+            let q = randomTensor([1, 1, S, D], seed: 21), k = randomTensor([1, 1, S, D], seed: 22), v = randomTensor([1, 1, S, D], seed: 23)
+            let g = randomTensor([1, 1, S, D], seed: 24)
             for t in [q, k, v] { t.requiresGrad = true; t.zeroGrad() }
             let fast = Tensor.scaledDotProductAttention(q, k, v, causalBlock: frame)
             (fast * g).sum().backward()
@@ -54,25 +74,56 @@ final class AttentionTests: XCTestCase {
             for t in [q, k, v] { t.zeroGrad() }
             var bias = [Float](repeating: 0, count: S * S)
             for i in 0..<S { for j in 0..<S where j >= (i / frame + 1) * frame { bias[i * S + j] = -1e9 } }
-            let ref = (q.matmul(k.transpose(2, 3)) * (1 / Float(8).squareRoot()) + Tensor(bias, shape: [1, 1, S, S])).softmax().matmul(v)
+            let ref = (q.matmul(k.transpose(2, 3)) * (1 / Float(D).squareRoot()) + Tensor(bias, shape: [1, 1, S, S])).softmax().matmul(v)
             (ref * g).sum().backward()
-            XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward bq \(bq) bk \(bk)")
-            for (i, t) in [q, k, v].enumerated() { XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(i) bq \(bq) bk \(bk) threads \(threads)") }
+            let what = "S \(S) frame \(frame) D \(D) bq \(bq) bk \(bk) threads \(threads) fused \(fused)"
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward \(what)")
+            for (i, t) in [q, k, v].enumerated() { XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(i) \(what)") }
         }
     }
 
     func testMatchesNaiveUnmasked() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 29, masked: false) }
     func testMatchesNaiveMasked() { compare(blockQ: 8, blockK: 16, sq: 40, sk: 45, masked: true) }
     func testMatchesNaiveSingleBlock() { compare(blockQ: 256, blockK: 256, sq: 33, sk: 50, masked: true) }
+    /// The DiT's head size (64) at sizes around the fused kernel's 6-row strips, 16-key panels and
+    /// 48-row backward blocks (1 query, 1 key, 97 queries over 131 keys, ...).
+    func testMatchesNaiveAtHeadSize64() {
+        for (sq, sk) in [(1, 1), (7, 5), (97, 131), (131, 97), (48, 48)] {
+            compare(blockQ: 32, blockK: 64, sq: sq, sk: sk, masked: sq > 1, d: 64, heads: 1)
+        }
+    }
+    /// One head on two threads: the forward splits the queries and the backward the keys (dQ
+    /// partials summed afterwards), on both paths.
+    func testThreadSplitsMatchNaive() {
+        let saved = FlashAttention.threads
+        FlashAttention.threads = 2
+        defer { FlashAttention.threads = saved }
+        let q = randomTensor([1, 1, 101, 32], seed: 41), k = randomTensor([1, 1, 75, 32], seed: 42), v = randomTensor([1, 1, 75, 32], seed: 43)
+        let g = randomTensor([1, 1, 101, 32], seed: 44)
+        let mask = Tensor((0..<75).map { $0 % 4 == 3 ? 0 : 1 }, shape: [1, 75])
+        for t in [q, k, v] { t.requiresGrad = true }
+        let ref = naive(q, k, v, mask: mask)
+        (ref * g).sum().backward()
+        let refGrads = [q, k, v].map { $0.grad!.copy() }
+        bothPaths { fused in
+            for t in [q, k, v] { t.zeroGrad() }
+            let out = Tensor.scaledDotProductAttention(q, k, v, keyMask: mask)
+            (out * g).sum().backward()
+            XCTAssertLessThan(maxAbsDiff(out, ref), 2e-5, "forward, fused \(fused)")
+            for i in 0..<3 { XCTAssertLessThan(maxAbsDiff([q, k, v][i].grad!, refGrads[i]), 5e-5, "grad \(i), fused \(fused)") }
+        }
+    }
 
     /// A row whose keys are all masked gives zeros and finite gradients (guards the online softmax).
     func testFullyMaskedRowsAreZero() {
-        let q = randomTensor([1, 1, 3, 4], seed: 5), k = randomTensor([1, 1, 4, 4], seed: 6), v = randomTensor([1, 1, 4, 4], seed: 7)
-        q.requiresGrad = true
-        let out = Tensor.scaledDotProductAttention(q, k, v, keyMask: Tensor(zeros: [1, 4]))
-        XCTAssertEqual(out.scalars, [Float](repeating: 0, count: 12))
-        out.sum().backward()
-        XCTAssert(q.grad!.scalars.allSatisfy { $0 == 0 })
+        for d in [4, 16] {  // the blocked path and the fused kernel
+            let q = randomTensor([1, 1, 3, d], seed: 5), k = randomTensor([1, 1, 4, d], seed: 6), v = randomTensor([1, 1, 4, d], seed: 7)
+            for t in [q, k, v] { t.requiresGrad = true }
+            let out = Tensor.scaledDotProductAttention(q, k, v, keyMask: Tensor(zeros: [1, 4]))
+            XCTAssertEqual(out.scalars, [Float](repeating: 0, count: 3 * d), "d \(d)")
+            out.sum().backward()
+            for t in [q, k, v] { XCTAssert(t.grad!.scalars.allSatisfy { $0 == 0 }, "d \(d)") }
+        }
     }
 
     /// 16k tokens forward + backward without an S x S matrix (which alone would be 1 GiB).

@@ -17,6 +17,21 @@ float hv_row_max(const float *row, size_t n);
 /// ds[j] = p[j] * (dp[j] - delta) (softmax backward inside blocked attention).
 void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
 
+/// Fused attention of one head (attention.c, AVX2 + FMA): whether this CPU runs it.
+int hv_attention_available(void);
+/// out [sq, d] and lse [sq] of softmax(scale q k^T + mask) v for q [sq, d], k/v [sk, d]
+/// (row-major); keyMask [sk] (nonzero = attend) or NULL; causalBlock > 0: global row
+/// rowOffset + r sees key columns j < ((rowOffset + r) / causalBlock + 1) * causalBlock - colOffset.
+/// Returns 0 (and writes nothing) when it cannot run: no AVX2/FMA, d not a multiple of 16.
+int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk, int d,
+                              float scale, float *out, float *lse, int causalBlock, long rowOffset, long colOffset);
+/// dq [sq, d], dk/dv [sk, d] of the attention above given its out, lse and dout, overwritten or
+/// added to (accumulateDQ, accumulateDKV); causal rows count from 0. Returns 0 when it cannot run.
+int hv_attention_backward_head(const float *q, const float *k, const float *v, const float *keyMask, const float *out,
+                               const float *lse, const float *dout, int sq, int sk, int d, float scale, float *dq,
+                               float *dk, float *dv, int causalBlock, long colOffset, int accumulateDQ,
+                               int accumulateDKV);
+
 
 /// Checkpoint checksum of nbytes at data: 8-lane Fletcher-style 64-bit sums over little-endian
 /// 32-bit words (tail zero-padded), mixed into 64 bits. Runs at memory speed.
