@@ -14,15 +14,19 @@ public struct BenchCommand: ParsableCommand {
 }
 
 /// Wall-clock seconds of the best of `repeats` runs after one warm-up.
-func bestTime(repeats: Int, _ body: () -> Void) -> Double {
+func bestTime(repeats: Int, _ body: () -> Void) -> Double { timings(repeats: repeats, body).best }
+
+/// Best and median seconds of `repeats` timed runs of `body` after one untimed warm-up.
+func timings(repeats: Int, _ body: () -> Void) -> (best: Double, median: Double) {
     body()
-    var best = Double.infinity
-    for _ in 0..<repeats {
+    var times: [Double] = []
+    for _ in 0..<max(repeats, 1) {
         let t0 = DispatchTime.now().uptimeNanoseconds
         body()
-        best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
     }
-    return best
+    times.sort()
+    return (times[0], times[times.count / 2])
 }
 
 struct KernelsBench: ParsableCommand {

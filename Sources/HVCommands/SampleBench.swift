@@ -49,8 +49,9 @@ struct SampleBench: ParsableCommand {
         var hv: [MatmulPrecision: Double] = [:]
         for p in precision.list {
             try MatmulPrecision.select(p)
-            hv[p] = bestTime(repeats: repeats, step)
-            print(String(format: "hv %@       sampling step %.4f s", p.rawValue, hv[p]!))
+            let t = timings(repeats: repeats, step)
+            hv[p] = t.best
+            print(String(format: "hv %@       sampling step %.4f s   (median %.4f s)", p.rawValue, t.best, t.median))
         }
         try MatmulPrecision.select(.fp32)
         guard let torch else { return }

@@ -57,8 +57,9 @@ struct StepBench: ParsableCommand {
         var hv: [MatmulPrecision: Double] = [:]
         for p in precision.list {
             try MatmulPrecision.select(p)
-            hv[p] = bestTime(repeats: repeats, step)
-            print(line("hv \(p.rawValue)      ", hv[p]!))
+            let t = timings(repeats: repeats, step)
+            hv[p] = t.best
+            print(line("hv \(p.rawValue)      ", t.best, String(format: "   (median %.3f s)", t.median)))
         }
         try MatmulPrecision.select(.fp32)
         guard let torch else { return }
