@@ -148,10 +148,11 @@ final class AttentionTests: XCTestCase {
         let savedThreads = FlashAttention.threads
         defer { FlashAttention.threads = savedThreads; FlashAttention.blockQ = 256; FlashAttention.blockK = 256 }
         FlashAttention.blockQ = 8; FlashAttention.blockK = 4
+        // D 8 runs the blocked path; D 16 the fused kernel's backward with accumulateDQ/DKV.
         for (B, H, Sq, pieces) in [(2, 2, 19, [7, 5, 1, 9]), (1, 1, 23, [3, 2, 4]), (1, 1, 5, [11, 6])] {
-            for threads in [1, 4] {
+            for (threads, D) in [(1, 8), (4, 8), (1, 16), (4, 16)] {
                 FlashAttention.threads = threads
-                let D = 8, Sk = pieces.reduce(0, +)
+                let Sk = pieces.reduce(0, +)
                 let q = randomTensor([B, H, Sq, D], seed: 31), k = randomTensor([B, H, Sk, D], seed: 32)
                 let v = randomTensor([B, H, Sk, D], seed: 33), g = randomTensor([B, H, Sq, D], seed: 34)
                 // Piece 0 has key 1 masked in every batch; piece 2 (if any) is masked entirely.
@@ -172,8 +173,8 @@ final class AttentionTests: XCTestCase {
                     FlashAttention.forwardAccumulating(q: q, k: kp, v: vp, keyMask: mp, scale: 0.3, out: out, lse: lse)
                     start += n
                 }
-                XCTAssertLessThan(maxAbsDiff(out, refOut), 1e-5, "out B\(B) H\(H) Sq \(Sq) threads \(threads)")
-                XCTAssertLessThan(maxAbsDiff(lse, refLSE), 1e-5, "lse B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(out, refOut), 1e-5, "out B\(B) H\(H) Sq \(Sq) D \(D) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(lse, refLSE), 1e-5, "lse B\(B) H\(H) Sq \(Sq) D \(D) threads \(threads)")
                 for (kp, vp, mp) in parts {
                     // dK|dV start from ones: the op adds to them.
                     let dk = Tensor(repeating: 1, shape: kp.shape), dv = Tensor(repeating: 1, shape: vp.shape)
@@ -181,9 +182,9 @@ final class AttentionTests: XCTestCase {
                                                         dq: dq, dk: dk, dv: dv)
                     dks.append(dk - Tensor(repeating: 1, shape: kp.shape)); dvs.append(dv - Tensor(repeating: 1, shape: vp.shape))
                 }
-                XCTAssertLessThan(maxAbsDiff(dq - dq0, refDQ), 1e-5, "dq B\(B) H\(H) Sq \(Sq) threads \(threads)")
-                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dks, axis: 2), refDK), 1e-5, "dk B\(B) H\(H) Sq \(Sq) threads \(threads)")
-                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dvs, axis: 2), refDV), 1e-5, "dv B\(B) H\(H) Sq \(Sq) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(dq - dq0, refDQ), 1e-5, "dq B\(B) H\(H) Sq \(Sq) D \(D) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dks, axis: 2), refDK), 1e-5, "dk B\(B) H\(H) Sq \(Sq) D \(D) threads \(threads)")
+                XCTAssertLessThan(maxAbsDiff(Tensor.concat(dvs, axis: 2), refDV), 1e-5, "dv B\(B) H\(H) Sq \(Sq) D \(D) threads \(threads)")
             }
         }
     }
