@@ -61,6 +61,38 @@ public func gradCheck(_ inputs: [Tensor], eps: Float = 1e-2, rtol: Double = 2e-2
     return failures
 }
 
+/// Directional finite-difference check: for a seeded random direction v over every element of
+/// `input`, compares the analytic derivative sum(grad * v) of L = sum(f() * r) with the central
+/// difference (L(w + eps v) - L(w - eps v)) / 2 eps. One number sums thousands of gradient
+/// elements, so it stays well above float32 rounding where single-element differences of a deep
+/// network drown in it; a wrong gradient (sign, scale, a dropped term) still moves it.
+/// Returns (analytic, numeric).
+public func directionalGradCheck(_ input: Tensor, eps: Float, seed: UInt64 = 11, _ f: () -> Tensor) -> (analytic: Double, numeric: Double) {
+    input.requiresGrad = true
+    input.zeroGrad()
+    let out = f()
+    var rng = HVRandom(seed: seed)
+    let rs = Tensor.randn(out.shape, rng: &rng).scalars
+    (out * Tensor(rs, shape: out.shape)).sum().backward()
+    let g = input.grad!.scalars
+    let v = Tensor.randn(input.shape, rng: &rng).scalars
+    var analytic = 0.0
+    for i in 0..<g.count { analytic += Double(g[i]) * Double(v[i]) }
+    let orig = input.scalars
+    func loss(_ t: Float) -> Double {
+        for i in 0..<orig.count { input.pointer[i] = orig[i] + t * v[i] }
+        return GradMode.withoutGrad {
+            let o = f().scalars
+            var s = 0.0
+            for i in 0..<o.count { s += Double(o[i]) * Double(rs[i]) }
+            return s
+        }
+    }
+    let numeric = (loss(eps) - loss(-eps)) / (2 * Double(eps))
+    for i in 0..<orig.count { input.pointer[i] = orig[i] }
+    return (analytic, numeric)
+}
+
 /// A seeded normal tensor (test inputs).
 public func randomTensor(_ shape: [Int], seed: UInt64, std: Float = 1) -> Tensor {
     var rng = HVRandom(seed: seed)

@@ -67,12 +67,14 @@ final class VAETests: XCTestCase {
         XCTAssertEqual(n / 246.5e6, 1, accuracy: 0.01, "got \(n / 1e6)M")
     }
 
-    /// Finite differences on weights of the encoder, mid block and decoder (the mid-block
-    /// attention has its own check in CausalAttention3DTests: through the whole VAE its
-    /// finite differences are too nonlinear at fp32 for a meaningful comparison).
-    /// The check runs with the im2col convolutions: through the whole VAE at fp32 it sits at
-    /// the noise floor of the finite differences, and the direct kernels' different (not worse
-    /// than 1.5x) rounding tips three of its 48 elements over the tolerance. The direct kernels
+    /// Finite differences on weights of the encoder, its mid-block attention and the decoder, as
+    /// directional derivatives (`directionalGradCheck`): one random direction over all of a
+    /// weight's elements. Single-element differences through the whole VAE sit at fp32's noise
+    /// floor (on the AVX2 machine of 2026-11-27 three of 48 failed with either attention path,
+    /// and with eps 5e-3 or 1e-2 the encoder's first convolution was too curved); summed over a
+    /// direction the signal is 10-3000 and the two agree within 1% at eps 2.5e-4. The decoder's
+    /// attention weights (derivative ~1.6 here, at the noise floor) are left to
+    /// CausalAttention3DTests. The check runs with the im2col convolutions; the direct kernels
     /// have their own finite-difference check (GradientTests) and must give this VAE the same
     /// gradients as im2col (testDirectConvolutionsGiveIm2colGradients).
     func testGradient() throws {
@@ -84,10 +86,11 @@ final class VAETests: XCTestCase {
         let x = randomTensor([1, 3, 5, 16, 16], seed: 3)
         let named = Dictionary(uniqueKeysWithValues: vae.namedParameters())
         for name in ["encoder.conv_in.conv.weight", "encoder.down_blocks.1.resnets.0.norm1.weight", "encoder.mid_block.resnets.1.conv2.conv.weight",
-                     "quant_conv.weight", "decoder.up_blocks.1.upsamplers.0.conv.conv.weight", "decoder.conv_out.conv.bias"] {
+                     "encoder.mid_block.attentions.0.to_q.weight", "quant_conv.weight",
+                     "decoder.up_blocks.1.upsamplers.0.conv.conv.weight", "decoder.conv_out.conv.bias"] {
             let p = try XCTUnwrap(named[name], name)
-            let failures = gradCheck([p], eps: 2e-3, rtol: 5e-2, atol: 5e-3, maxElements: 8) { _ in vae.decode(vae.encode(x).mean) }
-            XCTAssert(failures.isEmpty, "\(name): \(failures.prefix(3))")
+            let (a, n) = directionalGradCheck(p, eps: 2.5e-4) { vae.decode(vae.encode(x).mean) }
+            XCTAssertLessThan(abs(a - n), 1e-3 + 2e-2 * max(abs(a), abs(n)), "\(name): analytic \(a), numeric \(n)")
         }
     }
 
