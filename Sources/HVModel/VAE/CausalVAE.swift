@@ -170,9 +170,10 @@ public final class DecoderCausal3D: Module {
         mid_block = MidBlockCausal3D(ch[0], groups: c.norm_num_groups, attention: c.mid_block_attention, rng: &rng)
         var blocks: [UpDecoderBlockCausal3D] = []
         for i in ch.indices {
-            // Mirror of the encoder: decoder block i undoes encoder block n-2-i's down-sampling.
-            let n = ch.count
-            let up = i < n - 1 ? c.downsamples(n - 2 - i) : (time: false, space: false)
+            // The official rule (`add_spatial_upsample = i < log2(spatial)`, `add_time_upsample`
+            // for the log2(temporal) blocks before the last) is the encoder's rule for block i:
+            // the first decoder block up-samples space only, time doubles in the next two.
+            let up = c.downsamples(i)
             blocks.append(UpDecoderBlockCausal3D(i == 0 ? ch[0] : ch[i - 1], ch[i], layers: c.layers_per_block + 1, groups: c.norm_num_groups,
                                                  up: up, rng: &rng))
         }
