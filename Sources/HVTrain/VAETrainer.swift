@@ -44,8 +44,9 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         /// Reconstruction loss: `l1` (the paper's) or `mse`. Without the paper's perceptual and
         /// adversarial terms, L1 stalls at "background only" even on a single clip (once most
         /// pixels are right their gradient signs flip from step to step and drown the shape's),
-        /// where MSE, whose gradient fades as pixels become right, fits the shape. On the full
-        /// synthetic set neither has passed ~19.7 dB yet (BENCHMARKS.md, "Causal VAE").
+        /// where MSE, whose gradient fades as pixels become right, fits the shape (and 4 clips
+        /// after ~475 steps, as PyTorch's VAE of the same config after ~330). On the full
+        /// synthetic set neither has passed ~19.9 dB yet (BENCHMARKS.md, "Causal VAE").
         public var recon_loss = ReconstructionLoss.l1
         public var seed: UInt64 = 0
         public var log_every = 25
