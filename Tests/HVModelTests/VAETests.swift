@@ -59,7 +59,6 @@ final class VAETests: XCTestCase {
         _ = full
     }
 
-    /// The official VAE's parameter count (REFERENCE: about 246.5M).
     /// Where each block re-samples, as the official code (and diffusers) build it: encoder
     /// blocks 0-2 halve space, blocks 1-2 also halve time; decoder block 0 doubles space only,
     /// blocks 1-2 double space and time (the first frame spatially only), the last block neither.
@@ -79,6 +78,7 @@ final class VAETests: XCTestCase {
         }
     }
 
+    /// The official VAE's parameter count (REFERENCE: about 246.5M).
     func testFullConfigParameterCount() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let c = try loadVAEConfig(path: root.appendingPathComponent("configs/vae/hunyuan-vae.yaml").path)
