@@ -220,6 +220,7 @@ static inline __attribute__((always_inline)) void hv_v16_load_tail(hv_v16 *v, co
 HV_CLONES HV_WIDE void hv_conv3d_direct(const float *x, int Ci, int Tp, int Hp, int Wp,
                                 const float *wt, int Co, int kt, int kh, int kw,
                                 float *out, int row0, int row1) {
+    if (hv_conv3d_avx2_active()) { hv_conv3d_direct_avx2(x, Ci, Tp, Hp, Wp, wt, Co, kt, kh, kw, out, row0, row1); return; }
     const int To = Tp - kt + 1, Ho = Hp - kh + 1, Wo = Wp - kw + 1;
     const int CoP = (Co + HV_CV_C - 1) / HV_CV_C * HV_CV_C;
     const size_t plane = (size_t)To * Ho * Wo;
@@ -291,6 +292,7 @@ static inline __attribute__((always_inline)) void hv_wgrad_slice(
 HV_CLONES HV_WIDE void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
                                               const float *gT, int Co, int kt, int kh, int kw,
                                               float *dw, int ci0, int ci1) {
+    if (hv_conv3d_avx2_active()) { hv_conv3d_direct_wgrad_avx2(x, Ci, Tp, Hp, Wp, gT, Co, kt, kh, kw, dw, ci0, ci1); return; }
     const int To = Tp - kt + 1, Ho = Hp - kh + 1, Wo = Wp - kw + 1;
     const int CoP = (Co + 31) / 32 * 32;
     for (int ci = ci0; ci < ci1; ci++) {

@@ -9,6 +9,11 @@ public enum Conv3dDirect {
     /// (0: never; tests set it to compare the two paths).
     nonisolated(unsafe) public static var maxChannels = 64
 
+    /// Which register tiles the direct kernels use: -1 (default) lets the CPU decide (AVX2 tiles
+    /// on CPUs with AVX2 + FMA but no AVX-512F, 16-float vector tiles otherwise), 0 always the
+    /// 16-float tiles, 1 the AVX2 tiles whenever the CPU has AVX2 + FMA (tests compare the two).
+    public static func setAVX2Tiles(_ mode: Int) { hv_conv3d_set_avx2_mode(Int32(mode)) }
+
     /// Stride 1, spatial kernel 3 x 3 or 1 x 1 (any temporal size), narrow enough.
     static func applies(inChannels: Int, outChannels: Int, kernel: (h: Int, w: Int), stride: (t: Int, h: Int, w: Int)) -> Bool {
         stride == (1, 1, 1) && (kernel == (3, 3) || kernel == (1, 1)) && max(inChannels, outChannels) <= maxChannels

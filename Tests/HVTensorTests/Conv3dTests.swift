@@ -106,21 +106,24 @@ final class Conv3dTests: XCTestCase {
     /// The direct kernels (narrow stride-1 layers) against im2col + sgemm, forward and both
     /// gradients, on widths that are not multiples of the 16-pixel row segment, channel counts
     /// that are not multiples of the 16/32-channel blocks, 3x3 and 1x1 spatial kernels of
-    /// several temporal sizes, and batch 2.
+    /// several temporal sizes, and batch 2; both register tilings of the direct kernels (the
+    /// AVX2 one only where the CPU has AVX2 + FMA: elsewhere both runs take the 16-float tiles).
     func testDirectKernelsMatchIm2col() {
         let cases: [(x: [Int], w: [Int])] = [
             ([2, 3, 5, 6, 37], [20, 3, 3, 3, 3]), ([1, 17, 3, 5, 16], [9, 17, 3, 3, 3]),
             ([1, 4, 2, 3, 5], [5, 4, 1, 1, 1]), ([2, 6, 4, 7, 19], [3, 6, 2, 3, 3]), ([1, 40, 3, 4, 21], [33, 40, 3, 3, 3]),
             ([1, 32, 2, 2, 2], [32, 32, 1, 1, 1]), ([1, 16, 2, 2, 2], [16, 16, 3, 3, 3]),
+            ([1, 16, 3, 9, 32], [64, 16, 3, 3, 3]), ([1, 64, 2, 4, 7], [24, 64, 3, 3, 3]),
         ]
         let saved = Conv3dDirect.maxChannels
-        defer { Conv3dDirect.maxChannels = saved }
+        defer { Conv3dDirect.maxChannels = saved; Conv3dDirect.setAVX2Tiles(-1) }
         for (k, c) in cases.enumerated() {
             let x = randomTensor(c.x, seed: UInt64(10 + k)), w = randomTensor(c.w, seed: UInt64(20 + k))
             let b = randomTensor([c.w[0]], seed: UInt64(30 + k))
             var results: [[Tensor]] = []
-            for maxChannels in [0, 64] {
+            for (maxChannels, tiles) in [(0, -1), (64, 0), (64, 1)] {
                 Conv3dDirect.maxChannels = maxChannels
+                Conv3dDirect.setAVX2Tiles(tiles)
                 let (xv, wv, bv) = (x.copy(), w.copy(), b.copy())
                 for t in [xv, wv, bv] { t.requiresGrad = true }
                 let y = xv.conv3d(wv, bias: bv, padding: .causal(kernel: (c.w[2], c.w[3], c.w[4])))
@@ -128,9 +131,11 @@ final class Conv3dTests: XCTestCase {
                 (y * probe).sum().backward()
                 results.append([y, xv.grad!, wv.grad!, bv.grad!])
             }
-            for (name, (a, d)) in zip(["y", "dx", "dw", "db"], zip(results[0], results[1])) {
-                XCTAssertEqual(a.shape, d.shape)
-                XCTAssertLessThan(maxAbsDiff(a, d), 2e-4, "case \(k) \(name)")
+            for direct in 1...2 {
+                for (name, (a, d)) in zip(["y", "dx", "dw", "db"], zip(results[0], results[direct])) {
+                    XCTAssertEqual(a.shape, d.shape)
+                    XCTAssertLessThan(maxAbsDiff(a, d), 2e-4, "case \(k) \(name) tiles \(direct == 1 ? "16-float" : "AVX2")")
+                }
             }
         }
     }

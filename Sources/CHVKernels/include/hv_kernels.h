@@ -88,6 +88,16 @@ void hv_conv3d_direct(const float *x, int Ci, int Tp, int Hp, int Wp,
 void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, int Hp, int Wp,
                             const float *gT, int Co, int kt, int kh, int kw,
                             float *dw, int ci0, int ci1);
+/// Both run register tiles sized for AVX2's 16 ymm registers (conv.c) instead of the 16-float
+/// vector tiles (which spill there) when hv_conv3d_avx2_active(): by default on CPUs with AVX2
+/// and FMA but no AVX-512F. hv_conv3d_set_avx2_mode: -1 that default, 0 never, 1 whenever AVX2 +
+/// FMA (tests compare the two).
+void hv_conv3d_set_avx2_mode(int mode);
+int hv_conv3d_avx2_active(void);
+void hv_conv3d_direct_avx2(const float *x, int Ci, int Tp, int Hp, int Wp, const float *wt, int Co, int kt, int kh,
+                           int kw, float *out, int row0, int row1);
+void hv_conv3d_direct_wgrad_avx2(const float *x, int Ci, int Tp, int Hp, int Wp, const float *gT, int Co, int kt,
+                                 int kh, int kw, float *dw, int ci0, int ci1);
 #endif
 
 #ifndef HV_KERNELS_BF16_H
