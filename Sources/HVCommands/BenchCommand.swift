@@ -133,7 +133,8 @@ struct KernelsBench: ParsableCommand {
     }
 
     /// Causal 3x3x3 convolutions on 9 x 32 x 32 (the small VAE's full-resolution layers and a
-    /// wide one); narrow ones also through im2col + sgemm, side by side with the direct kernels.
+    /// wide one); narrow ones also through im2col + sgemm, side by side with the direct kernels,
+    /// and on AVX2-only CPUs with the direct kernels' 16-float tiles as well.
     func benchConv3d(rng: inout HVRandom) {
         print("\nconv3d k3 on 9x32x32 (causal, replicate), GFLOP/s: forward / forward+backward")
         let saved = Conv3dDirect.maxChannels
@@ -161,6 +162,13 @@ struct KernelsBench: ParsableCommand {
                 Conv3dDirect.maxChannels = saved
                 line += String(format: "   im2col %7.1f / %7.1f   speed-up %.2fx / %.2fx", im2col.forward, im2col.both,
                                main.forward / im2col.forward, main.both / im2col.both)
+            }
+            if direct && Conv3dDirect.avx2TilesActive {
+                // The same direct kernels with the 16-float tiles (they spill on AVX2).
+                Conv3dDirect.setAVX2Tiles(0)
+                let wide = measure()
+                Conv3dDirect.setAVX2Tiles(-1)
+                line += String(format: "   16-float tiles %7.1f / %7.1f", wide.forward, wide.both)
             }
             print(line)
         }

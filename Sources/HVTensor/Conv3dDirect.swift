@@ -13,6 +13,8 @@ public enum Conv3dDirect {
     /// on CPUs with AVX2 + FMA but no AVX-512F, 16-float vector tiles otherwise), 0 always the
     /// 16-float tiles, 1 the AVX2 tiles whenever the CPU has AVX2 + FMA (tests compare the two).
     public static func setAVX2Tiles(_ mode: Int) { hv_conv3d_set_avx2_mode(Int32(mode)) }
+    /// Whether the direct kernels currently run the AVX2 tiles.
+    public static var avx2TilesActive: Bool { hv_conv3d_avx2_active() != 0 }
 
     /// Stride 1, spatial kernel 3 x 3 or 1 x 1 (any temporal size), narrow enough.
     static func applies(inChannels: Int, outChannels: Int, kernel: (h: Int, w: Int), stride: (t: Int, h: Int, w: Int)) -> Bool {
