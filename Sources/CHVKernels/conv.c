@@ -32,8 +32,9 @@ int hv_conv3d_avx2_active(void) {
 /* acc[p][v] (p < 6 pixels, v < 2 vectors of 8 channels) = sum over (ci, dt, dh, dw) of
  * x[ci][dt][dh][p + dw] * w[((ci * kt + dt) * kh + dh) * kw + dw][v * 8 ..]. Pixels >= np
  * repeat pixel 0 (never read past the row) and are dropped by the caller. */
-CV_TARGET static void cv_tile(int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, int kw,
-                              const float *w, long ldw, __m256 out[12]) {
+static inline __attribute__((always_inline)) CV_TARGET void cv_tile_k(
+        int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, const int kw,
+        const float *w, long ldw, __m256 out[12]) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const long o1 = np > 1 ? 1 : 0, o2 = np > 2 ? 2 : 0, o3 = np > 3 ? 3 : 0, o4 = np > 4 ? 4 : 0, o5 = np > 5 ? 5 : 0;
@@ -42,6 +43,7 @@ CV_TARGET static void cv_tile(int np, const float *x, long sci, long st, long sh
             for (int dh = 0; dh < kh; dh++) {
                 const float *xr = x + ci * sci + dt * st + dh * sh;
                 const float *wr = w + (long)(((ci * kt + dt) * kh + dh) * kw) * ldw;
+#pragma clang loop unroll(full)
                 for (int dw = 0; dw < kw; dw++, xr++, wr += ldw) {
                     const __m256 b0 = _mm256_loadu_ps(wr), b1 = _mm256_loadu_ps(wr + 8);
                     __m256 t = _mm256_broadcast_ss(xr);
@@ -62,6 +64,13 @@ CV_TARGET static void cv_tile(int np, const float *x, long sci, long st, long sh
     }
     out[0] = c00; out[1] = c01; out[2] = c10; out[3] = c11; out[4] = c20; out[5] = c21;
     out[6] = c30; out[7] = c31; out[8] = c40; out[9] = c41; out[10] = c50; out[11] = c51;
+}
+
+/* With the horizontal kernel size a constant (3 or 1), so the dw loop unrolls. */
+CV_TARGET static void cv_tile(int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, int kw,
+                              const float *w, long ldw, __m256 out[12]) {
+    if (kw == 3) cv_tile_k(np, x, sci, st, sh, Ci, kt, kh, 3, w, ldw, out);
+    else cv_tile_k(np, x, sci, st, sh, Ci, kt, kh, 1, w, ldw, out);
 }
 
 CV_TARGET void hv_conv3d_direct_avx2(const float *x, int Ci, int Tp, int Hp, int Wp,
@@ -90,13 +99,33 @@ CV_TARGET void hv_conv3d_direct_avx2(const float *x, int Ci, int Tp, int Hp, int
 
 /* acc[k][v] += sum over output positions of one frame of x[.. + k] * g[pos][v * 8 ..] for the
  * horizontal taps k < KW (constant at each call) and 16 output channels: 2 gradient loads and
- * KW broadcasts per 2 x KW FMAs, 2 x KW + 3 registers. */
+ * KW broadcasts per 2 x KW FMAs. Even and odd positions go to separate accumulators (2 x 2 x KW
+ * + 3 registers), so up to 12 independent FMA chains hide the FMA latency. */
 static inline __attribute__((always_inline)) CV_TARGET void cv_wgrad_frame(
         const float *x, long sh, const float *g, long ldg, int Ho, int Wo, const int KW, __m256 acc[3][2]) {
+    __m256 odd[3][2];
+    for (int k = 0; k < 3; k++) odd[k][0] = odd[k][1] = _mm256_setzero_ps();
     for (int h = 0; h < Ho; h++) {
         const float *xr = x + h * sh;
         const float *gr = g + (long)h * Wo * ldg;
-        for (int w = 0; w < Wo; w++, gr += ldg) {
+        int w = 0;
+        for (; w + 2 <= Wo; w += 2, gr += 2 * ldg) {
+            __m256 g0 = _mm256_loadu_ps(gr), g1 = _mm256_loadu_ps(gr + 8);
+#pragma clang loop unroll(full)
+            for (int k = 0; k < KW; k++) {
+                const __m256 xs = _mm256_broadcast_ss(xr + w + k);
+                acc[k][0] = _mm256_fmadd_ps(xs, g0, acc[k][0]);
+                acc[k][1] = _mm256_fmadd_ps(xs, g1, acc[k][1]);
+            }
+            g0 = _mm256_loadu_ps(gr + ldg); g1 = _mm256_loadu_ps(gr + ldg + 8);
+#pragma clang loop unroll(full)
+            for (int k = 0; k < KW; k++) {
+                const __m256 xs = _mm256_broadcast_ss(xr + w + 1 + k);
+                odd[k][0] = _mm256_fmadd_ps(xs, g0, odd[k][0]);
+                odd[k][1] = _mm256_fmadd_ps(xs, g1, odd[k][1]);
+            }
+        }
+        if (w < Wo) {
             const __m256 g0 = _mm256_loadu_ps(gr), g1 = _mm256_loadu_ps(gr + 8);
 #pragma clang loop unroll(full)
             for (int k = 0; k < KW; k++) {
@@ -105,6 +134,11 @@ static inline __attribute__((always_inline)) CV_TARGET void cv_wgrad_frame(
                 acc[k][1] = _mm256_fmadd_ps(xs, g1, acc[k][1]);
             }
         }
+    }
+#pragma clang loop unroll(full)
+    for (int k = 0; k < KW; k++) {
+        acc[k][0] = _mm256_add_ps(acc[k][0], odd[k][0]);
+        acc[k][1] = _mm256_add_ps(acc[k][1], odd[k][1]);
     }
 }
 
