@@ -8,13 +8,15 @@
  *   over output positions one frame at a time so the frame's transposed gradient stays in L2
  *   (3 x 32 channels would need 17 registers). */
 #include "hv_kernels.h"
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define CV_TARGET __attribute__((target("avx2,fma")))
 
-/* -1: decide from the CPU (AVX2 + FMA without AVX-512F); 0: never; 1: whenever AVX2 + FMA. */
+/* -1: decide from the CPU (AVX2 + FMA without AVX-512F); 0: never; 1: whenever AVX2 + FMA.
+ * The environment variable HV_CONV_AVX2 (0 or 1) replaces -1 at the first call. */
 static int hv_conv3d_avx2_mode = -1;
 void hv_conv3d_set_avx2_mode(int mode) { hv_conv3d_avx2_mode = mode; }
 
@@ -24,6 +26,9 @@ int hv_conv3d_avx2_active(void) {
         __builtin_cpu_init();
         int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         cpu = avx2 ? (__builtin_cpu_supports("avx512f") ? 1 : 2) : 0;
+        /* HV_CONV_AVX2=0 or 1 sets the default mode (A/B timings of whole runs). */
+        const char *env = getenv("HV_CONV_AVX2");
+        if (env && hv_conv3d_avx2_mode == -1 && (env[0] == '0' || env[0] == '1')) hv_conv3d_avx2_mode = env[0] - '0';
     }
     if (hv_conv3d_avx2_mode == 0 || cpu == 0) return 0;
     return hv_conv3d_avx2_mode == 1 || cpu == 2;
