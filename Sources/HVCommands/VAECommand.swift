@@ -15,6 +15,9 @@ struct TrainVAECommand: ParsableCommand {
     @Option(help: "Override train.steps.") var steps: Int?
     @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file.") var out: String?
     @Option(help: "Also report held-out PSNR every N steps (0 = only at the end).") var psnrEvery = 0
+    @Option(name: .customLong("init"),
+            help: "Start from the weights of this file (written by train-vae --out with the same VAE config), e.g. an image-only stage's for the video stage; the optimizer and LR schedule start afresh.")
+    var initWeights: String?
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -23,6 +26,10 @@ struct TrainVAECommand: ParsableCommand {
             var cfg = try VAERunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
             let trainer = try VAETrainer(config: cfg)
+            if let initWeights {
+                try VAEWeights.load(into: trainer.vae, path: initWeights)
+                stderrLine("hv: starting from the weights in \(initWeights)")
+            }
             stderrLine("hv: training the causal VAE (\(trainer.vae.parameterCount.formatted()) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips for \(cfg.train.steps) steps")
             let t0 = Date()
             var window: [Float] = []

@@ -96,6 +96,22 @@ final class LatentCacheTests: XCTestCase {
     }
 
     /// A missing or corrupt shard, or a missing index, fails with an error naming the file.
+    /// `train-vae --init`: weights saved from one VAE load into another of the same config
+    /// (every parameter equal afterwards); a file of another config is refused, naming the file.
+    func testVAEWeightsLoadIntoSameConfigOnly() throws {
+        let cfg = try Self.tinyVAE()
+        let src = CausalVAE(config: cfg, seed: 1), dst = CausalVAE(config: cfg, seed: 2)
+        try VAEWeights.save(src, to: root + "/a.h5")
+        XCTAssertNotEqual(src.namedParameters()[0].1.scalars, dst.namedParameters()[0].1.scalars)
+        try VAEWeights.load(into: dst, path: root + "/a.h5")
+        for ((name, a), (_, b)) in zip(src.namedParameters(), dst.namedParameters()) { XCTAssertEqual(a.scalars, b.scalars, name) }
+        var other = cfg
+        other.block_out_channels = cfg.block_out_channels.map { $0 * 2 }
+        XCTAssertThrowsError(try VAEWeights.load(into: CausalVAE(config: other, seed: 0), path: root + "/a.h5")) { error in
+            XCTAssertTrue("\(error)".contains("a.h5"), "\(error)")
+        }
+    }
+
     func testBadShardsNameTheFile() throws {
         let (run, _, _, dir) = try makeCache()
         let shard = dir + "/shard-00001.h5"

@@ -251,6 +251,21 @@ public enum VAEWeights {
         return vae
     }
 
+    /// Loads the weights of `path` into `vae`, whose config must be the file's (same widths, layers
+    /// and channels); a different one is an error naming both.
+    public static func load(into vae: CausalVAE, path: String) throws {
+        let saved = try load(path: path)
+        guard saved.config == vae.config else {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys]
+            let a = String(decoding: try enc.encode(saved.config), as: UTF8.self), b = String(decoding: try enc.encode(vae.config), as: UTF8.self)
+            throw ConfigError.invalid(file: path, field: "vae_config", message: "the weights are of VAE config \(a), the run's is \(b)")
+        }
+        for ((_, dst), (_, src)) in zip(vae.namedParameters(), saved.namedParameters()) {
+            dst.pointer.update(from: src.pointer, count: src.count)
+        }
+    }
+
     public static func save(_ vae: CausalVAE, to path: String) throws {
         let f = try H5File(path: path, mode: .create)
         try ModelWeights.save(vae.namedParameters(), to: f)
