@@ -4,9 +4,9 @@
  * register tiles are sized for 16 ymm registers:
  * - forward: 6 output pixels of a row x 16 output channels (12 accumulators), a weight row of
  *   16 channels loaded per tap and each input pixel broadcast (8 loads per 12 FMAs);
- * - weight gradient: 3 horizontal taps x 16 output channels (6 accumulators) per (ci, dt, dh),
- *   over output positions one frame at a time so the frame's transposed gradient stays in L2
- *   (3 x 32 channels would need 17 registers). */
+ * - weight gradient: 3 horizontal taps x 16 output channels per (ci, dt, dh), even and odd
+ *   positions in separate accumulators (12), over output positions one frame at a time so the
+ *   frame's transposed gradient stays in L2. */
 #include "hv_kernels.h"
 #include <stdlib.h>
 #include <string.h>
