@@ -235,18 +235,7 @@ public enum VAEWeights {
     public static func load(path: String) throws -> CausalVAE {
         let f = try H5File(path: path, mode: .readOnly)
         defer { try? f.close() }
-        let json: String
-        do { json = try f.stringAttribute("vae_config") } catch {
-            throw ConfigError.invalid(file: path, field: "vae_config", message: "no VAE config attribute: is this a file written by hv-coord train-vae --out? (\(error))")
-        }
-        let cfg: VAEConfig
-        do { cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(json.utf8)) } catch {
-            throw ConfigError.invalid(file: path, field: "vae_config", message: "not a VAE config: \(error)")
-        }
-        do { try cfg.validate() } catch let DiTConfig.ValidationError.invalid(field, message) {
-            throw ConfigError.invalid(file: path, field: "vae_config.\(field)", message: message)
-        }
-        let vae = CausalVAE(config: cfg, seed: 0)
+        let vae = CausalVAE(config: try config(of: f, path: path), seed: 0)
         try ModelWeights.load(vae.namedParameters(), from: f, file: path)
         return vae
     }
@@ -254,24 +243,43 @@ public enum VAEWeights {
     /// Loads the weights of `path` into `vae`, whose config must be the file's (same widths, layers
     /// and channels); a different one is an error naming both.
     public static func load(into vae: CausalVAE, path: String) throws {
-        let saved = try load(path: path)
-        guard saved.config == vae.config else {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.sortedKeys]
-            let a = String(decoding: try enc.encode(saved.config), as: UTF8.self), b = String(decoding: try enc.encode(vae.config), as: UTF8.self)
-            throw ConfigError.invalid(file: path, field: "vae_config", message: "the weights are of VAE config \(a), the run's is \(b)")
+        let f = try H5File(path: path, mode: .readOnly)
+        defer { try? f.close() }
+        let saved = try config(of: f, path: path)
+        guard saved == vae.config else {
+            throw ConfigError.invalid(file: path, field: "vae_config",
+                                      message: "the weights are of VAE config \(try json(saved)), the run's is \(try json(vae.config))")
         }
-        for ((_, dst), (_, src)) in zip(vae.namedParameters(), saved.namedParameters()) {
-            dst.pointer.update(from: src.pointer, count: src.count)
+        try ModelWeights.load(vae.namedParameters(), from: f, file: path)
+    }
+
+    /// The validated `vae_config` attribute of an open weights file.
+    static func config(of f: H5File, path: String) throws -> VAEConfig {
+        let text: String
+        do { text = try f.stringAttribute("vae_config") } catch {
+            throw ConfigError.invalid(file: path, field: "vae_config", message: "no VAE config attribute: is this a file written by hv-coord train-vae --out? (\(error))")
         }
+        let cfg: VAEConfig
+        do { cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(text.utf8)) } catch {
+            throw ConfigError.invalid(file: path, field: "vae_config", message: "not a VAE config: \(error)")
+        }
+        do { try cfg.validate() } catch let DiTConfig.ValidationError.invalid(field, message) {
+            throw ConfigError.invalid(file: path, field: "vae_config.\(field)", message: message)
+        }
+        return cfg
+    }
+
+    /// A config as the `vae_config` attribute stores it (sorted keys).
+    static func json(_ c: VAEConfig) throws -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(decoding: try enc.encode(c), as: UTF8.self)
     }
 
     public static func save(_ vae: CausalVAE, to path: String) throws {
         let f = try H5File(path: path, mode: .create)
         try ModelWeights.save(vae.namedParameters(), to: f)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        try f.setAttribute("vae_config", .string(String(decoding: try enc.encode(vae.config), as: UTF8.self)))
+        try f.setAttribute("vae_config", .string(try json(vae.config)))
         try f.close()
     }
 }
