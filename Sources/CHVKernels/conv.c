@@ -2,7 +2,7 @@
  * hv_conv3d_direct and hv_conv3d_direct_wgrad (hv_kernels.h). Those keep 16-32 accumulators of
  * 16 floats, which fit AVX-512's 32 zmm registers but spill on AVX2 (two ymm each); here the
  * register tiles are sized for 16 ymm registers:
- * - forward: 6 output pixels of a row x 16 output channels (12 accumulators), a weight row of
+ * - forward: 6 output pixels of a row (fewer at its end) x 16 output channels (12 accumulators), a weight row of
  *   16 channels loaded per tap and each input pixel broadcast (8 loads per 12 FMAs);
  * - weight gradient: 3 horizontal taps x 16 output channels per (ci, dt, dh), even and odd
  *   positions in separate accumulators (12), over output positions one frame at a time so the
@@ -34,15 +34,18 @@ int hv_conv3d_avx2_active(void) {
     return hv_conv3d_avx2_mode == 1 || cpu == 2;
 }
 
-/* acc[p][v] (p < 6 pixels, v < 2 vectors of 8 channels) = sum over (ci, dt, dh, dw) of
- * x[ci][dt][dh][p + dw] * w[((ci * kt + dt) * kh + dh) * kw + dw][v * 8 ..]. Pixels >= np
- * repeat pixel 0 (never read past the row) and are dropped by the caller. */
+/* acc[p][v] (p < np <= 6 pixels, v < 2 vectors of 8 channels) = sum over (ci, dt, dh, dw) of
+ * x[ci][dt][dh][p + dw] * w[((ci * kt + dt) * kh + dh) * kw + dw][v * 8 ..]. np and kw are
+ * constants at every call (cv_tile), so the pixels past np drop out and the dw loop unrolls. */
 static inline __attribute__((always_inline)) CV_TARGET void cv_tile_k(
-        int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, const int kw,
+        const int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, const int kw,
         const float *w, long ldw, __m256 out[12]) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const long o1 = np > 1 ? 1 : 0, o2 = np > 2 ? 2 : 0, o3 = np > 3 ? 3 : 0, o4 = np > 4 ? 4 : 0, o5 = np > 5 ? 5 : 0;
+    /* The pixel offsets are hidden from the optimiser: with them known it re-uses broadcasts
+     * across taps (x[p + dw] is x[(p + 1) + (dw - 1)]), keeps them live, and spills accumulators. */
+    long o1 = 1, o2 = 2, o3 = 3, o4 = 4, o5 = 5;
+    __asm__("" : "+r"(o1), "+r"(o2), "+r"(o3), "+r"(o4), "+r"(o5));
     for (int ci = 0; ci < Ci; ci++) {
         for (int dt = 0; dt < kt; dt++) {
             for (int dh = 0; dh < kh; dh++) {
@@ -53,16 +56,11 @@ static inline __attribute__((always_inline)) CV_TARGET void cv_tile_k(
                     const __m256 b0 = _mm256_loadu_ps(wr), b1 = _mm256_loadu_ps(wr + 8);
                     __m256 t = _mm256_broadcast_ss(xr);
                     c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
-                    t = _mm256_broadcast_ss(xr + o1);
-                    c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
-                    t = _mm256_broadcast_ss(xr + o2);
-                    c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
-                    t = _mm256_broadcast_ss(xr + o3);
-                    c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
-                    t = _mm256_broadcast_ss(xr + o4);
-                    c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
-                    t = _mm256_broadcast_ss(xr + o5);
-                    c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+                    if (np > 1) { t = _mm256_broadcast_ss(xr + o1); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11); }
+                    if (np > 2) { t = _mm256_broadcast_ss(xr + o2); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21); }
+                    if (np > 3) { t = _mm256_broadcast_ss(xr + o3); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31); }
+                    if (np > 4) { t = _mm256_broadcast_ss(xr + o4); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41); }
+                    if (np > 5) { t = _mm256_broadcast_ss(xr + o5); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51); }
                 }
             }
         }
@@ -71,11 +69,33 @@ static inline __attribute__((always_inline)) CV_TARGET void cv_tile_k(
     out[6] = c30; out[7] = c31; out[8] = c40; out[9] = c41; out[10] = c50; out[11] = c51;
 }
 
-/* With the horizontal kernel size a constant (3 or 1), so the dw loop unrolls. */
-CV_TARGET static void cv_tile(int np, const float *x, long sci, long st, long sh, int Ci, int kt, int kh, int kw,
-                              const float *w, long ldw, __m256 out[12]) {
-    if (kw == 3) cv_tile_k(np, x, sci, st, sh, Ci, kt, kh, 3, w, ldw, out);
-    else cv_tile_k(np, x, sci, st, sh, Ci, kt, kh, 1, w, ldw, out);
+/* One copy per (np, kw): np pixels (1-6) with the horizontal kernel size kw (3 or 1), each its own
+ * function so the compiler keeps every copy unrolled and in registers. */
+#define CV_TILE_FN(NP, KW) \
+    static __attribute__((noinline)) CV_TARGET void cv_tile_##NP##_##KW( \
+            const float *x, long sci, long st, long sh, int Ci, int kt, int kh, const float *w, long ldw, __m256 out[12]) { \
+        cv_tile_k(NP, x, sci, st, sh, Ci, kt, kh, KW, w, ldw, out); \
+    }
+CV_TILE_FN(1, 1) CV_TILE_FN(2, 1) CV_TILE_FN(3, 1) CV_TILE_FN(4, 1) CV_TILE_FN(5, 1) CV_TILE_FN(6, 1)
+CV_TILE_FN(1, 3) CV_TILE_FN(2, 3) CV_TILE_FN(3, 3) CV_TILE_FN(4, 3) CV_TILE_FN(5, 3) CV_TILE_FN(6, 3)
+
+typedef void (*cv_tile_fn)(const float *, long, long, long, int, int, int, const float *, long, __m256 *);
+
+/* The tile function for np pixels (1-6) and kw 3 or 1, so a row's last, narrower tile costs only
+ * its own pixels. */
+static cv_tile_fn cv_tile_for(int np, int kw) {
+    static const cv_tile_fn k1[6] = {cv_tile_1_1, cv_tile_2_1, cv_tile_3_1, cv_tile_4_1, cv_tile_5_1, cv_tile_6_1};
+    static const cv_tile_fn k3[6] = {cv_tile_1_3, cv_tile_2_3, cv_tile_3_3, cv_tile_4_3, cv_tile_5_3, cv_tile_6_3};
+    return kw == 3 ? k3[np - 1] : k1[np - 1];
+}
+
+/* The widths of a row's tiles: 6 pixels, except that a remainder of 1-3 is balanced with the
+ * previous tile (Wo 32 = 6+6+6+6+4+4, Wo 16 = 6+6+4, Wo 8 = 4+4), keeping 8+ FMA chains. */
+static inline int cv_tile_width(int w0, int Wo) {
+    const int left = Wo - w0;
+    if (left <= 6) return left;
+    if (left < 10) return left - left / 2;
+    return 6;
 }
 
 CV_TARGET void hv_conv3d_direct_avx2(const float *x, int Ci, int Tp, int Hp, int Wp,
@@ -88,10 +108,10 @@ CV_TARGET void hv_conv3d_direct_avx2(const float *x, int Ci, int Tp, int Hp, int
         const int t = r / Ho, h = r % Ho;
         for (int c0 = 0; c0 < Co; c0 += 16) {
             const int cl = Co - c0 < 16 ? Co - c0 : 16;
-            for (int w0 = 0; w0 < Wo; w0 += 6) {
-                const int np = Wo - w0 < 6 ? Wo - w0 : 6;
+            for (int w0 = 0, np; w0 < Wo; w0 += np) {
+                np = cv_tile_width(w0, Wo);
                 __m256 acc[12];
-                cv_tile(np, x + ((long)t * Hp + h) * Wp + w0, sci, st, sh, Ci, kt, kh, kw, wt + c0, CoP, acc);
+                cv_tile_for(np, kw)(x + ((long)t * Hp + h) * Wp + w0, sci, st, sh, Ci, kt, kh, wt + c0, CoP, acc);
                 float lanes[6][16];
                 for (int p = 0; p < np; p++) { _mm256_storeu_ps(lanes[p], acc[2 * p]); _mm256_storeu_ps(lanes[p] + 8, acc[2 * p + 1]); }
                 float *o = out + (long)c0 * plane + (long)r * Wo + w0;

@@ -13,8 +13,8 @@ struct TrainVAECommand: ParsableCommand {
 
     @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
     @Option(help: "Override train.steps.") var steps: Int?
-    @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file.") var out: String?
-    @Option(help: "Also report held-out PSNR every N steps (0 = only at the end).") var psnrEvery = 0
+    @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file; with --psnr-every, also at every PSNR report.") var out: String?
+    @Option(help: "Also report held-out PSNR every N steps (0 = only at the end), and write --out then.") var psnrEvery = 0
     @Option(name: .customLong("init"),
             help: "Start from the weights of this file (written by train-vae --out with the same VAE config), e.g. an image-only stage's for the video stage; the optimizer and LR schedule start afresh.")
     var initWeights: String?
@@ -43,12 +43,17 @@ struct TrainVAECommand: ParsableCommand {
                 }
                 if psnrEvery > 0, (s + 1) % psnrEvery == 0, s + 1 < cfg.train.steps {
                     outLine(String(format: "step %5d  held-out PSNR %.2f dB", s + 1, try trainer.heldOutPSNR()))
+                    if let out {
+                        // Keep what a long run has learnt if it is stopped before the end.
+                        try Checkpointing.writeVAEAtomically(trainer.vae, to: out)
+                        stderrLine("hv: wrote the step-\(s + 1) VAE weights to \(out)")
+                    }
                 }
             }
             let psnr = try trainer.heldOutPSNR()
             outLine(String(format: "held-out PSNR %.2f dB over %d clips; training took %.1fs", psnr, cfg.data.held_out, Date().timeIntervalSince(t0)))
             if let out {
-                try VAEWeights.save(trainer.vae, to: out)
+                try Checkpointing.writeVAEAtomically(trainer.vae, to: out)
                 stderrLine("hv: wrote VAE weights to \(out)")
             }
         }

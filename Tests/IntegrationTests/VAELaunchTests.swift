@@ -140,4 +140,26 @@ final class VAELaunchTests: XCTestCase {
         XCTAssertNotEqual(status, 0)
         XCTAssert(log.contains("not divisible by the 3 workers"), log)
     }
+
+    /// In-process `train-vae`: with --psnr-every and --out, the weights are also written at every
+    /// PSNR report (so a long run stopped early keeps them), atomically (no temporary file left),
+    /// and the file reads back with the run's VAE config; a later --init from it starts from them.
+    func testTrainVAEWritesWeightsAtEveryPSNRReport() throws {
+        let out = scratch.appendingPathComponent("w.h5").path
+        let hvCoord = try locateExecutable("hv-coord")
+        var (status, stdout, stderr) = try runProcess(hvCoord, ["train-vae", "--config", try config(), "--steps", "3", "--psnr-every", "2",
+                                                                  "--out", out, "--threads", "1"], timeout: 300, cwd: repoRoot.path)
+        XCTAssertEqual(status, 0, (stdout + stderr).suffix(3000).description)
+        XCTAssert(stdout.contains("step     2  held-out PSNR"), stdout)
+        XCTAssert(stderr.contains("wrote the step-2 VAE weights to \(out)"), stderr)
+        XCTAssert(stderr.contains("wrote VAE weights to \(out)"), stderr)
+        let left = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.contains(".tmp") }
+        XCTAssertEqual(left, [], "temporary files left beside the weights")
+        let vae = try VAEWeights.load(path: out)
+        XCTAssertEqual(vae.config, try VAERunConfig.load(path: try config()).vae)
+        (status, stdout, stderr) = try runProcess(hvCoord, ["train-vae", "--config", try config(), "--steps", "1", "--init", out, "--threads", "1"],
+                                                  timeout: 300, cwd: repoRoot.path)
+        XCTAssertEqual(status, 0, (stdout + stderr).suffix(3000).description)
+        XCTAssert(stderr.contains("starting from the weights in \(out)"), stderr)
+    }
 }
