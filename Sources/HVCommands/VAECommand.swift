@@ -8,7 +8,7 @@ import HVTrain
 struct TrainVAECommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train-vae",
-        abstract: "Train the causal 3D VAE in this process on synthetic clips (L1 + KL); report held-out PSNR; save HDF5 weights.",
+        abstract: "Train the causal 3D VAE in this process on synthetic clips (L1 or MSE, + KL); report held-out PSNR; save HDF5 weights.",
         discussion: "Data parallel over several workers: hv-coord launch --nodes HOSTS --config VAE_RUN.yaml (writes RUN_DIR/vae.h5).")
 
     @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
@@ -33,11 +33,12 @@ struct TrainVAECommand: ParsableCommand {
             stderrLine("hv: training the causal VAE (\(trainer.vae.parameterCount.formatted()) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips for \(cfg.train.steps) steps")
             let t0 = Date()
             var window: [Float] = []
+            let lossName = cfg.train.recon_loss == .mse ? "MSE" : "L1"
             for s in 0..<cfg.train.steps {
                 let stats = try trainer.trainStep()
                 window.append(stats.l1)
                 if (s + 1) % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
-                    outLine(String(format: "step %5d/%d  L1 %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, window.reduce(0, +) / Float(window.count),
+                    outLine(String(format: "step %5d/%d  %@ %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, lossName, window.reduce(0, +) / Float(window.count),
                                    stats.lr, Date().timeIntervalSince(t0)))
                     window.removeAll()
                 }

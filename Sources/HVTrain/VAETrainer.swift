@@ -237,7 +237,7 @@ public final class VAETrainer {
         }
         let z = mean + (logvar * 0.5).exp() * noise
         let recon = vae.decode(z)
-        let l1 = config.train.recon_loss == .mse ? recon.mseLoss(x) : recon.l1Loss(x)  // reported as "L1" either way
+        let l1 = config.train.recon_loss == .mse ? recon.mseLoss(x) : recon.l1Loss(x)  // in StepStats.l1 either way (train-vae logs it as MSE or L1)
         let kl = CausalVAE.kl(mean: mean, logvar: logvar)
         // Local means weighted by the slice's share of the global batch: the summed gradients
         // are those of the global batch mean.
