@@ -215,10 +215,13 @@ struct LaunchCommand: ParsableCommand {
             if sample { return try launchSampling(hosts: hosts, mode: mode) }
             guard sampleArguments.isEmpty else { throw ValidationError("arguments after `--` are hv-sample's and need --sample") }
             guard let config else { throw ValidationError("give --config RUN.yaml (or --sample -- ... to sample from a checkpoint)") }
+            if let steps, steps < 0 { throw ValidationError("--steps must be >= 0 (got \(steps))") }
+            if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be >= 1 (got \(batchSize))") }
             if VAERunConfig.isVAERun(path: config) { return try launchVAE(hosts: hosts, mode: mode, config: config) }
             var cfg = try RunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
             if let batchSize { cfg.train.batch_size = batchSize }
+            try cfg.validate(file: config)  // with the overrides
             let world = hosts.worldSize
             let cp = cfg.train.context_parallel, pp = cfg.train.pipeline_parallel
             guard cp >= 1, world % cp == 0 else {
@@ -248,6 +251,7 @@ struct LaunchCommand: ParsableCommand {
         var cfg = try VAERunConfig.load(path: config)
         if let steps { cfg.train.steps = steps }
         if let batchSize { cfg.train.batch_size = batchSize }
+        try cfg.validate(file: config)
         guard zero <= 2 else { throw ValidationError("\(config): a VAE run trains with --zero 0, 1 or 2 (stage 3 needs the DiT's per-block gather hooks)") }
         guard cfg.train.batch_size % hosts.worldSize == 0 else {
             throw ValidationError("\(config): train.batch_size \(cfg.train.batch_size) is not divisible by the \(hosts.worldSize) workers of \(nodes)")

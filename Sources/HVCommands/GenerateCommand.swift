@@ -64,11 +64,8 @@ struct GenerateCommand: ParsableCommand {
         let run = model.run
         var decoder: CausalVAE? = nil
         if let vae {
-            let f = try H5File(path: vae, mode: .readOnly)
-            let cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(try f.stringAttribute("vae_config").utf8))
-            let v = CausalVAE(config: cfg, seed: 0)
-            try ModelWeights.load(v.namedParameters(), from: f, file: vae)
-            try f.close()
+            let v = try VAEWeights.load(path: vae)
+            let cfg = v.config
             guard cfg.latent_channels == run.model.in_channels else {
                 throw ValidationError("--vae has \(cfg.latent_channels) latent channels but the DiT takes \(run.model.in_channels)")
             }

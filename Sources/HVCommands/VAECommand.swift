@@ -25,6 +25,7 @@ struct TrainVAECommand: ParsableCommand {
             threads.apply()
             var cfg = try VAERunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
+            try cfg.validate(file: config)
             let trainer = try VAETrainer(config: cfg)
             if let initWeights {
                 try VAEWeights.load(into: trainer.vae, path: initWeights)

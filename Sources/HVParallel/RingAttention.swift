@@ -66,7 +66,20 @@ public final class RingAttention {
     private var calls: UInt64 = 0
     private let worker = CommWorker()
 
+    /// The first communication failure inside an op that cannot throw (a backward rule, or the
+    /// model's attention call): recorded here, zeros returned in place of the result, and every
+    /// later call fails at once without touching the network, until `takeFailure` throws it.
+    public private(set) var failure: Error?
+
     public init(comm: PointToPoint) { self.comm = comm }
+
+    /// Throws (and clears) the recorded failure, if any: callers check after a forward/backward.
+    public func takeFailure() throws {
+        if let e = failure { failure = nil; throw e }
+    }
+
+    /// Records `error` unless an earlier one is pending (the first names the cause).
+    func record(_ error: Error) { if failure == nil { failure = error } }
 
     deinit { worker.stop() }
 
@@ -88,6 +101,7 @@ public final class RingAttention {
             if let localMask { precondition(localMask.shape == [B, localK.shape[2]], "ring attention: localMask \(localMask.shape)") }
         }
         if let chunkKeys { precondition(chunkKeys > 0, "chunkKeys must be positive, got \(chunkKeys)") }
+        if let failure { throw failure }
         let sc = scale ?? 1 / Float(D).squareRoot()
         // Detached: nothing here is recorded; the op's one backward rule is below.
         let qc = q.contiguous().detached(), kc = k.contiguous().detached(), vc = v.contiguous().detached()
@@ -124,10 +138,13 @@ public final class RingAttention {
         let inputs = [q, k, v] + (localK.map { [$0, localV!] } ?? [])
         return Tensor.recordCustom("ring_attention", output: out, inputs: inputs) { [self] g in
             do {
+                if let failure { throw failure }
                 return try backward(q: qc, k: kc, v: vc, localK: lk, localV: lv, localMask: lm, out: out, lse: lse, dout: g,
                                     plan: plan, scale: sc)
             } catch {
-                fatalError("ring attention backward on rank \(r): \(error)")
+                // Backward rules cannot throw: zeros now, the error at the trainer's takeFailure.
+                record(RingAttentionFailure(rank: r, phase: "backward", underlying: error))
+                return inputs.map { Tensor(zeros: $0.shape) }
             }
         }
     }
@@ -325,9 +342,19 @@ public final class ContextParallelAttention: ContextParallel {
                                        localMask: L > 0 ? keyMask?.slice(axis: 1, start: n, length: L) : nil)
             return o.transpose(1, 2).reshape([B, S, heads * D])
         } catch {
-            fatalError("context-parallel attention on rank \(rank): \(error)")
+            // The model's attention call cannot throw: zeros now, the error at takeFailure.
+            ring.record(error is RingAttentionFailure ? error : RingAttentionFailure(rank: rank, phase: "forward", underlying: error))
+            return Tensor(zeros: [B, S, heads * D])
         }
     }
+
+    public func takeFailure() throws { try ring.takeFailure() }
+}
+
+/// A communication failure inside ring attention, naming the rank and the pass.
+public struct RingAttentionFailure: Error, CustomStringConvertible {
+    public let rank: Int, phase: String, underlying: Error
+    public var description: String { "context-parallel (ring) attention \(phase) on rank \(rank): \(underlying)" }
 }
 
 @inline(__always) func addInPlace(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {

@@ -63,6 +63,7 @@ public final class TextToVideo {
                 }
                 dir = root + "/" + latest
             }
+            try Checkpointing.requireDiT(try CheckpointManifest.read(directory: dir), dir)
             let m = try Checkpointing.verify(dir)
             run = try JSONDecoder().decode(RunConfig.self, from: Data(m.run_config.utf8))
             let units = try Checkpointing.readUnits(dir, m)
@@ -126,6 +127,7 @@ public final class TextToVideo {
     func velocity(_ inputs: DiTInputs) throws -> Tensor {
         guard let cp = dit.contextParallel, let contextParallelSum else { return dit(inputs) }
         let local = dit.forwardTokens(inputs).contiguous()                         // [B, n, P]
+        try cp.takeFailure()
         let grid = dit.tokenGrid(inputs.x.shape)
         let B = local.shape[0], n = local.shape[1], P = local.shape[2], N = grid.t * grid.h * grid.w
         let mine = cp.videoTokenRange(N)

@@ -48,7 +48,11 @@ public enum IsoFLOPPlanner {
             for m in family.bySize {
                 let cost = SampleCost(run: m.run)
                 let batch = m.run.train.batch_size
-                let steps = Int((C / cost.flops / Double(batch)).rounded())
+                let exactSteps = (C / cost.flops / Double(batch)).rounded()
+                guard exactSteps < 1e12 else {
+                    throw ScalingError.invalidArgument("budget \(C) FLOPs gives \(exactSteps) steps for \(m.name) at batch \(batch): too large a budget")
+                }
+                let steps = Int(exactSteps)
                 if steps < max(1, minSteps) {
                     skipped.append((m.name, C, String(format: "%d steps < %d at batch %d (%.3g FLOPs/sample)", steps, max(1, minSteps), batch, cost.flops)))
                     continue

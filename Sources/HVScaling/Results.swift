@@ -78,7 +78,9 @@ public enum ResultsCSV {
                 }
                 return x
             }
-            func opt(_ k: String) -> Double? { v[k].flatMap(Double.init) }
+            func opt(_ k: String) -> Double? { v[k].flatMap(Double.init).flatMap { $0.isFinite ? $0 : nil } }
+            /// A whole count (steps, batch): a finite number in Int's range, else absent.
+            func count(_ k: String) -> Int? { opt(k).flatMap { abs($0) < 1e15 ? Int($0) : nil } }
             let params = try num("params"), tokens = try num("tokens"), flops = try num("flops"), loss = try num("loss")
             guard params > 0, tokens > 0, flops > 0, loss > 0 else {
                 throw ScalingError.results(file: file, message: "line \(i + 2): params, tokens, flops and loss must be positive")
@@ -87,8 +89,8 @@ public enum ResultsCSV {
             if budget == nil { hasBudget = false }
             rows.append(ScalingResult(run: v["run"].flatMap { $0.isEmpty ? nil : $0 } ?? "run\(i)", member: v["member"] ?? "",
                                       budget: budget ?? flops, params: params, tokens: tokens, flops: flops, loss: loss,
-                                      train_loss: opt("train_loss"), eval_loss: opt("eval_loss"), steps: opt("steps").map { Int($0) },
-                                      batch: opt("batch").map { Int($0) }, flops_per_sample: opt("flops_per_sample"), seconds: opt("seconds")))
+                                      train_loss: opt("train_loss"), eval_loss: opt("eval_loss"), steps: count("steps"),
+                                      batch: count("batch"), flops_per_sample: opt("flops_per_sample"), seconds: opt("seconds")))
         }
         if !hasBudget { assignBudgets(&rows) }
         return rows

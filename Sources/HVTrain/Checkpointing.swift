@@ -336,6 +336,7 @@ public enum Checkpointing {
         enc.outputFormatting = [.sortedKeys]
         let mine = String(decoding: try enc.encode(trainer.config.model), as: UTF8.self)
         let layout = trainer.unitPlacement.map { unitEntry(name: $0.name, params: $0.params, ranks: $0.ranks) }
+        try requireDiT(try CheckpointManifest.read(directory: dir), dir)
         let m = try load(engine: trainer.engine, comm: trainer.comm, modelConfig: mine, from: dir, layout: layout)
         let p = m.data_position
         try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))

@@ -258,6 +258,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
             if !(0...1).contains(data.image_ratio) { try fail(prefix + "image_ratio", "must be in [0, 1]") }
         }
         try check(data, "data.")
+        if train.grad_accum < 1 { try fail("train.grad_accum", "must be >= 1") }
         for (i, st) in stages.enumerated() {
             try check(st.data, "stages.\(i).data.")
             if st.steps < 1 { try fail("stages.\(i).steps", "must be >= 1") }

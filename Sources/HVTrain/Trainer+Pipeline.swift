@@ -68,6 +68,7 @@ extension Trainer {
                     vec = packed.slice(axis: 1, start: S * H, length: H)
                 }
                 h = model.blocks(blocks, h: h, vec: vec, context: ctx)
+                try model.contextParallel?.takeFailure()
                 if stage == P - 1 {
                     let target = flowSample(x0: x0, positions: pos, step: s).target
                     let loss = velocityLoss(model.head(h, vec: vec, context: ctx), target: target, tokens: ctx.videoTokenRange)
@@ -89,6 +90,7 @@ extension Trainer {
                                                     tag: Self.pipelineTag(step: s, microBatch: m, backward: true)) }
                     output.backward(grad)
                 }
+                try model.contextParallel?.takeFailure()
                 if let input {
                     let g = (input.grad ?? Tensor(zeros: input.shape)).contiguous()
                     try group.send(g.pointer, count: g.count, to: stage - 1, tag: Self.pipelineTag(step: s, microBatch: m, backward: true))

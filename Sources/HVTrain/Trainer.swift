@@ -196,10 +196,10 @@ public final class Trainer {
     /// `step`), accumulating gradients of (loss x positions.count / batch_size) into `.grad`.
     /// Returns the mean loss over these samples.
     @discardableResult
-    public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) -> Float {
+    public func accumulateGradients(sampleIndices: [Int], positions: [Int], step s: Int, frames T: Int) throws -> Float {
         let (x0, captions) = dataset.batch(sampleIndices, frames: T)
         let dropped = captionDropout(positions: positions, step: s)
-        return accumulateGradients(x0: x0, text: textEncoder.encode(zip(captions, dropped).map { $1 ? "" : $0 }), positions: positions, step: s)
+        return try accumulateGradients(x0: x0, text: textEncoder.encode(zip(captions, dropped).map { $1 ? "" : $0 }), positions: positions, step: s)
     }
 
     /// Which samples of `positions` train with the empty prompt (flow.caption_dropout), drawn on
@@ -215,12 +215,13 @@ public final class Trainer {
 
     /// The same on given latents x0 [B, C, T, H, W] and encoded text.
     @discardableResult
-    func accumulateGradients(x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor), positions: [Int], step s: Int) -> Float {
+    func accumulateGradients(x0: Tensor, text: (states: Tensor, mask: Tensor, pooled: Tensor), positions: [Int], step s: Int) throws -> Float {
         let B = x0.shape[0]
         let (inputs, target) = makeInputs((x0, text), positions: positions, step: s)
         let g = model.tokenGrid(x0.shape), N = g.t * g.h * g.w
         let loss = velocityLoss(model.forwardTokens(inputs), target: target, tokens: model.contextParallel?.videoTokenRange(N) ?? 0..<N)
         (loss * (Float(B) / Float(batchSize))).backward()
+        try model.contextParallel?.takeFailure()
         return loss.item
     }
 
@@ -305,7 +306,7 @@ public final class Trainer {
                 try engine.beginMicroBatch(last: m == config.train.grad_accum - 1)
                 let pos = Array((dpRank * local + m * micro)..<(dpRank * local + (m + 1) * micro))
                 let (x0, tokens) = try microBatch(indices: indices, positions: pos, step: step, frames: T)
-                lossSum += accumulateGradients(x0: x0, text: textEncoder.encode(tokens: tokens), positions: pos, step: step) * Float(micro)
+                lossSum += try accumulateGradients(x0: x0, text: textEncoder.encode(tokens: tokens), positions: pos, step: step) * Float(micro)
             }
         }
         let lr = schedule.lr(at: step)

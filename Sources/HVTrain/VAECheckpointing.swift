@@ -81,6 +81,13 @@ extension Checkpointing {
         return String(decoding: try enc.encode(c), as: UTF8.self)
     }
 
+    /// A DiT checkpoint's manifest has no kind; a VAE run's ("vae") is refused with what to do instead.
+    public static func requireDiT(_ m: CheckpointManifest, _ dir: String) throws {
+        if let kind = m.kind {
+            throw CheckpointError.notFound("\(dir) is a \(kind) checkpoint, not a DiT checkpoint\(kind == "vae" ? " (for hv-sample, export it with hv-coord export-vae --checkpoint \(dir) --out VAE.h5 and pass --vae VAE.h5)" : "")")
+        }
+    }
+
     static func requireVAE(_ dir: String) throws {
         let m = try CheckpointManifest.read(directory: dir)
         guard m.kind == "vae" else {

@@ -114,20 +114,29 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         }
         do {
             let c = try YAMLDecoder().decode(VAERunConfig.self, from: try Yams.dump(object: dict))
-            try c.vae.validate()
-            if (c.data.frames - 1) % c.vae.temporal_compression != 0 {
-                throw ConfigError.invalid(file: path, field: "data.frames", message: "must be 1 + \(c.vae.temporal_compression)k")
-            }
-            if c.train.batch_size < 1 { throw ConfigError.invalid(file: path, field: "train.batch_size", message: "must be at least 1") }
-            if c.data.held_out >= c.data.count {
-                throw ConfigError.invalid(file: path, field: "data.held_out", message: "must be less than data.count (\(c.data.count))")
-            }
-            if c.data.size % c.vae.spatial_compression != 0 {
-                throw ConfigError.invalid(file: path, field: "data.size", message: "must be a multiple of \(c.vae.spatial_compression)")
-            }
+            try c.validate(file: path)
             return c
         } catch let e as DecodingError { throw ConfigError.from(e, file: path) }
-        catch let DiTConfig.ValidationError.invalid(field, message) { throw ConfigError.invalid(file: path, field: "vae.\(field)", message: message) }
+    }
+
+    /// Checks every field a run reads (after command-line overrides too), naming the file and field.
+    public func validate(file: String) throws {
+        func fail(_ field: String, _ message: String) throws -> Never { throw ConfigError.invalid(file: file, field: field, message: message) }
+        do { try vae.validate() } catch let DiTConfig.ValidationError.invalid(field, message) { try fail("vae.\(field)", message) }
+        if data.frames < 1 || (data.frames - 1) % vae.temporal_compression != 0 { try fail("data.frames", "must be 1 + \(vae.temporal_compression)k") }
+        if data.size < 1 || data.size % vae.spatial_compression != 0 { try fail("data.size", "must be a positive multiple of \(vae.spatial_compression)") }
+        if data.count < 1 { try fail("data.count", "must be at least 1") }
+        if data.held_out < 0 || data.held_out >= data.count { try fail("data.held_out", "must be at least 0 and less than data.count (\(data.count))") }
+        if train.steps < 0 { try fail("train.steps", "must be at least 0") }
+        if train.batch_size < 1 { try fail("train.batch_size", "must be at least 1") }
+        if !(train.lr > 0) || !train.lr.isFinite { try fail("train.lr", "must be a positive number") }
+        if train.warmup_steps < 0 { try fail("train.warmup_steps", "must be at least 0") }
+        if !(0...1).contains(train.min_lr_ratio) { try fail("train.min_lr_ratio", "must be in [0, 1]") }
+        if !(train.clip_grad >= 0) { try fail("train.clip_grad", "must be at least 0 (0 = no clipping)") }
+        if !(train.kl_weight >= 0) || !train.kl_weight.isFinite { try fail("train.kl_weight", "must be a number at least 0") }
+        if train.log_every < 1 { try fail("train.log_every", "must be at least 1") }
+        if checkpoint.every < 0 { try fail("checkpoint.every", "must be at least 0") }
+        if checkpoint.keep < 1 { try fail("checkpoint.keep", "must be at least 1") }
     }
 }
 

@@ -100,6 +100,48 @@ func ringAttentionPeer(_ options: [String: String]) throws {
     try comm.barrier()
 }
 
+/// `hv-testpeer ring-attention-dead-peer --rank R --dir DIR --phase forward|backward` (2 ranks):
+/// rank 1 leaves after the rendezvous (phase forward) or after one forward (phase backward).
+/// Rank 0 runs the DiT's context-parallel attention, which cannot throw: it must return zeros
+/// (no crash, no hang past the 3 s timeout) and `takeFailure` must then throw an error naming
+/// the rank and the pass. Prints "FAILURE <phase> <error>" and "ZEROS <phase> <bool>".
+func ringAttentionDeadPeer(_ options: [String: String]) throws {
+    guard let rank = Int(options["rank"] ?? ""), let dir = options["dir"], let phase = options["phase"],
+          phase == "forward" || phase == "backward" else {
+        fail("ring-attention-dead-peer needs --rank R --dir DIR --phase forward|backward", code: 2)
+    }
+    let comm = try ZMQRingCommunicator(rank: rank, worldSize: 2, bind: "tcp://127.0.0.1:*", timeoutSeconds: 3)
+    defer { comm.close() }
+    try comm.connect(peers: rendezvous(dir: dir, rank: rank, world: 2, endpoint: comm.endpoint))
+    let cp = ContextParallelAttention(group: comm)
+    var rng = HVRandom(seed: 7)
+    func leaf(_ shape: [Int]) -> Tensor {
+        let t = Tensor((0..<shape.reduce(1, *)).map { _ in rng.normal() }, shape: shape)
+        t.requiresGrad = true
+        return t
+    }
+    // [B, n + L, heads, D]: 5 of 10 video tokens on each rank, 3 text tokens.
+    let q = leaf([1, 8, 2, 16]), k = leaf([1, 8, 2, 16]), v = leaf([1, 8, 2, 16])
+    if rank == 1 {
+        if phase == "backward" { _ = cp.attention(q, k, v, videoTokens: 5, totalVideoTokens: 10, keyMask: nil); try cp.takeFailure() }
+        return  // leaves; rank 0's next exchange times out
+    }
+    let out = cp.attention(q, k, v, videoTokens: 5, totalVideoTokens: 10, keyMask: nil)
+    if phase == "backward" {
+        try cp.takeFailure()  // the forward must have worked
+        out.sum().backward()
+        print("ZEROS backward \(q.grad!.scalars.allSatisfy { $0 == 0 } && k.grad!.scalars.allSatisfy { $0 == 0 })")
+    } else {
+        print("ZEROS forward \(out.scalars.allSatisfy { $0 == 0 })")
+    }
+    do {
+        try cp.takeFailure()
+        print("NO FAILURE \(phase)")
+    } catch {
+        print("FAILURE \(phase) \(error)")
+    }
+}
+
 /// Writes this rank's endpoint to DIR/endpoint-R and returns all W endpoints (index = rank).
 func rendezvous(dir: String, rank: Int, world: Int, endpoint: String, timeout: TimeInterval = 30) throws -> [String] {
     let tmp = "\(dir)/.endpoint-\(rank).tmp"

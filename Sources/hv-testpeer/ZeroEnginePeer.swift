@@ -44,7 +44,7 @@ func zeroBucketsPeer(_ options: [String: String]) throws {
             for m in 0..<accum {
                 if name == "bucketed" { try t.engine.beginMicroBatch(last: m == accum - 1) }
                 let pos = Array((rank * local + m * micro)..<(rank * local + (m + 1) * micro))
-                t.accumulateGradients(sampleIndices: pos.map { ($0 * 7 + s * 3) % config.data.count }, positions: pos, step: s,
+                try t.accumulateGradients(sampleIndices: pos.map { ($0 * 7 + s * 3) % config.data.count }, positions: pos, step: s,
                                       frames: config.data.frames)
             }
             if name == "bucketed" {

@@ -15,6 +15,7 @@
 // client key); without, it has no keys at all. Prints "SENT n" (messages queued).
 //
 //   hv-testpeer ring-attention --rank R --world W --dir DIR   (see RingAttentionPeer.swift)
+//   hv-testpeer ring-attention-dead-peer --rank R --dir DIR --phase forward|backward   (ditto)
 //   hv-testpeer zero-buckets --rank R --world W --dir DIR --config RUN.yaml --stage S
 //                            [--accum A] [--recompute 0|1] [--steps N] [--batch B]   (see ZeroEnginePeer.swift)
 //
@@ -128,6 +129,12 @@ case "zmq-rogue":
 case "zmq-echo":
     do {
         try echo(options)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+case "ring-attention-dead-peer":
+    do {
+        try ringAttentionDeadPeer(options)
     } catch {
         fail("\(error)", code: 1)
     }

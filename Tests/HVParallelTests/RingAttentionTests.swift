@@ -46,6 +46,30 @@ final class RingAttentionTests: XCTestCase {
         XCTAssertEqual(cases, 16 * world, "every rank reports every case (4 inputs x 4 chunk lengths)")
     }
 
+    /// A peer that leaves mid-run: the model's attention (which cannot throw) returns zeros, and
+    /// the failure surfaces at `takeFailure` naming the rank and the pass; no crash, no hang.
+    func testDeadPeerIsAnErrorNotACrash() throws {
+        let exe = try locateExecutable("hv-testpeer")
+        for phase in ["forward", "backward"] {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-ring-dead-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            final class Box: @unchecked Sendable { var value: (Int32, String, String)? }
+            let peer = Box(), group = DispatchGroup()
+            group.enter()
+            Thread.detachNewThread {
+                peer.value = try? runProcess(exe, ["ring-attention-dead-peer", "--rank", "1", "--dir", dir, "--phase", phase], timeout: 60)
+                group.leave()
+            }
+            let (status, out, err) = try runProcess(exe, ["ring-attention-dead-peer", "--rank", "0", "--dir", dir, "--phase", phase], timeout: 60)
+            group.wait()
+            XCTAssertEqual(peer.value?.0, 0, "rank 1 (\(phase)): \(peer.value?.2 ?? "did not run")")
+            XCTAssertEqual(status, 0, "rank 0 (\(phase)) crashed or failed: \(err)")
+            XCTAssert(out.contains("ZEROS \(phase) true"), out)
+            XCTAssert(out.contains("FAILURE \(phase) context-parallel (ring) attention \(phase) on rank 0"), out)
+        }
+    }
+
     func testRingAttentionTwoRanks() throws { try runRing(world: 2) }
     func testRingAttentionThreeRanks() throws { try runRing(world: 3) }
     func testRingAttentionFourRanks() throws { try runRing(world: 4) }

@@ -1,5 +1,6 @@
 import Foundation
 import HVCheckpoint
+import HVSampling
 import HVTrain
 import XCTest
 
@@ -33,6 +34,23 @@ final class CheckpointingTests: XCTestCase {
         for ((n, p), (_, q)) in zip(a.parameters, b.parameters) { XCTAssertEqual(p.scalars, q.scalars, n, file: file, line: line) }
         XCTAssertEqual(a.engine.exp_avg, b.engine.exp_avg, file: file, line: line)
         XCTAssertEqual(a.engine.exp_avg_sq, b.engine.exp_avg_sq, file: file, line: line)
+    }
+
+    /// A VAE run's checkpoint given where a DiT's is expected (resume, hv-sample) is refused up
+    /// front, saying what it is and how to use it, instead of building a default-config DiT.
+    func testVAECheckpointIsNotTakenForADiT() throws {
+        var vcfg = try VAERunConfig.load(path: repoRoot.appendingPathComponent("configs/runs/vae-tiny.yaml").path)
+        vcfg.data.count = 4; vcfg.data.held_out = 1
+        let vae = try VAETrainer(config: vcfg)
+        _ = try vae.trainStep()
+        let dir = try Checkpointing.save(vae, runDir: scratch.path + "/vae-run", keep: 1)
+        let dit = try Trainer(config: try tinyRun(steps: 2))
+        for attempt in [{ try Checkpointing.load(dit, from: dir) }, { _ = try TextToVideo.load(dir) },
+                        { _ = try TextToVideo.load(self.scratch.path + "/vae-run") }] {
+            XCTAssertThrowsError(try attempt()) { e in
+                XCTAssert("\(e)".contains("is a vae checkpoint, not a DiT checkpoint") && "\(e)".contains("export-vae"), "\(e)")
+            }
+        }
     }
 
     /// Save + load into a fresh trainer restores every value; the next step's loss is identical.

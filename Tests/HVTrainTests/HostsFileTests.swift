@@ -56,7 +56,7 @@ final class HostsFileTests: XCTestCase {
     }
 
     func testSlotsMustBeAPositiveInteger() {
-        for value in ["", "0", "-1", "+4", "x", "2.5", "99999999999999999999999"] {
+        for value in ["", "0", "-1", "+4", "x", "2.5", "99999999999999999999999", "10000000000", "\(HostsFile.maxSlotsPerHost + 1)"] {
             assertError(try HostsFile.parse("# c\nw1 slots=\(value)", file: "s.hosts"),
                         contains: ["s.hosts", "line 2", "'\(value)'", "positive integer"])
         }

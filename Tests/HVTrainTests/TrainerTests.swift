@@ -152,5 +152,43 @@ final class TrainerTests: XCTestCase {
         }(), "cp x pp is a valid mesh")
         expectError("train:\n  batch_size: 8\n  pipeline_parallel: 2\n  grad_accum: 2\n", "use train.micro_batches")
         expectError("train:\n  batch_size: 8\n  micro_batches: 3\n", "train.micro_batches")
+        // Checked before any field that divides by it (the stage's batch size did).
+        expectError("train:\n  grad_accum: 0\nstages:\n  - name: video\n    steps: 2\n    batch_size: 4\n", "train.grad_accum")
+        expectError("model:\n  refiner_depth: -1\n", "model.refiner_depth")
+        expectError("model:\n  rope_theta: 0\n", "model.rope_theta")
+    }
+
+    /// VAE run configs: every field a run divides by or counts with is checked up front, naming
+    /// the file and the field (each of these trapped before).
+    func testVAEConfigErrorsNameFileAndField() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hv-vae-config-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let base = "vae:\n  block_out_channels: [8, 8]\n  norm_num_groups: 4\n  spatial_compression: 2\n  temporal_compression: 2\n"
+        let p = dir.appendingPathComponent("vae-run.yaml").path
+        try (base + "data:\n  seed: 0\n  size: 8\n  frames: 3\n  count: 4\n  held_out: 1\n").write(toFile: p, atomically: true, encoding: .utf8)
+        var good = try VAERunConfig.load(path: p)
+        XCTAssertNoThrow(try good.validate(file: p))
+        let data = "data:\n  seed: 0\n  size: 8\n  frames: 3\n  count: 4\n  held_out: 1\n"
+        func vae(groups: Int = 4, layers: Int = 1, widths: String = "[8, 8]") -> String {
+            "vae:\n  block_out_channels: \(widths)\n  norm_num_groups: \(groups)\n  layers_per_block: \(layers)\n  spatial_compression: 2\n  temporal_compression: 2\n"
+        }
+        for (text, field) in [(base + data + "train:\n  log_every: 0\n", "train.log_every"),
+                              (base + data + "checkpoint:\n  keep: -1\n", "checkpoint.keep"),
+                              (base + data + "train:\n  steps: -1\n", "train.steps"),
+                              (base + data + "train:\n  lr: 0\n", "train.lr"),
+                              (base + "data:\n  seed: 0\n  size: 8\n  frames: 3\n  count: 4\n  held_out: -1\n", "data.held_out"),
+                              (base + "data:\n  seed: 0\n  size: 8\n  frames: 3\n  count: 0\n  held_out: 0\n", "data.count"),
+                              (vae(groups: 0) + data, "vae.norm_num_groups"),
+                              (vae(layers: -1) + data, "vae.layers_per_block"),
+                              (vae(groups: 1, widths: "[8, 0]") + data, "vae.block_out_channels")] {
+            try text.write(toFile: p, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try VAERunConfig.load(path: p), "\(field):\n\(text)") { e in
+                XCTAssert("\(e)".contains(p) && "\(e)".contains(field), "error '\(e)' should name the file and \(field)")
+            }
+        }
+        // Command-line overrides are checked too (train-vae --steps, launch --batch-size).
+        good.train.batch_size = 0
+        XCTAssertThrowsError(try good.validate(file: p)) { XCTAssert("\($0)".contains("train.batch_size"), "\($0)") }
     }
 }

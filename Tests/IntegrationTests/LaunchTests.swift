@@ -87,6 +87,20 @@ final class LaunchTests: XCTestCase {
         XCTAssert(log.contains("no-such-host.invalid"), log)
     }
 
+    /// Command-line overrides are validated like the config's fields, before any worker starts
+    /// (a zero batch used to crash the workers).
+    func testBadOverridesAreRefused() throws {
+        let h = try hosts("localhost slots=2\n")
+        for (args, fragment) in [(["--batch-size", "0"], "--batch-size must be >= 1"), (["--steps=-1"], "--steps must be >= 0")] {
+            let (status, log) = try launch(["--nodes", h, "--config", "configs/runs/tiny.yaml"] + args, timeout: 20)
+            XCTAssertNotEqual(status, 0)
+            XCTAssert(log.contains(fragment), log)
+        }
+        let (status, log) = try launch(["--nodes", h, "--config", "configs/runs/vae-tiny.yaml", "--batch-size", "0"], timeout: 20)
+        XCTAssertNotEqual(status, 0)
+        XCTAssert(log.contains("--batch-size must be >= 1"), log)
+    }
+
     func testMalformedHostsFileNamesFileAndLine() throws {
         let h = try hosts("localhost slots=2\nbad line here\n")
         let (status, log) = try launch(["--nodes", h, "--config", "configs/runs/tiny.yaml"], timeout: 20)

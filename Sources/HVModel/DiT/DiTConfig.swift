@@ -52,7 +52,9 @@ public struct DiTConfig: Codable, Sendable, Equatable {
         if rope_dim_list.reduce(0, +) != headDim { try fail("rope_dim_list", "sums to \(rope_dim_list.reduce(0, +)) but the head dim is \(headDim)") }
         if headDim % 2 != 0 { try fail("heads_num", "head dim \(headDim) must be even") }
         if mm_double_blocks_depth < 0 || mm_single_blocks_depth < 0 { try fail("mm_double_blocks_depth", "block counts must be >= 0") }
-        if mlp_width_ratio <= 0 { try fail("mlp_width_ratio", "must be positive") }
+        if refiner_depth < 0 { try fail("refiner_depth", "must be >= 0, got \(refiner_depth)") }
+        if !(mlp_width_ratio > 0) || !mlp_width_ratio.isFinite { try fail("mlp_width_ratio", "must be positive") }
+        if !(rope_theta > 0) || !rope_theta.isFinite { try fail("rope_theta", "must be positive") }
         if in_channels <= 0 || out_channels <= 0 { try fail("in_channels", "channel counts must be positive") }
         if text_states_dim <= 0 || text_states_dim_2 <= 0 { try fail("text_states_dim", "text dims must be positive") }
     }

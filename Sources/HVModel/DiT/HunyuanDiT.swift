@@ -18,6 +18,9 @@ public protocol ContextParallel: AnyObject {
     /// video shard of `totalVideoTokens`, the rest all text tokens; keyMask [B, n + L] (text part
     /// masks padding) or nil -> [B, n + L, heads * D].
     func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, videoTokens n: Int, totalVideoTokens: Int, keyMask: Tensor?) -> Tensor
+    /// Throws the first communication failure recorded since the last call (attention and its
+    /// backward cannot throw, so they record it and return zeros); callers check after each pass.
+    func takeFailure() throws
 }
 
 extension ContextParallel {

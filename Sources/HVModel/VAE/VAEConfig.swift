@@ -48,6 +48,12 @@ public struct VAEConfig: Codable, Sendable, Equatable {
     public func validate() throws {
         func fail(_ f: String, _ m: String) throws -> Never { throw DiTConfig.ValidationError.invalid(field: f, message: m) }
         if block_out_channels.isEmpty { try fail("block_out_channels", "needs at least one block") }
+        for (f, v) in [("in_channels", in_channels), ("out_channels", out_channels), ("latent_channels", latent_channels),
+                       ("layers_per_block", layers_per_block), ("norm_num_groups", norm_num_groups)] where v < 1 {
+            try fail(f, "must be at least 1, got \(v)")
+        }
+        if let bad = block_out_channels.first(where: { $0 < 1 }) { try fail("block_out_channels", "channel counts must be at least 1, got \(bad)") }
+        if !(scaling_factor > 0) || !scaling_factor.isFinite { try fail("scaling_factor", "must be a positive number") }
         if let bad = block_out_channels.first(where: { $0 % norm_num_groups != 0 }) {
             try fail("norm_num_groups", "\(norm_num_groups) groups do not divide \(bad) channels")
         }

@@ -44,13 +44,16 @@ public struct HostsFile: Sendable, Equatable {
     public private(set) var slots: [HostSlot]
 
     public var worldSize: Int { slots.count }
+    /// More workers than this on one host is a typo, not a machine (each is a process with its
+    /// own model copy); `slots=` above it is refused instead of allocating the slot list.
+    public static let maxSlotsPerHost = 4096
     public var hosts: [String] { entries.map(\.host) }
 
     /// Hosts given in code (e.g. `--nodes localhost:2`); every host gets slots `0..<slots`.
     public init(file: String = "<command line>", entries: [HostEntry]) throws {
         var seen: [String: Int] = [:]
         for e in entries {
-            guard e.slots > 0 else { throw HostsFileError.badSlots(file: file, line: e.line, value: "\(e.slots)") }
+            guard e.slots > 0, e.slots <= HostsFile.maxSlotsPerHost else { throw HostsFileError.badSlots(file: file, line: e.line, value: "\(e.slots)") }
             if let first = seen[e.host] { throw HostsFileError.duplicateHost(file: file, host: e.host, firstLine: first, line: e.line) }
             seen[e.host] = e.line
         }
@@ -90,7 +93,7 @@ public struct HostsFile: Sendable, Equatable {
                 guard fields[1].hasPrefix("slots=") else { throw HostsFileError.malformed(file: file, line: n, text: body) }
                 let value = fields[1].dropFirst("slots=".count)
                 // \d+ only: Int("+4") would parse, the regex would not.
-                guard !value.isEmpty, value.allSatisfy({ $0.isASCII && $0.isNumber }), let v = Int(value), v > 0 else {
+                guard !value.isEmpty, value.allSatisfy({ $0.isASCII && $0.isNumber }), let v = Int(value), v > 0, v <= HostsFile.maxSlotsPerHost else {
                     throw HostsFileError.badSlots(file: file, line: n, value: String(value))
                 }
                 slots = v
@@ -206,7 +209,7 @@ public enum HostsFileError: Error, Equatable, CustomStringConvertible {
         case let .malformed(file, line, text):
             return "\(file) line \(line): malformed host line '\(text)'; \(Self.expected)"
         case let .badSlots(file, line, value):
-            return "\(file) line \(line): slots='\(value)' is not a positive integer; expected slots=N with N >= 1"
+            return "\(file) line \(line): slots='\(value)' is not a positive integer up to \(HostsFile.maxSlotsPerHost); expected slots=N with 1 <= N <= \(HostsFile.maxSlotsPerHost)"
         case let .duplicateHost(file, host, firstLine, line):
             return "\(file) line \(line): host '\(host)' repeated (first at line \(firstLine)); list each host once with its total slots"
         case let .empty(file, lines):

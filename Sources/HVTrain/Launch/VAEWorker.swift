@@ -12,6 +12,7 @@ func trainVAE(_ o: WorkerOptions, comm: Communicator, control: ZMQSocket, heartb
     var cfg = try VAERunConfig.load(path: o.configPath)
     if let steps = o.steps { cfg.train.steps = steps }
     if let b = o.batchSize { cfg.train.batch_size = b }
+    try cfg.validate(file: o.configPath)
     let trainer = try VAETrainer(config: cfg, comm: comm, zeroStage: o.zeroStage)
     if let dir = o.resume {
         let t0 = Date()
