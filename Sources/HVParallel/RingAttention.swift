@@ -43,8 +43,9 @@ import HVTensor
 /// (that of its own loss share); summing gradients over the cp ranks (as the trainer does for
 /// parameters) gives the full gradient. Every rank must call `attention` (and run backward) in
 /// the same order with the same `shardLengths`, B, H, D and `chunkKeys`/`roundElements`; errors
-/// of the forward are thrown, a communication failure in backward stops the process with the
-/// error (backward rules cannot throw). Transfers use the communicator's wire type: with a bf16
+/// of the forward are thrown; a communication failure in backward (whose rules cannot throw)
+/// gives zero gradients and is recorded in `failure`, which the caller checks with
+/// `takeFailure` after the pass. Transfers use the communicator's wire type: with a bf16
 /// wire (`--bf16-wire`), K/V and the dK|dV partial sums are rounded to bf16 at every hop.
 /// The schedule needs a `send` that completes without the receiver (true of ZeroMQ over TCP,
 /// which buffers): every rank sends a round before it receives it.
