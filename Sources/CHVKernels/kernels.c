@@ -58,6 +58,20 @@ HV_CLONES float hv_row_max(const float *row, size_t n) {
     return m;
 }
 
+HV_CLONES float hv_row_sum(const float *row, size_t n) {
+    // 32 independent lanes (two or four vector registers): the adds of one lane form a chain, so
+    // several chains hide the add latency. Summation order: lane-wise, then lanes in order.
+    float lanes[32];
+    for (int i = 0; i < 32; i++) lanes[i] = 0.0f;
+    size_t j = 0;
+    for (; j + 32 <= n; j += 32)
+        for (int i = 0; i < 32; i++) lanes[i] += row[j + i];
+    float s = 0.0f;
+    for (int i = 0; i < 32; i++) s += lanes[i];
+    for (; j < n; j++) s += row[j];
+    return s;
+}
+
 HV_CLONES void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta) {
     for (size_t j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - delta);
 }

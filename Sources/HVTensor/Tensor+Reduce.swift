@@ -13,6 +13,15 @@ extension Tensor {
             s[ax] = 1
             let out = Tensor(zeros: s)
             let p = cur.pointer, o = out.pointer
+            if inner == 1 {
+                // Rows of n contiguous values (the last axis; bias gradients' spatial sums): a
+                // vectorised row sum, where the loop below would chain n scalar adds through dst.
+                Parallel.chunks(outer, grain: Swift.max(1, Parallel.grain / Swift.max(1, n))) { part in
+                    for i in part { o[i] = hv_row_sum(p + i * n, n) }
+                }
+                cur = out
+                continue
+            }
             // Split over outer slices, or over columns when there is one slice (bias gradients).
             let columns = outer == 1
             Parallel.chunks(columns ? inner : outer, grain: Swift.max(1, Parallel.grain / Swift.max(1, columns ? n : n * inner))) { part in

@@ -4,6 +4,29 @@ import XCTest
 import _HVTestSupport
 
 final class CoreTests: XCTestCase {
+    /// Sums over the last axis (a vectorised row sum) and over outer/middle axes agree with a
+    /// Double reference, for rows around the row sum's 32-lane blocks.
+    func testSumsOverAxesMatchReference() {
+        for (outer, mid, n) in [(1, 1, 1), (2, 3, 31), (3, 2, 32), (2, 5, 33), (4, 3, 100), (2, 32, 1000)] {
+            let values = (0..<(outer * mid * n)).map { Float(sin(Double($0) * 0.37)) + 0.25 }
+            let x = Tensor(values, shape: [outer, mid, n])
+            func ref(_ keep: (Int, Int, Int) -> Int, count: Int) -> [Double] {
+                var r = [Double](repeating: 0, count: count)
+                for a in 0..<outer { for b in 0..<mid { for c in 0..<n { r[keep(a, b, c)] += Double(values[(a * mid + b) * n + c]) } } }
+                return r
+            }
+            for (axes, expected) in [([2], ref({ a, b, _ in a * mid + b }, count: outer * mid)),
+                                     ([0, 2], ref({ _, b, _ in b }, count: mid)),
+                                     ([0, 1], ref({ _, _, c in c }, count: n))] {
+                let got = x.sum(axes: axes).scalars
+                XCTAssertEqual(got.count, expected.count)
+                for (g, e) in zip(got, expected) {
+                    XCTAssertEqual(Double(g), e, accuracy: 1e-5 * Swift.max(1, abs(e)) * Double(outer * mid * n).squareRoot(), "axes \(axes) shape \([outer, mid, n])")
+                }
+            }
+        }
+    }
+
     func testSgemmMatchesNaiveMatmul() {
         let a = randomTensor([37, 53], seed: 1), b = randomTensor([53, 29], seed: 2)
         let c = a.matmul(b)

@@ -13,6 +13,9 @@ float hv_exp_shift_sum(float *row, size_t n, float shift);
 
 /// max over row[0..n) (-inf for n == 0).
 float hv_row_max(const float *row, size_t n);
+/// Sum of a contiguous row (32 interleaved partial sums, then added in order; not the
+/// sequential order, so it may differ from a left-to-right sum in the last bits).
+float hv_row_sum(const float *row, size_t n);
 
 /// ds[j] = p[j] * (dp[j] - delta) (softmax backward inside blocked attention).
 void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
