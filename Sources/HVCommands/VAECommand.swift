@@ -13,6 +13,7 @@ struct TrainVAECommand: ParsableCommand {
 
     @Option(help: "VAE run config (YAML), e.g. configs/runs/vae-tiny.yaml.") var config: String
     @Option(help: "Override train.steps.") var steps: Int?
+    @Option(help: "Override train.lr (the peak learning rate), e.g. lower for a --init continuation.") var lr: Double?
     @Option(help: "Write the trained weights (official names, vae_config attribute) to this HDF5 file; with --psnr-every, also at every PSNR report.") var out: String?
     @Option(help: "Also report held-out PSNR every N steps (0 = only at the end), and write --out then.") var psnrEvery = 0
     @Option(name: .customLong("init"),
@@ -25,6 +26,7 @@ struct TrainVAECommand: ParsableCommand {
             threads.apply()
             var cfg = try VAERunConfig.load(path: config)
             if let steps { cfg.train.steps = steps }
+            if let lr { cfg.train.lr = lr }
             try cfg.validate(file: config)
             let trainer = try VAETrainer(config: cfg)
             if let initWeights {
