@@ -42,6 +42,9 @@ extension Checkpointing {
         do { cfg = try JSONDecoder().decode(VAEConfig.self, from: Data(m.model_config.utf8)) } catch {
             throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "model_config is not a VAE config: \(error)")
         }
+        do { try cfg.validate() } catch {
+            throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "model_config is not a valid VAE config: \(error)")
+        }
         let vae = CausalVAE(config: cfg, seed: 0)
         let params = Dictionary(uniqueKeysWithValues: vae.namedParameters())
         let weights = try readWeights(dir, m)
@@ -75,6 +78,7 @@ extension Checkpointing {
         }
     }
 
+    /// A VAE config as checkpoint manifests and the weights file's `vae_config` attribute store it (sorted keys).
     static func vaeConfigJSON(_ c: VAEConfig) throws -> String {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]

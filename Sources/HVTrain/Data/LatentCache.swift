@@ -248,7 +248,7 @@ public enum VAEWeights {
         let saved = try config(of: f, path: path)
         guard saved == vae.config else {
             throw ConfigError.invalid(file: path, field: "vae_config",
-                                      message: "the weights are of VAE config \(try json(saved)), the run's is \(try json(vae.config))")
+                                      message: "the weights are of VAE config \(try Checkpointing.vaeConfigJSON(saved)), the run's is \(try Checkpointing.vaeConfigJSON(vae.config))")
         }
         try ModelWeights.load(vae.namedParameters(), from: f, file: path)
     }
@@ -269,17 +269,10 @@ public enum VAEWeights {
         return cfg
     }
 
-    /// A config as the `vae_config` attribute stores it (sorted keys).
-    static func json(_ c: VAEConfig) throws -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        return String(decoding: try enc.encode(c), as: UTF8.self)
-    }
-
     public static func save(_ vae: CausalVAE, to path: String) throws {
         let f = try H5File(path: path, mode: .create)
         try ModelWeights.save(vae.namedParameters(), to: f)
-        try f.setAttribute("vae_config", .string(try json(vae.config)))
+        try f.setAttribute("vae_config", .string(try Checkpointing.vaeConfigJSON(vae.config)))
         try f.close()
     }
 }
