@@ -65,7 +65,7 @@ struct TrainCommand: ParsableCommand {
                     let tokens = window.map(\.videoTokens).reduce(0, +)
                     let meanLoss = window.map(\.loss).reduce(0, +) / Float(window.count)
                     let eta = Double(cfg.train.steps - s.step - 1) * secs / Double(window.count)
-                    outLine(String(format: "step %5d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  eta %.0fs",
+                    outLine(String(format: "step %5ld/%ld  loss %.4f  grad %.3f  lr %.2e  %.0f tok/s  eta %.0fs",
                                  s.step + 1, cfg.train.steps, meanLoss, s.gradNorm, s.lr, Double(tokens) / secs, eta))
                     window.removeAll()
                 }

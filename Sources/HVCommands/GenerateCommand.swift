@@ -56,7 +56,11 @@ struct GenerateCommand: ParsableCommand {
     func generate(model: TextToVideo, writeFiles: Bool, log: ((String) -> Void)? = nil) throws {
         let list: [String]
         if let prompts {
-            list = try String(contentsOfFile: prompts, encoding: .utf8).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            let text: String
+            do { text = try String(contentsOfFile: prompts, encoding: .utf8) } catch {
+                throw ValidationError("--prompts \(prompts): cannot read it as UTF-8 text (\(error.localizedDescription))")
+            }
+            list = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             guard !list.isEmpty else { throw ValidationError("\(prompts) has no prompts") }
         } else if let prompt {
             list = [prompt]
@@ -73,8 +77,8 @@ struct GenerateCommand: ParsableCommand {
         }
         let F = frames ?? 1 + 4 * (run.data.frames - 1), H = height ?? run.data.height * 8, W = width ?? run.data.width * 8
         let p = run.model.patch_size
-        guard (F - 1) % 4 == 0, H % (8 * p[1]) == 0, W % (8 * p[2]) == 0 else {
-            throw ValidationError("size \(F) frames x \(H) x \(W): frames must be 1 + 4k and height/width multiples of \(8 * p[1]) (VAE 8x and patch \(p[1]))")
+        guard F >= 1, H >= 1, W >= 1, (F - 1) % 4 == 0, H % (8 * p[1]) == 0, W % (8 * p[2]) == 0 else {
+            throw ValidationError("size \(F) frames x \(H) x \(W): frames must be 1 + 4k (k >= 0) and height/width positive multiples of \(8 * p[1]) (VAE 8x and patch \(p[1]))")
         }
         var o = run.samplingDefaults
         if let steps { o.steps = steps }

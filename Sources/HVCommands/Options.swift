@@ -20,6 +20,10 @@ func runOrExit(_ body: () throws -> Void) throws {
 struct ThreadOptions: ParsableArguments {
     @Option(help: "Threads for OpenBLAS, attention and elementwise work (default: all cores).") var threads: Int?
 
+    func validate() throws {
+        if let threads, !(1...1024).contains(threads) { throw ValidationError("--threads must be in 1...1024, got \(threads)") }
+    }
+
     func apply() {
         if let threads {
             BLAS.threads = threads

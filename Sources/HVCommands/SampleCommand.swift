@@ -55,6 +55,24 @@ public func loadDiTInputs(path: String) throws -> DiTInputs {
                      text_states_2: try TensorIO.read(g, name: "text_states_2"), guidance: try opt("guidance")?.scalars)
 }
 
+/// Throws, naming the dataset, unless `inp` has the shapes the DiT of `c` takes.
+func checkDiTInputs(_ inp: DiTInputs, _ c: DiTConfig, path: String) throws {
+    func fail(_ m: String) throws -> Never { throw ValidationError("\(path): \(m)") }
+    let x = inp.x.shape, B = x[0], p = c.patch_size
+    if B < 1 || x.contains(where: { $0 < 1 }) { try fail("x has shape \(x); every size must be >= 1") }
+    if x[1] != c.in_channels { try fail("x has \(x[1]) channels, the model takes \(c.in_channels)") }
+    if x[2] % p[0] != 0 || x[3] % p[1] != 0 || x[4] % p[2] != 0 { try fail("x (B, C, T, H, W) \(x): T, H, W must be multiples of the patch \(p)") }
+    let ts = inp.text_states.shape
+    if ts.count != 3 || ts[0] != B || ts[1] < 1 || ts[2] != c.text_states_dim {
+        try fail("text_states has shape \(ts), expected (\(B), L >= 1, \(c.text_states_dim))")
+    }
+    if let m = inp.text_mask, m.shape != [B, ts[1]] { try fail("text_mask has shape \(m.shape), expected (\(B), \(ts[1]))") }
+    if inp.text_states_2.shape != [B, c.text_states_dim_2] {
+        try fail("text_states_2 has shape \(inp.text_states_2.shape), expected (\(B), \(c.text_states_dim_2))")
+    }
+    if let g = inp.guidance, g.count != B { try fail("guidance has \(g.count) values, expected \(B) (one per sample)") }
+}
+
 struct VelocityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "velocity",
@@ -79,6 +97,7 @@ struct VelocityCommand: ParsableCommand {
             if model.config.guidance_embed && inp.guidance == nil {
                 throw ValidationError("\(inputs): the model has a guidance embedder; add a 'guidance' dataset (scale x 1000)")
             }
+            try checkDiTInputs(inp, model.config, path: inputs)
             let v = GradMode.withoutGrad { model(inp) }
             let file = try H5File(path: out, mode: .create)
             try TensorIO.write(v, to: file, name: "v", checksum: false)

@@ -41,7 +41,7 @@ struct TrainVAECommand: ParsableCommand {
                 let stats = try trainer.trainStep()
                 window.append(stats.l1)
                 if (s + 1) % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
-                    outLine(String(format: "step %5d/%d  %@ %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, lossName, window.reduce(0, +) / Float(window.count),
+                    outLine(String(format: "step %5ld/%ld  %@ %.4f  lr %.2e  %.1fs", s + 1, cfg.train.steps, lossName, window.reduce(0, +) / Float(window.count),
                                    stats.lr, Date().timeIntervalSince(t0)))
                     window.removeAll()
                 }

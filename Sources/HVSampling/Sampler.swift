@@ -19,6 +19,38 @@ public struct SamplingOptions: Sendable {
     /// Latent frames x height x width.
     public var latentFrames = 3, latentHeight = 8, latentWidth = 8
     public init() {}
+
+    /// Most latent values one sample may have (2^24; 720p x 129 frames with 16 channels is 7.6M).
+    public static let maxLatentValues = 1 << 24
+    public static let maxSteps = 100_000
+
+    /// What is wrong with these options for a model with `channels` latent channels (nil: nothing),
+    /// naming hv-sample's option.
+    public func problem(channels: Int) -> String? {
+        if !(1...Self.maxSteps).contains(steps) { return "--steps \(steps) must be in 1...\(Self.maxSteps)" }
+        if !(shift > 0) || !shift.isFinite { return "--shift \(shift) must be a positive number" }
+        if !(guidance >= 1) || !guidance.isFinite { return "--guidance \(guidance) must be a number >= 1 (1 = no classifier-free guidance)" }
+        if !embeddedGuidance.isFinite { return "--embedded-guidance \(embeddedGuidance) must be a finite number" }
+        guard latentFrames >= 1, latentHeight >= 1, latentWidth >= 1 else {
+            return "the latent size \(latentFrames) x \(latentHeight) x \(latentWidth) (frames x height x width) must be positive (--frames, --height, --width)"
+        }
+        var n = max(channels, 1)
+        for d in [latentFrames, latentHeight, latentWidth] {
+            let (p, overflow) = n.multipliedReportingOverflow(by: d)
+            if overflow || p > Self.maxLatentValues {
+                return "the latent size \(latentFrames) x \(latentHeight) x \(latentWidth) is too large (more than \(Self.maxLatentValues) values; --frames, --height, --width)"
+            }
+            n = p
+        }
+        return nil
+    }
+}
+
+public enum SamplingError: Error, CustomStringConvertible {
+    case invalidOptions(String)
+    public var description: String {
+        switch self { case .invalidOptions(let m): "invalid sampling options: \(m)" }
+    }
 }
 
 extension RunConfig {
@@ -46,6 +78,16 @@ public final class TextToVideo {
         self.dit = dit; self.textEncoder = textEncoder; self.run = run
     }
 
+    /// The run config saved with the weights, decoded and validated (it sizes the model).
+    static func savedRunConfig(_ json: String, file: String) throws -> RunConfig {
+        let run: RunConfig
+        do { run = try JSONDecoder().decode(RunConfig.self, from: Data(json.utf8)) } catch {
+            throw CheckpointError.corrupt(file: file, detail: "run_config does not parse: \(error)")
+        }
+        try run.validate(file: "\(file) (run_config)")
+        return run
+    }
+
     /// Loads either a consolidated file (`hv-ckpt consolidate`) or a checkpoint / run directory.
     public static func load(_ path: String) throws -> TextToVideo {
         var isDir: ObjCBool = false
@@ -65,7 +107,7 @@ public final class TextToVideo {
             }
             try Checkpointing.requireDiT(try CheckpointManifest.read(directory: dir), dir)
             let m = try Checkpointing.verify(dir)
-            run = try JSONDecoder().decode(RunConfig.self, from: Data(m.run_config.utf8))
+            run = try Self.savedRunConfig(m.run_config, file: dir + "/manifest.json")
             let units = try Checkpointing.readUnits(dir, m)
             for u in m.units {
                 let w = units[u.name]!.weights
@@ -80,7 +122,7 @@ public final class TextToVideo {
             guard try f.hasAttribute("run_config") else {
                 throw CheckpointError.corrupt(file: path, detail: "no run_config attribute: make it with `hv-ckpt consolidate`")
             }
-            run = try JSONDecoder().decode(RunConfig.self, from: Data(try f.stringAttribute("run_config").utf8))
+            run = try Self.savedRunConfig(try f.stringAttribute("run_config"), file: path)
             for name in try f.children() where (try? f.kind(of: name)) == .dataset { tensors[name] = try TensorIO.read(f, name: name) }
         }
         let dit = HunyuanDiT(config: run.model, seed: 0)
@@ -99,7 +141,8 @@ public final class TextToVideo {
     /// `progress(step, total)` is called after every step.
     public func sampleLatents(prompt: String, negativePrompt: String = "", options o: SamplingOptions,
                               progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
-        try GradMode.withoutGrad {
+        if let problem = o.problem(channels: dit.config.in_channels) { throw SamplingError.invalidOptions(problem) }
+        return try GradMode.withoutGrad {
             let c = dit.config
             var rng = HVRandom(seed: o.seed).split("sample-noise")
             var x = Tensor.randn([1, c.in_channels, o.latentFrames, o.latentHeight, o.latentWidth], rng: &rng)

@@ -95,7 +95,7 @@ public enum BLAS {
 
     public static var threads: Int {
         get { Int(openblas_get_num_threads()) }
-        set { openblas_set_num_threads(Int32(newValue)) }
+        set { openblas_set_num_threads(Int32(clamping: max(1, newValue))) }
     }
 
     /// The kernel family OpenBLAS chose at load (e.g. "Haswell", "SkylakeX", "Zen").

@@ -43,7 +43,7 @@ public enum CheckpointSaveError: Error, CustomStringConvertible {
 public enum Checkpointing {
     public static func directoryName(step: Int) -> String { String(format: "step-%07d", step) }
 
-    static func rankFile(_ r: Int) -> String { String(format: "rank-%05d.h5", r) }
+    static func rankFile(_ r: Int) -> String { CheckpointManifest.rankFile(r) }
 
     /// Saves the trainer's state; every rank must call it at the same step. Returns the directory.
     ///
@@ -183,8 +183,7 @@ public enum Checkpointing {
     /// Fletcher-32 for older checkpoints). Errors name the file and the dataset.
     public static func verify(_ dir: String) throws -> CheckpointManifest {
         let m = try CheckpointManifest.read(directory: dir)
-        let largest = m.units.flatMap { $0.shards.map { $0.end - $0.start } }.max() ?? 0
-        var scratch = [Float](repeating: 0, count: largest)
+        var scratch: [Float] = []
         for r in 0..<m.world_size {
             let path = dir + "/" + rankFile(r)
             guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(rankFile(r))") }
@@ -200,6 +199,7 @@ public enum Checkpointing {
                         guard n == shard.end - shard.start else {
                             throw CheckpointError.corrupt(file: path, detail: "dataset \(name) has \(n) values, manifest says \(shard.end - shard.start)")
                         }
+                        if scratch.count < n { scratch = [Float](repeating: 0, count: n) }
                         try scratch.withUnsafeMutableBufferPointer { try ChecksummedArray.read(f, name, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
                     } catch let e as CheckpointError { throw e } catch {
                         throw CheckpointError.corrupt(file: path, detail: "dataset \(name): \(error)")
@@ -230,18 +230,24 @@ public enum Checkpointing {
         /// Elements `range` of unit `u`'s flat dataset `ds` (weights / exp_avg / exp_avg_sq),
         /// read from the shard files that hold them, checking the checksums of what is read.
         func read(_ u: CheckpointManifest.UnitEntry, _ ds: String, _ range: Range<Int>) throws -> [Float] {
+            let name = "units/\(u.name)/\(ds)"
+            let shards = u.shards.filter { max($0.start, range.lowerBound) < min($0.end, range.upperBound) }
+            // Every shard's size is checked against the manifest before the output is allocated
+            // (a corrupt count must not become a huge allocation).
+            for s in shards {
+                let f = try file(s)
+                let n: Int
+                do { n = try f.dataset(name).count() } catch { throw CheckpointError.corrupt(file: f.filePath, detail: "dataset \(name): \(error)") }
+                guard n == s.end - s.start else {
+                    throw CheckpointError.corrupt(file: f.filePath, detail: "dataset \(name) has \(n) values, manifest says \(s.end - s.start)")
+                }
+            }
             var out = [Float](repeating: 0, count: range.count)
             try out.withUnsafeMutableBufferPointer { buf in
-                for s in u.shards {
+                for s in shards {
                     let lo = max(s.start, range.lowerBound), hi = min(s.end, range.upperBound)
-                    guard lo < hi else { continue }
                     let f = try file(s)
-                    let name = "units/\(u.name)/\(ds)"
                     do {
-                        let n = try f.dataset(name).count()
-                        guard n == s.end - s.start else {
-                            throw CheckpointError.corrupt(file: f.filePath, detail: "dataset \(name) has \(n) values, manifest says \(s.end - s.start)")
-                        }
                         try ChecksummedArray.read(f, name, range: (lo - s.start)..<(hi - s.start),
                                                   into: UnsafeMutableBufferPointer(rebasing: buf[(lo - range.lowerBound)..<(hi - range.lowerBound)]))
                     } catch let e as CheckpointError { throw e } catch {

@@ -240,6 +240,10 @@ public struct RunConfig: Codable, Sendable, Equatable {
         stages = try c.decodeIfPresent([StageConfig].self, forKey: .stages) ?? []
     }
 
+    /// Largest global batch a config may ask for (a typo like 1e12 would otherwise only show as
+    /// an allocation failure or a hang).
+    public static let maxBatchSize = 1 << 16
+
     public func validate(file: String = "<config>") throws {
         func fail(_ field: String, _ message: String) throws -> Never { throw ConfigError.invalid(file: file, field: field, message: message) }
         if version != RunConfig.currentVersion { try fail("version", "unsupported version \(version) (this hv reads \(RunConfig.currentVersion))") }
@@ -256,18 +260,22 @@ public struct RunConfig: Codable, Sendable, Equatable {
             if data.height < 1 || data.height % p[1] != 0 { try fail(prefix + "height", "\(data.height) must be a positive multiple of patch h \(p[1])") }
             if data.width < 1 || data.width % p[2] != 0 { try fail(prefix + "width", "\(data.width) must be a positive multiple of patch w \(p[2])") }
             if !(0...1).contains(data.image_ratio) { try fail(prefix + "image_ratio", "must be in [0, 1]") }
+            if data.object_size < 0 || data.object_size > min(data.height, data.width) {
+                try fail(prefix + "object_size", "\(data.object_size) must be 0 (default) or fit in the \(data.height)x\(data.width) latent frame")
+            }
+            if data.speed < 1 { try fail(prefix + "speed", "must be >= 1") }
         }
         try check(data, "data.")
         if train.grad_accum < 1 { try fail("train.grad_accum", "must be >= 1") }
         for (i, st) in stages.enumerated() {
             try check(st.data, "stages.\(i).data.")
             if st.steps < 1 { try fail("stages.\(i).steps", "must be >= 1") }
-            if let b = st.batch_size, b < 1 || b % train.grad_accum != 0 {
-                try fail("stages.\(i).batch_size", "\(b) must be >= 1 and a multiple of train.grad_accum \(train.grad_accum)")
+            if let b = st.batch_size, b < 1 || b > RunConfig.maxBatchSize || b % train.grad_accum != 0 {
+                try fail("stages.\(i).batch_size", "\(b) must be in 1...\(RunConfig.maxBatchSize) and a multiple of train.grad_accum \(train.grad_accum)")
             }
         }
         if train.steps < 0 { try fail("train.steps", "must be >= 0") }
-        if train.batch_size < 1 { try fail("train.batch_size", "must be >= 1") }
+        if train.batch_size < 1 || train.batch_size > RunConfig.maxBatchSize { try fail("train.batch_size", "\(train.batch_size) must be in 1...\(RunConfig.maxBatchSize)") }
         if train.context_parallel < 1 { try fail("train.context_parallel", "must be >= 1") }
         if MatmulPrecision(rawValue: train.precision) == nil {
             try fail("train.precision", "'\(train.precision)' is not one of \(MatmulPrecision.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -294,10 +302,6 @@ public struct RunConfig: Codable, Sendable, Equatable {
         if checkpoint.keep < 1 { try fail("checkpoint.keep", "must be >= 1") }
         if flow.guidance_min > flow.guidance_max { try fail("flow.guidance_min", "must not exceed guidance_max") }
         if !(0..<1).contains(flow.caption_dropout) { try fail("flow.caption_dropout", "must be in [0, 1)") }
-        if data.object_size < 0 || data.object_size > min(data.height, data.width) {
-            try fail("data.object_size", "\(data.object_size) must be 0 (default) or fit in the \(data.height)x\(data.width) latent frame")
-        }
-        if data.speed < 1 { try fail("data.speed", "must be >= 1") }
         if sample.steps < 1 { try fail("sample.steps", "must be >= 1") }
         if !(sample.shift > 0) { try fail("sample.shift", "must be > 0") }
         if !(sample.guidance >= 1) { try fail("sample.guidance", "must be >= 1 (1 = no classifier-free guidance)") }
@@ -332,6 +336,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 try checkUnknownKeys(st, file: path, known: RunConfig.StageConfig(), prefix: "stages.\(i).")
                 guard st["steps"] != nil else { throw ConfigError.invalid(file: path, field: "stages.\(i).steps", message: "missing") }
                 // The stage's data fields override the run's.
+                if let d = st["data"], !(d is [String: Any]) {
+                    throw ConfigError.invalid(file: path, field: "stages.\(i).data", message: "must be a mapping of data fields")
+                }
                 st["data"] = runData.merging(st["data"] as? [String: Any] ?? [:]) { $1 }
                 return st
             }
@@ -345,7 +352,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
             throw ConfigError.from(e, file: path)
         }
         if !config.stages.isEmpty {
-            let total = config.stages.reduce(0) { $0 + $1.steps }
+            var total = 0
+            for (i, st) in config.stages.enumerated() {
+                let (sum, overflow) = total.addingReportingOverflow(st.steps)
+                guard !overflow else { throw ConfigError.invalid(file: path, field: "stages.\(i).steps", message: "the stages' total number of steps overflows") }
+                total = sum
+            }
             if let given = stepsGiven, given != total {
                 throw ConfigError.invalid(file: path, field: "train.steps", message: "\(given) differs from the stages' total \(total) (leave it out: with stages it is their sum)")
             }

@@ -70,6 +70,16 @@ public final class Trainer {
         }
     }
 
+    public enum TrainingError: Error, CustomStringConvertible {
+        case nonFiniteLoss(step: Int, loss: Float)
+        public var description: String {
+            switch self {
+            case .nonFiniteLoss(let s, let l):
+                "the loss of step \(s) is \(l): training stopped (the weights after this step are not saved; the latest checkpoint is untouched). Check the data for non-finite values, or lower train.lr"
+            }
+        }
+    }
+
     /// `comm` connects the data-parallel ranks; `zeroStage` 0-3 chooses what is sharded.
     public init(config: RunConfig, comm: Communicator = SoloCommunicator(), zeroStage: Int = 0) throws {
         // Process-wide: a worker runs one trainer.
@@ -110,6 +120,8 @@ public final class Trainer {
         let t = config.train
         optimizer = AdamW(lr: Float(t.lr), beta1: Float(t.beta1), beta2: Float(t.beta2), weightDecay: Float(t.weight_decay))
         let first = try Trainer.makeData(config, stage: 0)
+        // Every later stage's cache is opened and checked now, not after the stages before it trained.
+        for i in config.stages.indices.dropFirst() where config.stages[i].data.kind == "latent-cache" { _ = try Trainer.makeData(config, stage: i) }
         dataset = first.0
         cache = first.1
         order = first.2
@@ -321,6 +333,8 @@ public final class Trainer {
         var stats = StepStats(step: s, loss: total[0] / Float(B), gradNorm: norm, lr: lr, samples: B, videoTokens: tokens,
                               seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, commSeconds: engine.takeCommSeconds())
         if pipeline != nil { stats.pipelineIdleSeconds = Double(total[1]); stats.pipelineSeconds = Double(total[2]) }
+        // The all-reduced loss is the same on every rank, so all stop together.
+        guard stats.loss.isFinite else { throw TrainingError.nonFiniteLoss(step: s, loss: stats.loss) }
         return stats
     }
 

@@ -60,6 +60,22 @@ final class SyntheticDataTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("line 3"), "\(error)")
             XCTAssertTrue("\(error)".contains("frames"), "\(error)")
         }
+        // Values out of range are named too (they overflowed, or vanished in curation, before).
+        let good = "{\"path\":\"a.mp4\",\"frames\":1,\"width\":2,\"height\":2,\"fps\":1}\n"
+        for (line, field) in [("{\"path\":\"b.mp4\",\"frames\":0,\"width\":2,\"height\":2,\"fps\":1}", "'frames'"),
+                              ("{\"path\":\"b.mp4\",\"frames\":3,\"width\":2,\"height\":2,\"fps\":1,\"start_frame\":-3}", "'start_frame'"),
+                              ("{\"path\":\"b.mp4\",\"frames\":3,\"width\":2,\"height\":2,\"fps\":1,\"start_frame\":\(Int.max)}", "'start_frame'")] {
+            try (good + line + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try Manifest.read(file)) { error in
+                XCTAssertTrue("\(error)".contains("line 2") && "\(error)".contains(field), "\(error)")
+            }
+        }
+        // Sizes that would overflow or exhaust memory are refused before any clip is rendered.
+        for (size, frames) in [(1 << 32, 17), (65536, 17), (64, 100_000_000)] {
+            XCTAssertThrowsError(try SyntheticDataset.write(to: path("huge"), count: 1, size: size, frames: frames)) { error in
+                XCTAssertTrue("\(error)".contains("size") || "\(error)".contains("frames"), "\(error)")
+            }
+        }
     }
 
     /// The decoded video shows what the caption says: the shape's mean colour is nearest to the

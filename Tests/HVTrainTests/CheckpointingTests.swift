@@ -106,6 +106,91 @@ final class CheckpointingTests: XCTestCase {
         XCTAssert(shape.contains("tensor final_layer.linear.weight is [") && shape.contains("in this model"), shape)
     }
 
+    /// Manifest values out of range (a hand-edited or corrupted manifest.json) are errors naming
+    /// the manifest, never a trap or a huge allocation, and never shards that silently read as
+    /// zeros. Every case here crashed or loaded all-zero weights before.
+    func testManifestValuesOutOfRangeAreErrors() throws {
+        let (_, dir) = try savedRun()
+        let original = try CheckpointManifest.read(directory: dir)
+        let u = original.units.firstIndex { $0.name == "outer" }!
+        let edits: [(String, (inout CheckpointManifest) -> Void)] = [
+            ("offset", { $0.units[u].tensors[0].offset = $0.units[u].count }),
+            ("negative size", { $0.units[u].tensors[0].shape = [-1, 4] }),
+            ("too large", { $0.units[u].tensors[0].shape = [1 << 40, 1 << 40] }),
+            ("count -1", { $0.units[u].count = -1 }),
+            ("count 4611686018427387904", { $0.units[u].count = 1 << 62; $0.units[u].shards[0].end = 1 << 62 }),
+            ("shards cover", { $0.units[u].shards = [] }),
+            ("covers", { $0.units[u].shards[0].end = -5 }),
+            ("world_size 0", { $0.world_size = 0 }),
+            ("outside world_size", { $0.units[u].shards[0].rank = 7 }),
+            ("shard file", { $0.units[u].shards[0].file = "../../etc/passwd" }),
+            ("listed twice", { $0.units.append($0.units[u]) }),
+        ]
+        for (fragment, edit) in edits {
+            var m = original
+            edit(&m)
+            try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+            for attempt in [{ _ = try Checkpointing.verify(dir) }, { _ = try TextToVideo.load(dir) },
+                            { try Checkpointing.load(try Trainer(config: try self.tinyRun(steps: 6)), from: dir) }] {
+                XCTAssertThrowsError(try attempt(), fragment) { e in
+                    XCTAssert("\(e)".contains("manifest.json") && "\(e)".contains(fragment), "\(fragment): \(e)")
+                }
+            }
+        }
+    }
+
+    /// hv-sample builds the model from the run config saved in the checkpoint: it is validated
+    /// first (heads_num 0 divided by zero before), and the sampling options are range-checked.
+    func testSavedRunConfigAndSamplingOptionsAreChecked() throws {
+        let (_, dir) = try savedRun()
+        var m = try CheckpointManifest.read(directory: dir)
+        let good = m.run_config
+        m.run_config = good.replacingOccurrences(of: "\"heads_num\":", with: "\"heads_num\":0,\"x_heads\":")
+        XCTAssertNotEqual(m.run_config, good)
+        try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+        XCTAssertThrowsError(try TextToVideo.load(dir)) { e in
+            XCTAssert("\(e)".contains("manifest.json (run_config)") && "\(e)".contains("model.heads_num"), "\(e)")
+        }
+        m.run_config = "{not json"
+        try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+        XCTAssertThrowsError(try TextToVideo.load(dir)) { e in
+            XCTAssert("\(e)".contains("manifest.json") && "\(e)".contains("run_config does not parse"), "\(e)")
+        }
+        m.run_config = good
+        try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+        let model = try TextToVideo.load(dir)
+        var o = model.run.samplingDefaults
+        o.steps = 2
+        XCTAssertNoThrow(try model.sampleLatents(prompt: "a red square moving right", options: o))
+        let edits: [(String, (inout SamplingOptions) -> Void)] = [
+            ("--steps", { $0.steps = -1 }), ("--steps", { $0.steps = 0 }), ("--shift", { $0.shift = 0 }), ("--shift", { $0.shift = .nan }),
+            ("--guidance", { $0.guidance = 0 }), ("--guidance", { $0.guidance = .infinity }), ("--frames", { $0.latentFrames = 0 }),
+            ("--height", { $0.latentHeight = -2 }), ("too large", { $0.latentWidth = 1 << 40 }),
+        ]
+        for (flag, edit) in edits {
+            var bad = o
+            edit(&bad)
+            XCTAssertThrowsError(try model.sampleLatents(prompt: "a red square moving right", options: bad), flag) { e in
+                XCTAssert("\(e)".contains(flag), "\(flag): \(e)")
+            }
+        }
+    }
+
+    /// A dataset whose hv checksums were stripped (and that has no Fletcher-32 filter either)
+    /// cannot be verified, so it is refused rather than trusted.
+    func testStrippedChecksumsAreRefused() throws {
+        let (_, dir) = try savedRun()
+        let path = dir + "/rank-00000.h5", dataset = "units/outer/weights"
+        do {
+            let f = try H5File(path: path, mode: .readWrite)
+            for attr in ["hv_checksum", "hv_checksum_block", "hv_checksums"] { try f.dataset(dataset).deleteAttribute(attr) }
+            try f.close()
+        }
+        XCTAssertThrowsError(try Checkpointing.verify(dir)) { e in
+            XCTAssert("\(e)".contains("rank-00000.h5") && "\(e)".contains(dataset) && "\(e)".contains("cannot be verified"), "\(e)")
+        }
+    }
+
     /// Checkpoints written before hv's own checksums (chunked datasets with HDF5's Fletcher-32
     /// filter) still verify and load.
     func testLegacyFletcher32CheckpointLoads() throws {

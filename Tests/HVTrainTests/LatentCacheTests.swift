@@ -135,6 +135,38 @@ final class LatentCacheTests: XCTestCase {
         XCTAssertThrowsError(try LatentCache(directory: dir).sample(2)) { e in
             XCTAssert("\(e)".contains("shard-00001.h5"), "\(e)")
         }
+        try saved.write(to: URL(fileURLWithPath: shard))
+        // index.json values that do not fit the VAE or the shard: errors naming the file.
+        let indexPath = dir + "/index.json"
+        let savedIndex = try Data(contentsOf: URL(fileURLWithPath: indexPath))
+        let index = try JSONDecoder().decode(LatentCacheIndex.self, from: savedIndex)
+        func withIndex(_ edit: (inout LatentCacheIndex) -> Void, _ body: () throws -> Void) throws {
+            var i = index
+            edit(&i)
+            try JSONEncoder().encode(i).write(to: URL(fileURLWithPath: indexPath))
+            try body()
+            try savedIndex.write(to: URL(fileURLWithPath: indexPath))
+        }
+        for shape in [[8, 2, 4, 4], [index.samples[2].shape[0], 0, 4, 4], [index.samples[2].shape[0], -3, 4, 4], [1 << 40, 1 << 40, 2, 2]] {
+            try withIndex({ $0.samples[2].shape = shape }) {
+                XCTAssertThrowsError(try LatentCache(directory: dir)) { e in
+                    XCTAssert("\(e)".contains("index.json") && "\(e)".contains("\(shape)"), "\(e)")
+                }
+            }
+        }
+        // Same number of values, other shape: the stored dataset's shape is compared.
+        let s2 = index.samples[2].shape
+        try withIndex({ $0.samples[2].shape = [s2[0], s2[1] * s2[2], 1, s2[3]] }) {
+            XCTAssertThrowsError(try LatentCache(directory: dir).sample(2)) { e in
+                XCTAssert("\(e)".contains("shard-00001.h5") && "\(e)".contains("latent shape"), "\(e)")
+            }
+        }
+        // Token ids beyond the vocabulary the index declares.
+        try withIndex({ $0.vocab_size = 1 }) {
+            XCTAssertThrowsError(try LatentCache(directory: dir).sample(2)) { e in
+                XCTAssert("\(e)".contains("shard-00001.h5") && "\(e)".contains("vocab_size"), "\(e)")
+            }
+        }
         try FileManager.default.removeItem(atPath: dir + "/index.json")
         XCTAssertThrowsError(try Trainer(config: run)) { e in XCTAssert("\(e)".contains("index.json"), "\(e)") }
         var bad = run

@@ -156,6 +156,29 @@ final class TrainerTests: XCTestCase {
         expectError("train:\n  grad_accum: 0\nstages:\n  - name: video\n    steps: 2\n    batch_size: 4\n", "train.grad_accum")
         expectError("model:\n  refiner_depth: -1\n", "model.refiner_depth")
         expectError("model:\n  rope_theta: 0\n", "model.rope_theta")
+        // Stages: each of these trapped, hung or was silently ignored before.
+        let big = Int.max
+        expectError("stages:\n  - steps: \(big)\n  - steps: \(big)\n", "stages.1.steps")
+        expectError("stages:\n  - steps: 2\n    data: 7\n", "stages.0.data")
+        expectError("stages:\n  - steps: 2\n    data:\n      speed: 0\n", "stages.0.data.speed")
+        expectError("stages:\n  - steps: 2\n    data:\n      object_size: -3\n", "stages.0.data.object_size")
+        expectError("stages:\n  - steps: 2\n    batch_size: 1000000000000\n", "stages.0.batch_size")
+        expectError("train:\n  batch_size: 1000000000000\n", "train.batch_size")
+    }
+
+    /// A loss that stops being finite ends training with an error naming the step (instead of
+    /// training on, and checkpointing, NaN weights).
+    func testNonFiniteLossStopsTraining() throws {
+        var cfg = try tinyRun(steps: 8)
+        cfg.train.lr = 1e30
+        cfg.train.warmup_steps = 0
+        let trainer = try Trainer(config: cfg)
+        var message: String?
+        for _ in 0..<8 where message == nil {
+            do { _ = try trainer.trainStep() } catch { message = "\(error)" }
+        }
+        let text = try XCTUnwrap(message, "a learning rate of 1e30 should make the loss non-finite within 8 steps")
+        XCTAssert(text.contains("the loss of step") && text.contains("training stopped"), text)
     }
 
     /// VAE run configs: every field a run divides by or counts with is checked up front, naming

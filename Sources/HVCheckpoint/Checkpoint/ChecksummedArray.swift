@@ -60,7 +60,14 @@ public enum ChecksummedArray {
                                             object: ds.path, file: ds.filePath, function: #function)
         }
         guard try ds.hasAttribute(sumsAttribute) else {
-            try ds.read(range: range, into: buffer)  // legacy: HDF5 checks the Fletcher-32 filter per chunk
+            // Legacy: HDF5 checks the Fletcher-32 filter per chunk. A non-empty dataset with
+            // neither (checksums stripped) could hold anything, so it is refused.
+            let verifiable = try count == 0 || ds.filters().contains(.fletcher32)
+            guard verifiable else {
+                throw ChecksumError.malformed(file: ds.filePath, dataset: ds.path,
+                                              detail: "no hv checksums (\(sumsAttribute)) and no Fletcher-32 filter: its values cannot be verified")
+            }
+            try ds.read(range: range, into: buffer)
             return
         }
         let algorithm = try ds.stringAttribute(algorithmAttribute)
@@ -69,7 +76,7 @@ public enum ChecksummedArray {
         }
         let block = Int(try ds.int64Attribute(blockAttribute))
         let sums = try ds.int64ArrayAttribute(sumsAttribute)
-        guard block > 0, sums.count == (count + block - 1) / block else {
+        guard block > 0, sums.count == count / block + (count % block == 0 ? 0 : 1) else {
             throw ChecksumError.malformed(file: ds.filePath, dataset: ds.path,
                                           detail: "\(sums.count) checksums of blocks of \(block) for \(count) elements")
         }

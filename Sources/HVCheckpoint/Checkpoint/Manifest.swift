@@ -84,7 +84,58 @@ public struct CheckpointManifest: Codable, Equatable, Sendable {
         guard m.format_version == formatVersion else {
             throw CheckpointError.corrupt(file: path, detail: "format version \(m.format_version), this hv reads \(formatVersion)")
         }
+        if let problem = m.problem() { throw CheckpointError.corrupt(file: path, detail: problem) }
         return m
+    }
+
+    /// More values than any model hv builds (13B parameters is ~1.3e10); a count above it is corrupt.
+    public static let maxValues = 1 << 40
+
+    /// The shard file of rank `r` in a checkpoint directory.
+    public static func rankFile(_ r: Int) -> String { String(format: "rank-%05d.h5", r) }
+
+    /// What is inconsistent in this manifest (nil: nothing): readers trust its counts, offsets
+    /// and shard ranges to size buffers and to know which file holds which values, so a value
+    /// out of range must be an error here rather than a trap, or all-zero weights, later.
+    public func problem() -> String? {
+        guard world_size >= 1 else { return "world_size \(world_size) (must be >= 1)" }
+        guard step >= 0, samples_seen >= 0, tokens_seen >= 0, optimizer_step >= 0 else {
+            return "negative step/samples_seen/tokens_seen/optimizer_step"
+        }
+        var unitNames = Set<String>(), tensorNames = Set<String>(), total = 0
+        for u in units {
+            let where_ = "unit \(u.name)"
+            guard unitNames.insert(u.name).inserted else { return "\(where_) is listed twice" }
+            guard u.count >= 0, u.count <= Self.maxValues else { return "\(where_): count \(u.count) (must be in 0...\(Self.maxValues))" }
+            total += u.count
+            guard total <= Self.maxValues else { return "\(where_): the units hold more than \(Self.maxValues) values in all" }
+            for t in u.tensors {
+                guard tensorNames.insert(t.name).inserted else { return "tensor \(t.name) is listed twice" }
+                var n = 1
+                for d in t.shape {
+                    guard d >= 0 else { return "tensor \(t.name): shape \(t.shape) has a negative size" }
+                    let (p, overflow) = n.multipliedReportingOverflow(by: d)
+                    guard !overflow else { return "tensor \(t.name): shape \(t.shape) is too large" }
+                    n = p
+                }
+                guard t.offset >= 0, t.offset <= u.count, n <= u.count - t.offset else {
+                    return "tensor \(t.name): offset \(t.offset) + \(n) values lies outside \(where_)'s \(u.count) values"
+                }
+            }
+            // The shards, in order, must cover 0..<count exactly: a gap would read as zeros.
+            var next = 0, ranks = Set<Int>()
+            for s in u.shards {
+                guard (0..<world_size).contains(s.rank) else { return "\(where_): shard of rank \(s.rank) outside world_size \(world_size)" }
+                guard ranks.insert(s.rank).inserted else { return "\(where_): rank \(s.rank) has two shards" }
+                guard s.file == Self.rankFile(s.rank) else { return "\(where_): rank \(s.rank)'s shard file is \"\(s.file)\", expected \(Self.rankFile(s.rank))" }
+                guard s.start == next, s.end >= s.start, s.end <= u.count else {
+                    return "\(where_): shard of rank \(s.rank) covers \(s.start)..<\(s.end); expected it to start at \(next) and end by \(u.count)"
+                }
+                next = s.end
+            }
+            guard next == u.count else { return "\(where_): shards cover 0..<\(next) of its \(u.count) values" }
+        }
+        return nil
     }
 
     public func encoded() throws -> Data {

@@ -38,9 +38,13 @@ public enum SyntheticDataset {
                              progress: ((Int, Int) -> Void)? = nil) throws -> [ManifestEntry] {
         guard count >= 0 else { throw DataError.invalidArgument("count must be >= 0, got \(count)") }
         // yuv420p halves the chroma planes, so H.264 needs even sides.
-        guard size >= 16, size % 2 == 0 else { throw DataError.invalidArgument("size must be even and >= 16, got \(size)") }
-        guard frames >= 1 else { throw DataError.invalidArgument("frames must be >= 1, got \(frames)") }
-        guard fps >= 1 else { throw DataError.invalidArgument("fps must be >= 1, got \(fps)") }
+        guard size >= 16, size <= 4096, size % 2 == 0 else { throw DataError.invalidArgument("size must be even and in 16...4096, got \(size)") }
+        guard frames >= 1, frames <= 10_000 else { throw DataError.invalidArgument("frames must be in 1...10000, got \(frames)") }
+        // A clip is held in memory while it is written: bound it (2^30 bytes of RGB).
+        guard size * size * 3 * frames <= 1 << 30 else {
+            throw DataError.invalidArgument("a clip of \(frames) frames of \(size)x\(size) is larger than 1 GiB of RGB; use fewer frames or a smaller size")
+        }
+        guard fps >= 1, fps <= 1000 else { throw DataError.invalidArgument("fps must be in 1...1000, got \(fps)") }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let renderer = SyntheticVideo(size: size, frames: frames, seed: seed)
         var entries: [ManifestEntry] = []
@@ -128,6 +132,18 @@ public struct ManifestEntry: Codable, Sendable, Equatable {
         self.bucket = bucket
     }
 
+    /// What is out of range in this entry (nil: nothing).
+    public var problem: String? {
+        if frames < 1 { return "field 'frames': \(frames) must be >= 1" }
+        if let start = start_frame {
+            if start < 0 { return "field 'start_frame': \(start) must be >= 0" }
+            if start.addingReportingOverflow(frames).overflow { return "field 'start_frame': \(start) + frames \(frames) overflows" }
+        }
+        if width < 0 || height < 0 { return "fields 'width'/'height': \(width)x\(height) must not be negative" }
+        if !(fps >= 0) || !fps.isFinite { return "field 'fps': \(fps) must be a finite number >= 0" }
+        return nil
+    }
+
     /// A name for logs: the path, with the frame range when this is a shot of a longer file.
     public var label: String {
         guard let start = start_frame else { return path }
@@ -162,11 +178,14 @@ public struct Manifest: Sendable {
         var entries: [ManifestEntry] = []
         for (n, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
             if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+            let entry: ManifestEntry
             do {
-                entries.append(try decoder.decode(ManifestEntry.self, from: Data(line)))
+                entry = try decoder.decode(ManifestEntry.self, from: Data(line))
             } catch let error as DecodingError {
                 throw DataError.malformedManifest(path: path, line: n + 1, reason: Self.describe(error))
             }
+            if let problem = entry.problem { throw DataError.malformedManifest(path: path, line: n + 1, reason: problem) }
+            entries.append(entry)
         }
         return Manifest(path: path, entries: entries)
     }

@@ -9,10 +9,14 @@ public enum ClipLoader {
         public init(width: Int, height: Int, frames: Int) { self.width = width; self.height = height; self.frames = frames }
         public var description: String { Curator.bucketKey(width: width, height: height, frames: frames) }
 
-        /// Parses "WxHxT".
+        /// Largest bucket a manifest may name (a clip of it is decoded into memory whole).
+        public static let maxSide = 4096, maxFrames = 4096, maxPixels = 1 << 28
+
+        /// Parses "WxHxT" (sides in 1...maxSide, frames in 1...maxFrames, W x H x T <= maxPixels).
         public init?(key: String) {
             let p = key.split(separator: "x").map { Int($0) }
-            guard p.count == 3, let w = p[0], let h = p[1], let t = p[2], w > 0, h > 0, t > 0 else { return nil }
+            guard p.count == 3, let w = p[0], let h = p[1], let t = p[2], (1...Self.maxSide).contains(w), (1...Self.maxSide).contains(h),
+                  (1...Self.maxFrames).contains(t), w * h * t <= Self.maxPixels else { return nil }
             self.init(width: w, height: h, frames: t)
         }
     }
@@ -22,7 +26,7 @@ public enum ClipLoader {
     public static func bucket(of entry: ManifestEntry, manifest: String) throws -> Bucket {
         if let key = entry.bucket {
             guard let b = Bucket(key: key) else {
-                throw DataError.invalidArgument("manifest '\(manifest)' entry \(entry.label): field 'bucket' is '\(key)', expected WxHxT (e.g. 64x64x17)")
+                throw DataError.invalidArgument("manifest '\(manifest)' entry \(entry.label): field 'bucket' is '\(key)', expected WxHxT (e.g. 64x64x17; sides <= \(Bucket.maxSide), frames <= \(Bucket.maxFrames), W x H x T <= \(Bucket.maxPixels))")
             }
             return b
         }

@@ -53,12 +53,20 @@ public struct VAEConfig: Codable, Sendable, Equatable {
             try fail(f, "must be at least 1, got \(v)")
         }
         if let bad = block_out_channels.first(where: { $0 < 1 }) { try fail("block_out_channels", "channel counts must be at least 1, got \(bad)") }
+        // Upper bounds far above any real VAE (the paper's widest block has 512 channels), so a
+        // corrupted value is an error rather than a failed allocation.
+        for (f, v) in [("in_channels", in_channels), ("out_channels", out_channels), ("latent_channels", latent_channels),
+                       ("block_out_channels", block_out_channels.max() ?? 0)] where v > 16384 {
+            try fail(f, "\(v) channels is more than hv allows (16384)")
+        }
+        if layers_per_block > 64 { try fail("layers_per_block", "\(layers_per_block) is more than hv allows (64)") }
+        if block_out_channels.count > 16 { try fail("block_out_channels", "\(block_out_channels.count) blocks is more than hv allows (16)") }
         if !(scaling_factor > 0) || !scaling_factor.isFinite { try fail("scaling_factor", "must be a positive number") }
         if let bad = block_out_channels.first(where: { $0 % norm_num_groups != 0 }) {
             try fail("norm_num_groups", "\(norm_num_groups) groups do not divide \(bad) channels")
         }
-        for (f, v) in [("spatial_compression", spatial_compression), ("temporal_compression", temporal_compression)] where v < 1 || v & (v - 1) != 0 {
-            try fail(f, "must be a power of two, got \(v)")
+        for (f, v) in [("spatial_compression", spatial_compression), ("temporal_compression", temporal_compression)] where v < 1 || v > 1 << 15 || v & (v - 1) != 0 {
+            try fail(f, "must be a power of two (at most 32768), got \(v)")
         }
         if spatialDownBlocks > block_out_channels.count - 1 || temporalDownBlocks > block_out_channels.count - 1 {
             try fail("block_out_channels", "\(block_out_channels.count) blocks cannot give \(spatial_compression)x/\(temporal_compression)x compression")

@@ -166,6 +166,13 @@ public final class LatentCache {
         if let bad = index.samples.first(where: { !listed.contains($0.shard) || $0.shape.count != 4 }) {
             throw LatentCacheError.badIndex(file: indexPath, reason: "sample \(bad.name) names shard '\(bad.shard)' or shape \(bad.shape) that is not valid")
         }
+        let channels = index.vae_config.latent_channels
+        for s in index.samples {
+            let n = s.shape.reduce(1) { a, d in d < 1 ? a : a.multipliedReportingOverflow(by: d).overflow ? Int.max : a * d }
+            guard s.shape.allSatisfy({ $0 >= 1 }), s.shape[0] == channels, n <= 1 << 28 else {
+                throw LatentCacheError.badIndex(file: indexPath, reason: "sample \(s.name) has shape \(s.shape); expected [C, T, H, W] with C = vae_config.latent_channels \(channels), every size >= 1 and at most 2^28 values")
+            }
+        }
         for s in index.shards {
             let path = directory + "/" + s.file
             guard FileManager.default.fileExists(atPath: path) else { throw LatentCacheError.missingShard(file: path) }
@@ -193,10 +200,23 @@ public final class LatentCache {
         let path = directory + "/" + s.shard
         guard let f = files[s.shard] else { throw LatentCacheError.missingShard(file: path) }
         do {
-            let values = try f.read("samples/\(s.name)/latent", as: Float.self)
-            let tokens = try f.read("samples/\(s.name)/tokens", as: Int32.self)
-            guard values.count == s.shape.reduce(1, *), tokens.count == index.max_tokens else {
-                throw LatentCacheError.corruptShard(file: path, detail: "sample \(s.name) has \(values.count) latent values / \(tokens.count) tokens, index.json says \(s.shape) / \(index.max_tokens)")
+            // Checked before reading: the shapes index.json gives, and the Fletcher-32 filter
+            // that lets HDF5 verify the values (a dataset without it could hold anything).
+            let latentSet = try f.dataset("samples/\(s.name)/latent"), tokenSet = try f.dataset("samples/\(s.name)/tokens")
+            let latentShape = try latentSet.shape(), tokenShape = try tokenSet.shape()
+            guard latentShape == s.shape, tokenShape == [index.max_tokens] else {
+                throw LatentCacheError.corruptShard(file: path, detail: "sample \(s.name) has latent shape \(latentShape) / tokens \(tokenShape), index.json says \(s.shape) / [\(index.max_tokens)]")
+            }
+            guard try latentSet.filters().contains(.fletcher32), try tokenSet.filters().contains(.fletcher32) else {
+                throw LatentCacheError.corruptShard(file: path, detail: "sample \(s.name) is stored without the Fletcher-32 checksum hv-data encode writes")
+            }
+            let values = try latentSet.read(as: Float.self)
+            let tokens = try tokenSet.read(as: Int32.self)
+            guard values.allSatisfy(\.isFinite) else {
+                throw LatentCacheError.corruptShard(file: path, detail: "sample \(s.name) has non-finite latent values")
+            }
+            if let bad = tokens.first(where: { $0 < 0 || Int($0) >= index.vocab_size }) {
+                throw LatentCacheError.corruptShard(file: path, detail: "sample \(s.name) has token id \(bad) outside 0..<vocab_size \(index.vocab_size)")
             }
             return (Tensor(values, shape: s.shape), tokens.map { Int($0) }, s.caption)
         } catch let e as LatentCacheError { throw e } catch {

@@ -391,7 +391,7 @@ public final class Coordinator: @unchecked Sendable {
                     // VAE runs report clips per second (they have no video tokens).
                     let rate = m.tokens_per_s.map { String(format: "%.0f tok/s", $0) }
                         ?? String(format: "%.2f clips/s", Double(m.samples ?? 0) / max(m.step_s ?? 1, 1e-9))
-                    emit(String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %@  comm %.0f%%  eta %.0fs", lastStep, total,
+                    emit(String(format: "step %ld/%ld  loss %.4f  grad %.3f  lr %.2e  %@  comm %.0f%%  eta %.0fs", lastStep, total,
                                 m.loss ?? 0, m.grad_norm ?? 0, m.lr ?? 0, rate as NSString,
                                 100 * (m.comm_s ?? 0) / max(m.step_s ?? 1, 1e-9), eta))
                 case .done: workers[r].done = true

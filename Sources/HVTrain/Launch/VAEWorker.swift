@@ -41,7 +41,7 @@ func trainVAE(_ o: WorkerOptions, comm: Communicator, control: ZMQSocket, heartb
             send(m)
             window.append(s.l1)
             if trainer.step % cfg.train.log_every == 0 || trainer.step == lastStep {
-                log(String(format: "step %d/%d  L1 %.4f (mean of %d)  KL %.1f  %.1fs", trainer.step, cfg.train.steps,
+                log(String(format: "step %ld/%ld  L1 %.4f (mean of %ld)  KL %.1f  %.1fs", trainer.step, cfg.train.steps,
                            window.reduce(0, +) / Float(window.count), window.count, s.kl, Date().timeIntervalSince(t0)))
                 window.removeAll()
             }
