@@ -55,6 +55,9 @@ struct TrainCommand: ParsableCommand {
             var csv = "step,loss,grad_norm,lr\n"
             var window: [Trainer.StepStats] = []
             let start = Date()
+            // The losses so far are written even when a step fails (that is when they matter).
+            var finished = false
+            defer { if !finished, let lossCsv { try? csv.write(toFile: lossCsv, atomically: true, encoding: .utf8) } }
             for _ in 0..<cfg.train.steps {
                 let s = try trainer.trainStep()
                 if trainer.endsStage(trainer.step) { stderrLine("hv: stage \(trainer.stage) (\(cfg.stages[trainer.stage].name)) done at step \(trainer.step)") }
@@ -71,6 +74,7 @@ struct TrainCommand: ParsableCommand {
                 }
             }
             stderrLine(String(format: "hv: done in %.1fs", Date().timeIntervalSince(start)))
+            finished = true
             if let lossCsv { try csv.write(toFile: lossCsv, atomically: true, encoding: .utf8) }
         }
     }
@@ -279,6 +283,8 @@ struct LaunchCommand: ParsableCommand {
                     if case .interrupted = e { throw e }
                     // A full or unwritable disk would fail the same way again.
                     if case .workerFailed(_, _, let detail, _) = e, detail.contains("checkpoint save at step") { throw e }
+                    // So would a non-finite loss: training is deterministic in (seed, step).
+                    if case .workerFailed(_, _, let detail, _) = e, detail.contains(Trainer.TrainingError.nonFiniteMarker) { throw e }
                     guard attempt < maxRestarts else { throw e }
                     attempt += 1
                     stderrLine("hv-coord: \(e)")

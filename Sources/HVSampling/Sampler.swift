@@ -20,8 +20,8 @@ public struct SamplingOptions: Sendable {
     public var latentFrames = 3, latentHeight = 8, latentWidth = 8
     public init() {}
 
-    /// Most latent values one sample may have (2^24; 720p x 129 frames with 16 channels is 7.6M).
-    public static let maxLatentValues = 1 << 24
+    /// Most latent values one sample may have (2^25; 1080p x 129 frames with 16 channels is 17.1M).
+    public static let maxLatentValues = 1 << 25
     public static let maxSteps = 100_000
 
     /// What is wrong with these options for a model with `channels` latent channels (nil: nothing),

@@ -345,6 +345,9 @@ public enum Checkpointing {
         try requireDiT(try CheckpointManifest.read(directory: dir), dir)
         let m = try load(engine: trainer.engine, comm: trainer.comm, modelConfig: mine, from: dir, layout: layout)
         let p = m.data_position
+        guard p.epoch >= 0, p.count >= 1, (0...p.count).contains(p.offset) else {
+            throw CheckpointError.corrupt(file: dir + "/manifest.json", detail: "data_position epoch \(p.epoch), offset \(p.offset) of \(p.count): expected epoch >= 0, count >= 1 and 0 <= offset <= count")
+        }
         try trainer.restore(step: m.step, samplesSeen: m.samples_seen, order: DataOrder(count: p.count, seed: p.seed, epoch: p.epoch, offset: p.offset))
         trainer.optimizer.setStep(m.optimizer_step)
     }

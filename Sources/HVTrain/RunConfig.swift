@@ -260,12 +260,17 @@ public struct RunConfig: Codable, Sendable, Equatable {
             if data.height < 1 || data.height % p[1] != 0 { try fail(prefix + "height", "\(data.height) must be a positive multiple of patch h \(p[1])") }
             if data.width < 1 || data.width % p[2] != 0 { try fail(prefix + "width", "\(data.width) must be a positive multiple of patch w \(p[2])") }
             if !(0...1).contains(data.image_ratio) { try fail(prefix + "image_ratio", "must be in [0, 1]") }
-            if data.object_size < 0 || data.object_size > min(data.height, data.width) {
-                try fail(prefix + "object_size", "\(data.object_size) must be 0 (default) or fit in the \(data.height)x\(data.width) latent frame")
+            // The synthetic data divides by speed and sizes its shapes by object_size (a stage
+            // inherits the run's value and may be smaller: the shape is clipped to the frame).
+            if data.kind != "latent-cache" {
+                if data.object_size < 0 { try fail(prefix + "object_size", "\(data.object_size) must be >= 0 (0: the default size)") }
+                if data.speed < 1 { try fail(prefix + "speed", "must be >= 1") }
             }
-            if data.speed < 1 { try fail(prefix + "speed", "must be >= 1") }
         }
         try check(data, "data.")
+        if data.object_size > min(data.height, data.width) {
+            try fail("data.object_size", "\(data.object_size) must be 0 (default) or fit in the \(data.height)x\(data.width) latent frame")
+        }
         if train.grad_accum < 1 { try fail("train.grad_accum", "must be >= 1") }
         for (i, st) in stages.enumerated() {
             try check(st.data, "stages.\(i).data.")
@@ -336,7 +341,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 try checkUnknownKeys(st, file: path, known: RunConfig.StageConfig(), prefix: "stages.\(i).")
                 guard st["steps"] != nil else { throw ConfigError.invalid(file: path, field: "stages.\(i).steps", message: "missing") }
                 // The stage's data fields override the run's.
-                if let d = st["data"], !(d is [String: Any]) {
+                if let d = st["data"], !(d is [String: Any]), !(d is NSNull) {
                     throw ConfigError.invalid(file: path, field: "stages.\(i).data", message: "must be a mapping of data fields")
                 }
                 st["data"] = runData.merging(st["data"] as? [String: Any] ?? [:]) { $1 }

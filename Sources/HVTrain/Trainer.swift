@@ -72,10 +72,12 @@ public final class Trainer {
 
     public enum TrainingError: Error, CustomStringConvertible {
         case nonFiniteLoss(step: Int, loss: Float)
+        /// Part of the description the launcher looks for (a restart would fail the same way).
+        public static let nonFiniteMarker = "training stopped (the weights after this step are not saved"
         public var description: String {
             switch self {
             case .nonFiniteLoss(let s, let l):
-                "the loss of step \(s) is \(l): training stopped (the weights after this step are not saved; the latest checkpoint is untouched). Check the data for non-finite values, or lower train.lr"
+                "the loss of step \(s) is \(l): \(Self.nonFiniteMarker); the latest checkpoint is untouched). Check the data for non-finite values, or lower train.lr"
             }
         }
     }

@@ -159,6 +159,13 @@ final class CurationTests: XCTestCase {
                        "1280x720x129")
         XCTAssertEqual(Curator.bucket(width: 32, height: 32, frames: 1).map { "\($0.frames)" }, "1")
         XCTAssertNil(Curator.bucket(width: 8, height: 64, frames: 17))
+        // Long or huge clips get buckets that ClipLoader accepts: frames cut, sides cropped.
+        for (w, h, t) in [(1280, 720, 1000), (1920, 1080, 20000), (7680, 4320, 129)] {
+            let b = Curator.bucket(width: w, height: h, frames: t)!
+            XCTAssertNotNil(ClipLoader.Bucket(key: Curator.bucketKey(width: b.width, height: b.height, frames: b.frames)), "\(b)")
+            XCTAssertEqual((b.frames - 1) % 4, 0)
+        }
+        XCTAssertEqual(Curator.bucket(width: 1280, height: 720, frames: 1000).map { "\($0.width)x\($0.height)x\($0.frames)" }, "1280x720x289")
     }
 
     func testPerceptualHash() {

@@ -1,6 +1,7 @@
 import Foundation
 import HVCheckpoint
 import HVSampling
+import HVTensor
 import HVTrain
 import XCTest
 
@@ -125,6 +126,7 @@ final class CheckpointingTests: XCTestCase {
             ("outside world_size", { $0.units[u].shards[0].rank = 7 }),
             ("shard file", { $0.units[u].shards[0].file = "../../etc/passwd" }),
             ("listed twice", { $0.units.append($0.units[u]) }),
+            ("world_size 100000", { $0.world_size = 100_000 }),
         ]
         for (fragment, edit) in edits {
             var m = original
@@ -172,6 +174,35 @@ final class CheckpointingTests: XCTestCase {
             edit(&bad)
             XCTAssertThrowsError(try model.sampleLatents(prompt: "a red square moving right", options: bad), flag) { e in
                 XCTAssert("\(e)".contains(flag), "\(flag): \(e)")
+            }
+        }
+    }
+
+    /// Every layout hv writes passes the manifest checks: a unit over fewer ranks than values
+    /// (empty shards), over a pipeline stage's ranks (not starting at 0), and over all ranks.
+    func testManifestLayoutsHvWritesAreValid() {
+        let small = Checkpointing.unitEntry(name: "small", params: [("a", Tensor(zeros: [3]))], ranks: Array(0..<8))
+        XCTAssert(small.shards.contains { $0.start == $0.end }, "some shards are empty")
+        let stage = Checkpointing.unitEntry(name: "stage1", params: [("b", Tensor(zeros: [4, 5])), ("c", Tensor(zeros: [7]))], ranks: [6, 7])
+        let all = Checkpointing.unitEntry(name: "outer", params: [("d", Tensor(zeros: [2, 2, 2]))], ranks: Array(0..<8))
+        let m = CheckpointManifest(step: 3, samples_seen: 12, tokens_seen: 96, world_size: 8, zero_stage: 3, run_config: "{}", model_config: "{}",
+                                   data_position: .init(epoch: 0, offset: 1, count: 4, seed: 0), optimizer_step: 3, rng: "", units: [small, stage, all])
+        XCTAssertNil(m.problem())
+        var bad = m
+        bad.world_size = 7
+        XCTAssertNotNil(bad.problem(), "rank 7 is outside a world of 7")
+    }
+
+    /// A data position out of range is refused on resume (it trapped in the data order).
+    func testBadDataPositionIsRefusedOnResume() throws {
+        let (_, dir) = try savedRun()
+        let original = try CheckpointManifest.read(directory: dir)
+        for edit: (inout CheckpointManifest.DataPosition) -> Void in [{ $0.offset = $0.count + 1 }, { $0.epoch = -1 }, { $0.count = 0 }] {
+            var m = original
+            edit(&m.data_position)
+            try m.encoded().write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+            XCTAssertThrowsError(try Checkpointing.load(try Trainer(config: try tinyRun(steps: 6)), from: dir)) { e in
+                XCTAssert("\(e)".contains("manifest.json") && "\(e)".contains("data_position"), "\(e)")
             }
         }
     }

@@ -98,7 +98,7 @@ public struct CheckpointManifest: Codable, Equatable, Sendable {
     /// and shard ranges to size buffers and to know which file holds which values, so a value
     /// out of range must be an error here rather than a trap, or all-zero weights, later.
     public func problem() -> String? {
-        guard world_size >= 1 else { return "world_size \(world_size) (must be >= 1)" }
+        guard (1...65536).contains(world_size) else { return "world_size \(world_size) (must be in 1...65536)" }
         guard step >= 0, samples_seen >= 0, tokens_seen >= 0, optimizer_step >= 0 else {
             return "negative step/samples_seen/tokens_seen/optimizer_step"
         }

@@ -259,11 +259,15 @@ public enum Curator {
     public static let stageNames = ["decode", "shot split", "motion", "dedup", "bucket"]
 
     /// The bucket of a clip: sides rounded down to `multiple`, frames rounded down to 4k+1 (the
-    /// causal VAE's 1 + 4k frame counts). Nil when a side is below `multiple`.
+    /// causal VAE's 1 + 4k frame counts), within the limits a bucket may have (sides at most
+    /// `ClipLoader.Bucket.maxSide`, the clip centre-cropped to them; frames cut so that the bucket
+    /// holds at most `maxFrames` and `maxPixels`). Nil when a side is below `multiple`.
     public static func bucket(width: Int, height: Int, frames: Int, multiple: Int = 16) -> (width: Int, height: Int, frames: Int)? {
-        let w = width / multiple * multiple, h = height / multiple * multiple
+        let limit = ClipLoader.Bucket.maxSide / multiple * multiple
+        let w = min(width / multiple * multiple, limit), h = min(height / multiple * multiple, limit)
         guard w > 0, h > 0, frames >= 1 else { return nil }
-        return (w, h, (frames - 1) / 4 * 4 + 1)
+        let t = min(frames, ClipLoader.Bucket.maxFrames, max(1, ClipLoader.Bucket.maxPixels / (w * h)))
+        return (w, h, (t - 1) / 4 * 4 + 1)
     }
 
     public static func bucketKey(width: Int, height: Int, frames: Int) -> String { "\(width)x\(height)x\(frames)" }

@@ -410,9 +410,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         if stopSent != nil { throw LaunchError.interrupted }
         if o.sampleArguments != nil {
-            return emit(String(format: "hv-coord: sampled on %d worker(s) in %.1fs; logs in %@/logs", W, Date().timeIntervalSince(t0), o.runDir as NSString))
+            return emit(String(format: "hv-coord: sampled on %ld worker(s) in %.1fs; logs in %@/logs", W, Date().timeIntervalSince(t0), o.runDir as NSString))
         }
-        emit(String(format: "hv-coord: finished %d steps on %d worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,
+        emit(String(format: "hv-coord: finished %ld steps on %ld worker(s) in %.1fs; metrics in %@/metrics.jsonl", lastStep, W,
                     Date().timeIntervalSince(t0), o.runDir as NSString))
     }
 }

@@ -17,7 +17,7 @@ func trainVAE(_ o: WorkerOptions, comm: Communicator, control: ZMQSocket, heartb
     if let dir = o.resume {
         let t0 = Date()
         try Checkpointing.load(trainer, from: dir)
-        log(String(format: "resumed from %@ at step %d (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
+        log(String(format: "resumed from %@ at step %ld (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
     }
     if o.rank == 0 {
         log("training the causal VAE (\(trainer.vae.parameterCount) parameters) on \(cfg.data.size)x\(cfg.data.size)x\(cfg.data.frames) clips on \(o.worldSize) worker(s), ZeRO stage \(o.zeroStage), global batch \(cfg.train.batch_size) (\(cfg.train.batch_size / o.worldSize) per rank), \(cfg.train.lr_schedule.rawValue) lr \(cfg.train.lr), OpenBLAS \(BLAS.coreName)")

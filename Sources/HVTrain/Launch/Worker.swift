@@ -225,7 +225,7 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
         if let dir = o.resume {
             let t0 = Date()
             try Checkpointing.load(trainer, from: dir)
-            log(String(format: "resumed from %@ at step %d (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
+            log(String(format: "resumed from %@ at step %ld (checkpoint load %.2fs)", dir, trainer.step, Date().timeIntervalSince(t0)))
         }
         let state = trainer.engine.modelStateBytes, held = trainer.engine.units.reduce(0) { $0 + $1.count }
         let total = trainer.unitPlacement.reduce(0) { n, u in n + u.params.reduce(0) { $0 + $1.1.count } }
@@ -264,7 +264,7 @@ public func runWorker(_ o: WorkerOptions, job: ((Communicator) throws -> Void)? 
                 if s.step > 0 { bubble.idle += s.pipelineIdleSeconds; bubble.total += s.pipelineSeconds; bubble.steps += 1 }
                 if trainer.step % cfg.train.log_every == 0 || trainer.step == lastStep {
                     let formula = PipelineSchedule.bubbleFraction(stages: trainer.mesh.pp, microBatches: cfg.train.micro_batches)
-                    log(String(format: "pipeline bubble at step %d: measured %.3f (this step %.3f, mean of %d steps), formula (p-1)/(m+p-1) = %.3f for p %d, m %d",
+                    log(String(format: "pipeline bubble at step %ld: measured %.3f (this step %.3f, mean of %ld steps), formula (p-1)/(m+p-1) = %.3f for p %ld, m %ld",
                                trainer.step, bubble.total > 0 ? bubble.idle / bubble.total : s.pipelineIdleSeconds / s.pipelineSeconds,
                                s.pipelineIdleSeconds / s.pipelineSeconds, bubble.steps, formula, trainer.mesh.pp, cfg.train.micro_batches))
                 }
