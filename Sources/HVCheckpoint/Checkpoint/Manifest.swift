@@ -102,6 +102,7 @@ public struct CheckpointManifest: Codable, Equatable, Sendable {
         guard step >= 0, samples_seen >= 0, tokens_seen >= 0, optimizer_step >= 0 else {
             return "negative step/samples_seen/tokens_seen/optimizer_step"
         }
+        guard !units.isEmpty else { return "no units (nothing was saved)" }
         var unitNames = Set<String>(), tensorNames = Set<String>(), total = 0
         for u in units {
             let where_ = "unit \(u.name)"
