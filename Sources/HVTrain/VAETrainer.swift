@@ -46,8 +46,8 @@ public struct VAERunConfig: Codable, Sendable, Equatable {
         /// pixels are right their gradient signs flip from step to step and drown the shape's),
         /// where MSE, whose gradient fades as pixels become right, fits the shape (and 4 clips
         /// after ~475 steps, as PyTorch's VAE of the same config after ~330). On the full
-        /// synthetic set MSE leaves the background-only plateau after ~6,000 steps (29.18 dB
-        /// after 38,000 with `--init` continuations; BENCHMARKS.md, "Causal VAE").
+        /// synthetic set MSE leaves the background-only plateau after ~6,000 steps (30.82 dB
+        /// after 60,000 with `--init` continuations; BENCHMARKS.md, "Causal VAE").
         public var recon_loss = ReconstructionLoss.l1
         public var seed: UInt64 = 0
         public var log_every = 25
