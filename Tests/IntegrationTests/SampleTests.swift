@@ -21,6 +21,39 @@ final class SampleTests: XCTestCase {
         return (s, o + e)
     }
 
+    /// `hv-sample velocity` evaluates the parity fixture's inputs, and refuses inputs whose
+    /// shapes do not fit the model with an error naming the file and the dataset (they trapped
+    /// inside the model before).
+    func testVelocityChecksInputShapes() throws {
+        let fixture = repoRoot.appendingPathComponent("Tests/HVModelTests/Fixtures/dit_parity_a.h5").path
+        let out = scratch.appendingPathComponent("v.h5").path
+        var (status, log) = try run("hv-sample", ["velocity", "--weights", fixture, "--inputs", fixture, "--out", out])
+        XCTAssertEqual(status, 0, log)
+        let written = try H5File(path: out, mode: .readOnly)
+        XCTAssertEqual(try written.dataset("v").shape(), [2, 4, 3, 4, 6])
+        try written.close()
+        let source = try H5File(path: fixture, mode: .readOnly)
+        let inputs = try source.group("inputs")
+        var good: [String: Tensor] = [:]
+        for name in ["x", "t", "text_states", "text_mask", "text_states_2"] { good[name] = try TensorIO.read(inputs, name: name) }
+        try source.close()
+        let cases: [(String, Tensor, String)] = [
+            ("x", Tensor(zeros: [2, 3, 3, 4, 6]), "x has 3 channels"),
+            ("x", Tensor(zeros: [2, 4, 3, 4, 5]), "multiples of the patch"),
+            ("text_mask", Tensor(zeros: [2, 4]), "text_mask has shape [2, 4]"),
+            ("text_states_2", Tensor(zeros: [2, 7]), "text_states_2 has shape [2, 7]"),
+        ]
+        for (name, value, fragment) in cases {
+            let path = scratch.appendingPathComponent("bad-\(name).h5").path
+            let f = try H5File(path: path, mode: .create)
+            for (n, t) in good { try TensorIO.write(n == name ? value : t, to: f, name: n, checksum: false) }
+            try f.close()
+            (status, log) = try run("hv-sample", ["velocity", "--weights", fixture, "--inputs", path, "--out", out])
+            XCTAssertEqual(status, 1, "\(name): \(log)")
+            XCTAssert(log.contains(path) && log.contains(fragment), "\(fragment): \(log)")
+        }
+    }
+
     /// Same seed, same video bit for bit; the sharded checkpoint and its consolidated file give
     /// identical videos; another seed gives another video; bad sizes are rejected clearly.
     func testDeterministicAcrossCheckpointFormats() throws {
