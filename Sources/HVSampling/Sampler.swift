@@ -34,13 +34,8 @@ public struct SamplingOptions: Sendable {
         guard latentFrames >= 1, latentHeight >= 1, latentWidth >= 1 else {
             return "the latent size \(latentFrames) x \(latentHeight) x \(latentWidth) (frames x height x width) must be positive (--frames, --height, --width)"
         }
-        var n = max(channels, 1)
-        for d in [latentFrames, latentHeight, latentWidth] {
-            let (p, overflow) = n.multipliedReportingOverflow(by: d)
-            if overflow || p > Self.maxLatentValues {
-                return "the latent size \(latentFrames) x \(latentHeight) x \(latentWidth) is too large (more than \(Self.maxLatentValues) values; --frames, --height, --width)"
-            }
-            n = p
+        guard let n = checkedShapeCount([max(channels, 1), latentFrames, latentHeight, latentWidth]), n <= Self.maxLatentValues else {
+            return "the latent size \(latentFrames) x \(latentHeight) x \(latentWidth) is too large (more than \(Self.maxLatentValues) values; --frames, --height, --width)"
         }
         return nil
     }

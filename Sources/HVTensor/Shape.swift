@@ -11,6 +11,19 @@
 
 @inlinable public func shapeCount(_ shape: [Int]) -> Int { shape.reduce(1, *) }
 
+/// The element count of `shape` from untrusted input (a file, an option): nil when a size is
+/// negative or the product overflows.
+public func checkedShapeCount(_ shape: [Int]) -> Int? {
+    var n = 1
+    for d in shape {
+        guard d >= 0 else { return nil }
+        let (p, overflow) = n.multipliedReportingOverflow(by: d)
+        if overflow { return nil }
+        n = p
+    }
+    return n
+}
+
 /// NumPy broadcasting of two shapes; nil when they are incompatible.
 public func broadcastShapes(_ a: [Int], _ b: [Int]) -> [Int]? {
     let n = max(a.count, b.count)

@@ -43,7 +43,6 @@ public enum CheckpointSaveError: Error, CustomStringConvertible {
 public enum Checkpointing {
     public static func directoryName(step: Int) -> String { String(format: "step-%07d", step) }
 
-    static func rankFile(_ r: Int) -> String { CheckpointManifest.rankFile(r) }
 
     /// Saves the trainer's state; every rank must call it at the same step. Returns the directory.
     ///
@@ -82,7 +81,7 @@ public enum Checkpointing {
         let count = n
         return .init(name: name, count: count, tensors: tensors, shards: ranks.enumerated().map { j, r in
             let range = shardRange(count: count, rank: j, world: ranks.count)
-            return .init(rank: r, file: rankFile(r), start: range.lowerBound, end: range.upperBound)
+            return .init(rank: r, file: CheckpointManifest.rankFile(r), start: range.lowerBound, end: range.upperBound)
         })
     }
 
@@ -128,7 +127,7 @@ public enum Checkpointing {
             if fm.fileExists(atPath: tmp) { try fm.removeItem(atPath: tmp) }
             try Durable.makeDirectory(tmp)
         }
-        let path = tmp + "/" + rankFile(comm.rank)
+        let path = tmp + "/" + CheckpointManifest.rankFile(comm.rank)
         try phase {
             do {
                 let f = try H5File(path: path, mode: .create)
@@ -185,8 +184,8 @@ public enum Checkpointing {
         let m = try CheckpointManifest.read(directory: dir)
         var scratch: [Float] = []
         for r in 0..<m.world_size {
-            let path = dir + "/" + rankFile(r)
-            guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(rankFile(r))") }
+            let path = dir + "/" + CheckpointManifest.rankFile(r)
+            guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.incomplete(directory: dir, detail: "missing \(CheckpointManifest.rankFile(r))") }
             let f: H5File
             do { f = try H5File(path: path, mode: .readOnly) } catch { throw CheckpointError.corrupt(file: path, detail: "\(error)") }
             defer { try? f.close() }

@@ -1,4 +1,5 @@
 import Foundation
+import HVTensor
 
 /// `manifest.json` of a checkpoint directory, written last (after every shard file is durable):
 /// a directory without a readable manifest is not a checkpoint.
@@ -112,13 +113,8 @@ public struct CheckpointManifest: Codable, Equatable, Sendable {
             guard total <= Self.maxValues else { return "\(where_): the units hold more than \(Self.maxValues) values in all" }
             for t in u.tensors {
                 guard tensorNames.insert(t.name).inserted else { return "tensor \(t.name) is listed twice" }
-                var n = 1
-                for d in t.shape {
-                    guard d >= 0 else { return "tensor \(t.name): shape \(t.shape) has a negative size" }
-                    let (p, overflow) = n.multipliedReportingOverflow(by: d)
-                    guard !overflow else { return "tensor \(t.name): shape \(t.shape) is too large" }
-                    n = p
-                }
+                guard !t.shape.contains(where: { $0 < 0 }) else { return "tensor \(t.name): shape \(t.shape) has a negative size" }
+                guard let n = checkedShapeCount(t.shape) else { return "tensor \(t.name): shape \(t.shape) is too large" }
                 guard t.offset >= 0, t.offset <= u.count, n <= u.count - t.offset else {
                     return "tensor \(t.name): offset \(t.offset) + \(n) values lies outside \(where_)'s \(u.count) values"
                 }

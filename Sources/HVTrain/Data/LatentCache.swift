@@ -168,8 +168,7 @@ public final class LatentCache {
         }
         let channels = index.vae_config.latent_channels
         for s in index.samples {
-            let n = s.shape.reduce(1) { a, d in d < 1 ? a : a.multipliedReportingOverflow(by: d).overflow ? Int.max : a * d }
-            guard s.shape.allSatisfy({ $0 >= 1 }), s.shape[0] == channels, n <= 1 << 28 else {
+            guard s.shape.allSatisfy({ $0 >= 1 }), s.shape[0] == channels, let n = checkedShapeCount(s.shape), n <= 1 << 28 else {
                 throw LatentCacheError.badIndex(file: indexPath, reason: "sample \(s.name) has shape \(s.shape); expected [C, T, H, W] with C = vae_config.latent_channels \(channels), every size >= 1 and at most 2^28 values")
             }
         }
