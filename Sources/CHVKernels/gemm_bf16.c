@@ -8,9 +8,8 @@
 // of A is packed into panels of MR rows, laid out [pair][row] as uint32 (two bf16); a block of
 // B into panels of NR columns, [pair][column]. The micro-kernel keeps an MR x NR tile of C in
 // 24 zmm registers and, per pair, broadcasts one uint32 of A per row against two zmm of B.
+#include "gemm_pool.h"
 #include "hv_kernels.h"
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,9 +182,8 @@ static void micro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C,
 // Threads: the larger of M and N is split in whole panels between the threads; the other
 // operand is shared. Each K block (KC) of the shared operand is packed once, cooperatively (the
 // threads take its panels in turn), then every thread multiplies it against its own part; a
-// barrier separates packing from use and use from the next block's packing. Worker threads
-// persist between calls (a pool, woken through a condition variable) instead of being created
-// per call.
+// barrier separates packing from use and use from the next block's packing. The threads come
+// from the GEMMs' persistent pool (gemm_pool.c).
 
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -202,22 +200,8 @@ typedef struct {
     int threads, splitN;
     int lo[8], hi[8];        // each thread's rows (splitN = 0) or columns (splitN = 1)
     uint32_t *shared;        // the shared operand's packed K block
-    int arrived;             // barrier: threads arrived in the current phase (atomic access)
-    int phase;
+    hv_barrier barrier;
 } gemm_plan;
-
-static void barrier_wait(gemm_plan *p) {
-    if (p->threads == 1) return;
-    int ph = __atomic_load_n(&p->phase, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&p->arrived, 1, __ATOMIC_ACQ_REL) == p->threads) {
-        __atomic_store_n(&p->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&p->phase, ph + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    for (long spins = 0; __atomic_load_n(&p->phase, __ATOMIC_ACQUIRE) == ph; spins++) {
-        if (spins > 4000) sched_yield(); else __builtin_ia32_pause();
-    }
-}
 
 /// C block [mc x nc] (+)= packed A panels (mc rows) · packed B panels (nc columns) over kp pairs.
 BF16_TARGET
@@ -232,7 +216,8 @@ static void macro_kernel(int kp, const uint32_t *a, const uint32_t *b, float *C,
 }
 
 BF16_TARGET
-static void gemm_part(gemm_plan *p, int t) {
+static void gemm_part(void *arg, int t) {
+    gemm_plan *p = arg;
     const int M = p->M, N = p->N, K = p->K, T = p->threads;
     const int lo = p->lo[t], hi = p->hi[t];
     uint32_t *own = p->splitN ? aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)ceil_div(NC, NR) * NR)
@@ -246,7 +231,7 @@ static void gemm_part(gemm_plan *p, int t) {
                 int mr = M - i * MR < MR ? M - i * MR : MR;
                 pack_panel(p->shared + (long)i * kp * MR, p->A + (long)i * MR * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, kp, MR);
             }
-            barrier_wait(p);
+            hv_barrier_wait(&p->barrier);
             for (int jc = lo; jc < hi; jc += NC) {
                 int nc = hi - jc < NC ? hi - jc : NC;
                 for (int jr = 0; jr < nc; jr += NR) {
@@ -263,7 +248,7 @@ static void gemm_part(gemm_plan *p, int t) {
                 int nr = N - j * NR < NR ? N - j * NR : NR;
                 pack_panel(p->shared + (long)j * kp * NR, p->B + (long)pc * p->rsb + (long)j * NR * p->csb, p->rsb, p->csb, kc, nr, kp, NR);
             }
-            barrier_wait(p);
+            hv_barrier_wait(&p->barrier);
             for (int ic = lo; ic < hi; ic += MC) {
                 int mc = hi - ic < MC ? hi - ic : MC;
                 for (int ir = 0; ir < mc; ir += MR) {
@@ -276,56 +261,9 @@ static void gemm_part(gemm_plan *p, int t) {
                                  N - jc < NC ? N - jc : NC, p->alpha, acc);
             }
         }
-        barrier_wait(p);  // everyone is done with this block before the next one is packed
+        hv_barrier_wait(&p->barrier);  // everyone is done with this block before the next one is packed
     }
     free(own);
-}
-
-// The pool: up to 7 workers, created on first use; a call hands them its plan and takes part
-// itself as thread 0. One call at a time uses the pool; a concurrent call runs on one thread.
-static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
-static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
-static int pool_workers;
-static long pool_generation;
-static int pool_running;
-static gemm_plan *pool_plan;
-
-static long pool_start[8];  // the generation current when worker i was created
-
-static void *pool_main(void *arg) {
-    int id = (int)(long)arg;
-    long seen = pool_start[id];  // written before pthread_create; later generations are new work
-    for (;;) {
-        pthread_mutex_lock(&pool_mu);
-        while (pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
-        seen = pool_generation;
-        gemm_plan *p = pool_plan;
-        pthread_mutex_unlock(&pool_mu);
-        if (id < p->threads) gemm_part(p, id);
-        pthread_mutex_lock(&pool_mu);
-        if (--pool_running == 0) pthread_cond_signal(&pool_done);
-        pthread_mutex_unlock(&pool_mu);
-    }
-    return NULL;
-}
-
-static int pool_ensure(int workers) {
-    while (pool_workers < workers) {
-        pthread_t tid;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        // Generations advance only under pool_busy, which the caller holds: a worker added
-        // by a later call must not take the previous call's (finished) generation as new.
-        pool_start[pool_workers + 1] = pool_generation;
-        int rc = pthread_create(&tid, &attr, pool_main, (void *)(long)(pool_workers + 1));
-        pthread_attr_destroy(&attr);
-        if (rc != 0) break;
-        pool_workers++;
-    }
-    return pool_workers;
 }
 
 int hv_bf16_gemm_available(void) {
@@ -337,8 +275,6 @@ int hv_bf16_gemm_available(void) {
     return cached;
 }
 
-extern int hv_parallel_depth(void);
-
 void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, int threads) {
     if (M <= 0 || N <= 0) return;
@@ -347,25 +283,15 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
             for (int m = 0; m < M; m++) memset(C + (long)m * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
-    if (threads > 8) threads = 8;
-    if (threads < 1 || hv_parallel_depth() > 0) threads = 1;
     long macs = (long)M * N * K;
     if (macs < (1L << 21)) threads = 1;
     int splitN = N >= M ? 1 : 0;
     int unit = splitN ? NR : MR, total = splitN ? N : M;
     int units = ceil_div(total, unit);
     if (units < threads) threads = units;
-    int pooled = 0;
-    if (threads > 1) {
-        if (pthread_mutex_trylock(&pool_busy) == 0) {
-            pooled = 1;
-            int have = pool_ensure(threads - 1);
-            if (have < threads - 1) threads = have + 1;
-        } else {
-            threads = 1;
-        }
-    }
+    threads = hv_pool_acquire(threads);
     gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, threads, splitN};
+    plan.barrier.threads = threads;
     int start = 0;
     for (int t = 0; t < threads; t++) {
         int cnt = units / threads + (t < units % threads ? 1 : 0);
@@ -375,24 +301,8 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
     }
     int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
     plan.shared = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)sharedPanels);
-    if (threads > 1) {
-        pthread_mutex_lock(&pool_mu);
-        pool_plan = &plan;
-        pool_running = pool_workers;
-        pool_generation++;
-        pthread_cond_broadcast(&pool_wake);
-        pthread_mutex_unlock(&pool_mu);
-    }
-    gemm_part(&plan, 0);
-    if (pooled) {
-        if (threads > 1) {
-            pthread_mutex_lock(&pool_mu);
-            while (pool_running > 0) pthread_cond_wait(&pool_done, &pool_mu);
-            pool_plan = NULL;
-            pthread_mutex_unlock(&pool_mu);
-        }
-        pthread_mutex_unlock(&pool_busy);
-    }
+    hv_pool_run(threads, gemm_part, &plan);
+    hv_pool_release(threads);
     free(plan.shared);
 }
 

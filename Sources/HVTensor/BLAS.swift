@@ -67,30 +67,67 @@ public enum MatmulPrecisionError: Error, CustomStringConvertible {
     }
 }
 
-/// Thin funnel over OpenBLAS's cblas_sgemm (row-major), or the bf16 kernel when selected.
+/// Thin funnel over the matrix products: hv's fp32 kernel (`hv_gemm_f32`, AVX2 + FMA) or
+/// OpenBLAS's cblas_sgemm (row-major), or the bf16 kernel when selected.
 public enum BLAS {
-    /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
+    /// Which fp32 GEMM runs: hv's own kernel (the default on CPUs with AVX2 and FMA) or
+    /// OpenBLAS's sgemm. `HV_GEMM=openblas` (or `hv`) in the environment overrides the choice,
+    /// for A/B timings. Products with few rows (matrix-vector-like) always use OpenBLAS.
+    public enum Kernel: String, Sendable { case hv, openblas }
+    nonisolated(unsafe) public static var kernel: Kernel = {
+        if let forced = ProcessInfo.processInfo.environment["HV_GEMM"].flatMap(Kernel.init(rawValue:)),
+           forced == .openblas || hv_f32_gemm_available() != 0 {
+            return forced
+        }
+        return hv_f32_gemm_available() != 0 ? .hv : .openblas
+    }()
+    /// hv's kernel takes products with at least this many rows (fewer: OpenBLAS).
+    nonisolated(unsafe) public static var minimumRows = 16
+
+    /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C (+ bias[n] when given, added once per
+    /// row), row-major with leading dimensions.
     @inline(__always)
     public static func sgemm(
         transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
         alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, bias: UnsafePointer<Float>? = nil
     ) {
         if m == 0 || n == 0 { return }
+        // A(i, l) and B(l, j) as strides, for hv's kernels.
+        let rsa = transA ? 1 : lda, csa = transA ? lda : 1, rsb = transB ? 1 : ldb, csb = transB ? ldb : 1
+        let threads = openblas_get_num_threads()
+        var beta = beta
+        if k > 0, beta == 0 || beta == 1 {
+            if MatmulPrecision.current == .bf16, m * n * k >= MatmulPrecision.minimumMACs {
+                // The kernel splits over OpenBLAS's thread count, so callers that run OpenBLAS
+                // on one thread per worker (attention) keep that.
+                if let bias { beta = addBias(bias, to: c, m: m, n: n, ldc: ldc, beta: beta) }
+                hv_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, threads)
+                return
+            }
+            if kernel == .hv, m >= minimumRows {
+                hv_gemm_f32(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, bias, threads)
+                return
+            }
+        }
+        if let bias { beta = addBias(bias, to: c, m: m, n: n, ldc: ldc, beta: beta) }
         if k == 0 {
             if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
             else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
             return
         }
-        if MatmulPrecision.current == .bf16, beta == 0 || beta == 1, m * n * k >= MatmulPrecision.minimumMACs {
-            // A(i, l) and B(l, j) as strides; the kernel splits over OpenBLAS's thread count, so
-            // callers that run OpenBLAS on one thread per worker (attention) keep that.
-            hv_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, transA ? 1 : lda, transA ? lda : 1, b, transB ? 1 : ldb, transB ? ldb : 1,
-                         c, ldc, beta == 1 ? 1 : 0, openblas_get_num_threads())
-            return
-        }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// C = bias in every row (+ beta C), for the kernels that cannot add the bias themselves;
+    /// returns the beta that accumulates the product into it (1).
+    private static func addBias(_ bias: UnsafePointer<Float>, to c: UnsafeMutablePointer<Float>, m: Int, n: Int, ldc: Int, beta: Float) -> Float {
+        for i in 0..<m {
+            let row = c + i * ldc
+            if beta == 0 { row.update(from: bias, count: n) } else { for j in 0..<n { row[j] = beta * row[j] + bias[j] } }
+        }
+        return 1
     }
 
     public static var threads: Int {

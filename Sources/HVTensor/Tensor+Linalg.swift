@@ -66,13 +66,10 @@ extension Tensor {
         let x = contiguous(), w = weight.contiguous()
         let rows = count / inF
         let out = Tensor(uninitialized: Array(shape.dropLast()) + [outF])
-        let o = out.pointer
-        if let bias {
-            let bp = bias.contiguous().pointer
-            for r in 0..<rows { (o + r * outF).update(from: bp, count: outF) }
-        }
+        let bc = bias?.contiguous()
         BLAS.sgemm(transB: true, m: rows, n: outF, k: inF, a: x.pointer, lda: inF, b: w.pointer, ldb: inF,
-                   beta: bias == nil ? 0 : 1, c: o, ldc: outF)
+                   c: out.pointer, ldc: outF, bias: bc.map { UnsafePointer($0.pointer) })
+        withExtendedLifetime(bc) {}
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.record("linear", out, inputs) { g in
             let gc = g.contiguous()

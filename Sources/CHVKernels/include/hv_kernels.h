@@ -117,6 +117,18 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
 float hv_round_bf16(float x);
 #endif
 
+#ifndef HV_KERNELS_F32_H
+#define HV_KERNELS_F32_H
+/// 1 when the CPU has AVX2 and FMA, so hv_gemm_f32 may be called.
+int hv_f32_gemm_available(void);
+/// C[M x N] = alpha A·B (+ C when accumulate) (+ bias[n] when bias is not NULL), C row-major
+/// with row stride ldc; A(m, k) is A[m * rsa + k * csa] and B(k, n) is B[k * rsb + n * csb].
+/// fp32 throughout; runs on up to `threads` threads of the GEMMs' pool (split over the larger
+/// of M and N), on the calling thread alone inside an hv parallel region.
+void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                 float *C, long ldc, int accumulate, const float *bias, int threads);
+#endif
+
 #ifndef HV_KERNELS_NORM_H
 #define HV_KERNELS_NORM_H
 #include <stddef.h>

@@ -1,0 +1,273 @@
+// fp32 GEMM for CPUs with AVX2 + FMA: C = alpha A·B (+ C) (+ bias per column), operands with
+// arbitrary strides. It matches OpenBLAS's sgemm on one core at the DiT's shapes and lets hv
+// (1) add a linear layer's bias in the epilogue instead of copying it into C first, and (2) run
+// on the GEMMs' own persistent threads, which hand over to hv's elementwise work without
+// OpenBLAS's spinning and yielding.
+//
+// Layout (Goto/BLIS-style): a K block (KC) of B is packed into panels of NR = 16 columns,
+// [k][column]; a block of MC rows of A into panels of MR = 6 rows, [k][row]. The micro-kernel
+// keeps a 6 x 16 tile of C in 12 ymm registers and per k broadcasts one A value per row against
+// two ymm of B (the BLIS Haswell/Zen shape: 12 accumulators, 2 B registers, 1 broadcast).
+#include "gemm_pool.h"
+#include "hv_kernels.h"
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define MR 6
+#define NR 16
+#define KC 512      // K per block: an NR panel of B is 32 KiB (L1), an MR panel of A 12 KiB
+#define MC 144      // rows of A per block: 288 KiB packed (L2)
+#define NC 2048     // columns of B per block: 4 MiB packed (L3)
+
+#define F32_TARGET __attribute__((target("avx2,fma")))
+
+/// Packs a strided operand into a panel: out[k * w + j] = S(k, j) = src[k * sk + j * sj] for
+/// k < kn, j < wn, and 0 for wn <= j < w (w <= 16). Fast paths: sj == 1 (a panel row is
+/// contiguous: copies) and sk == 1 (a panel column is contiguous: 8 x 8 transposes).
+F32_TARGET
+static void pack_panel(float *out, const float *src, long sk, long sj, int kn, int wn, int w) {
+    if (sj == 1) {
+        if (wn == 16 && w == 16) {
+            for (int k = 0; k < kn; k++) {
+                _mm256_store_ps(out + k * 16, _mm256_loadu_ps(src + k * sk));
+                _mm256_store_ps(out + k * 16 + 8, _mm256_loadu_ps(src + k * sk + 8));
+            }
+            return;
+        }
+        for (int k = 0; k < kn; k++)
+            for (int j = 0; j < w; j++) out[k * w + j] = j < wn ? src[k * sk + j] : 0;
+        return;
+    }
+    if (sk == 1) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        int k = 0;
+        for (; k + 8 <= kn; k += 8) {
+            for (int j0 = 0; j0 < w; j0 += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = j0 + i < wn ? _mm256_loadu_ps(src + (long)(j0 + i) * sj + k) : _mm256_setzero_ps();
+                __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                __m256 c[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                               _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                               _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                               _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+                float *o = out + (long)k * w + j0;
+                if (w - j0 >= 8) {
+                    for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + (long)q * w, c[q]);
+                } else {
+                    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - j0), lanes);
+                    for (int q = 0; q < 8; q++) _mm256_maskstore_ps(o + (long)q * w, mask, c[q]);
+                }
+            }
+        }
+        for (; k < kn; k++)
+            for (int j = 0; j < w; j++) out[(long)k * w + j] = j < wn ? src[(long)j * sj + k] : 0;
+        return;
+    }
+    for (int k = 0; k < kn; k++)
+        for (int j = 0; j < w; j++) out[(long)k * w + j] = j < wn ? src[(long)k * sk + (long)j * sj] : 0;
+}
+
+#define ROW(m)                                                                                 \
+    {                                                                                          \
+        __m256 av = _mm256_broadcast_ss(a + (m));                                              \
+        c##m##0 = _mm256_fmadd_ps(av, b0, c##m##0);                                            \
+        c##m##1 = _mm256_fmadd_ps(av, b1, c##m##1);                                            \
+    }
+
+/// C tile [MR x NR] = alpha · (A panel · B panel over kc) (+ C when addC) (+ the bias row when
+/// bias != NULL), of which mr x nr are valid.
+F32_TARGET
+static void micro_kernel(int kc, const float *a, const float *b, float *C, long ldc, int mr, int nr, float alpha,
+                         int addC, const float *bias) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int m = 0; m < mr; m++) {
+        _mm_prefetch((const char *)(C + (long)m * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + (long)m * ldc + NR - 1), _MM_HINT_T0);
+    }
+#pragma clang loop unroll_count(4)
+    for (int k = 0; k < kc; k++) {
+        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+        a += MR;
+        b += NR;
+    }
+    __m256 cs[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    if (alpha != 1.0f) {
+        const __m256 s = _mm256_set1_ps(alpha);
+        for (int m = 0; m < MR; m++) {
+            cs[m][0] = _mm256_mul_ps(cs[m][0], s);
+            cs[m][1] = _mm256_mul_ps(cs[m][1], s);
+        }
+    }
+    if (mr == MR && nr == NR) {
+        __m256 z0 = _mm256_setzero_ps(), z1 = z0;
+        if (bias) { z0 = _mm256_loadu_ps(bias); z1 = _mm256_loadu_ps(bias + 8); }
+        for (int m = 0; m < MR; m++) {
+            float *row = C + (long)m * ldc;
+            __m256 v0 = _mm256_add_ps(cs[m][0], addC ? _mm256_add_ps(_mm256_loadu_ps(row), z0) : z0);
+            __m256 v1 = _mm256_add_ps(cs[m][1], addC ? _mm256_add_ps(_mm256_loadu_ps(row + 8), z1) : z1);
+            _mm256_storeu_ps(row, v0);
+            _mm256_storeu_ps(row + 8, v1);
+        }
+        return;
+    }
+    float t[MR * NR];
+    for (int m = 0; m < MR; m++) {
+        _mm256_storeu_ps(t + m * NR, cs[m][0]);
+        _mm256_storeu_ps(t + m * NR + 8, cs[m][1]);
+    }
+    for (int m = 0; m < mr; m++)
+        for (int n = 0; n < nr; n++) {
+            float base = (addC ? C[(long)m * ldc + n] : 0) + (bias ? bias[n] : 0);
+            C[(long)m * ldc + n] = t[m * NR + n] + base;
+        }
+}
+
+/// C block [mc x nc] from packed A panels (mc rows) and packed B panels (nc columns) over kc.
+F32_TARGET
+static void macro_kernel(int kc, const float *a, const float *b, float *C, long ldc, int mc, int nc, float alpha,
+                         int addC, const float *bias) {
+    for (int jr = 0; jr < nc; jr += NR) {
+        int nr = nc - jr < NR ? nc - jr : NR;
+        for (int ir = 0; ir < mc; ir += MR) {
+            int mr = mc - ir < MR ? mc - ir : MR;
+            micro_kernel(kc, a + (long)(ir / MR) * kc * MR, b + (long)(jr / NR) * kc * NR, C + (long)ir * ldc + jr, ldc,
+                         mr, nr, alpha, addC, bias ? bias + jr : NULL);
+        }
+    }
+}
+
+static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Threads: the larger of M and N is split in whole panels between the threads and the other
+// operand is shared, as in gemm_bf16.c: each K block of the shared operand is packed once,
+// cooperatively, with a barrier between packing and use and between use and the next block.
+typedef struct {
+    int M, N, K;
+    const float *A;
+    long rsa, csa;
+    const float *B;
+    long rsb, csb;
+    float *C;
+    long ldc;
+    float alpha;
+    int accumulate;
+    const float *bias;
+    int threads, splitN;
+    int lo[8], hi[8];  // each thread's rows (splitN = 0) or columns (splitN = 1)
+    float *shared;     // the shared operand's packed K block
+    hv_barrier barrier;
+} gemm_plan;
+
+F32_TARGET
+static void gemm_part(void *arg, int t) {
+    gemm_plan *p = arg;
+    const int M = p->M, N = p->N, K = p->K, T = p->threads;
+    const int lo = p->lo[t], hi = p->hi[t];
+    float *own = aligned_alloc(64, sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(NC, NR) * NR : ceil_div(MC, MR) * MR));
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC;
+        int addC = p->accumulate || pc > 0;
+        const float *bias = pc == 0 ? p->bias : NULL;
+        if (p->splitN) {
+            // Shared: all of A's rows for this K block, MR-row panels taken in turn.
+            for (int i = t; i < ceil_div(M, MR); i += T) {
+                int mr = M - i * MR < MR ? M - i * MR : MR;
+                pack_panel(p->shared + (long)i * kc * MR, p->A + (long)i * MR * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
+            }
+            hv_barrier_wait(&p->barrier);
+            for (int jc = lo; jc < hi; jc += NC) {
+                int nc = hi - jc < NC ? hi - jc : NC;
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int nr = nc - jr < NR ? nc - jr : NR;
+                    pack_panel(own + (long)(jr / NR) * kc * NR, p->B + (long)pc * p->rsb + (long)(jc + jr) * p->csb, p->rsb, p->csb, kc, nr, NR);
+                }
+                for (int ic = 0; ic < M; ic += MC)
+                    macro_kernel(kc, p->shared + (long)(ic / MR) * kc * MR, own, p->C + (long)ic * p->ldc + jc, p->ldc,
+                                 M - ic < MC ? M - ic : MC, nc, p->alpha, addC, bias ? bias + jc : NULL);
+            }
+        } else {
+            // Shared: all of B's columns for this K block, NR-column panels taken in turn.
+            for (int j = t; j < ceil_div(N, NR); j += T) {
+                int nr = N - j * NR < NR ? N - j * NR : NR;
+                pack_panel(p->shared + (long)j * kc * NR, p->B + (long)pc * p->rsb + (long)j * NR * p->csb, p->rsb, p->csb, kc, nr, NR);
+            }
+            hv_barrier_wait(&p->barrier);
+            for (int ic = lo; ic < hi; ic += MC) {
+                int mc = hi - ic < MC ? hi - ic : MC;
+                for (int ir = 0; ir < mc; ir += MR) {
+                    int mr = mc - ir < MR ? mc - ir : MR;
+                    pack_panel(own + (long)(ir / MR) * kc * MR, p->A + (long)(ic + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
+                }
+                for (int jc = 0; jc < N; jc += NC)
+                    macro_kernel(kc, own, p->shared + (long)(jc / NR) * kc * NR, p->C + (long)ic * p->ldc + jc, p->ldc, mc,
+                                 N - jc < NC ? N - jc : NC, p->alpha, addC, bias ? bias + jc : NULL);
+            }
+        }
+        hv_barrier_wait(&p->barrier);  // everyone is done with this block before the next one is packed
+    }
+    free(own);
+}
+
+int hv_f32_gemm_available(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    }
+    return cached;
+}
+
+void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                 float *C, long ldc, int accumulate, const float *bias, int threads) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) C[(long)m * ldc + n] = (accumulate ? C[(long)m * ldc + n] : 0) + (bias ? bias[n] : 0);
+        return;
+    }
+    long macs = (long)M * N * K;
+    if (macs < (1L << 21)) threads = 1;
+    int splitN = N >= M ? 1 : 0;
+    int unit = splitN ? NR : MR, total = splitN ? N : M;
+    int units = ceil_div(total, unit);
+    if (units < threads) threads = units;
+    threads = hv_pool_acquire(threads);
+    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, threads, splitN};
+    plan.barrier.threads = threads;
+    int start = 0;
+    for (int t = 0; t < threads; t++) {
+        int cnt = units / threads + (t < units % threads ? 1 : 0);
+        plan.lo[t] = start * unit;
+        plan.hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
+        start += cnt;
+    }
+    int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
+    plan.shared = aligned_alloc(64, sizeof(float) * KC * (size_t)sharedPanels);
+    hv_pool_run(threads, gemm_part, &plan);
+    hv_pool_release(threads);
+    free(plan.shared);
+}
+
+#else
+int hv_f32_gemm_available(void) { return 0; }
+void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                 float *C, long ldc, int accumulate, const float *bias, int threads) {
+    (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb; (void)C;
+    (void)ldc; (void)accumulate; (void)bias; (void)threads;
+    abort();
+}
+#endif
