@@ -37,6 +37,13 @@ static void pack_panel(float *out, const float *src, long sk, long sj, int kn, i
             }
             return;
         }
+        if (w <= 8) {
+            // An MR panel of a transposed operand: one masked load and store per k.
+            const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(wn), lanes), sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes);
+            for (int k = 0; k < kn; k++) _mm256_maskstore_ps(out + k * w, sm, _mm256_maskload_ps(src + k * sk, lm));
+            return;
+        }
         for (int k = 0; k < kn; k++)
             for (int j = 0; j < w; j++) out[k * w + j] = j < wn ? src[k * sk + j] : 0;
         return;
@@ -167,6 +174,7 @@ typedef struct {
     int accumulate;
     const float *bias;
     int threads, splitN;
+    int kc;            // K per block: K split evenly into blocks of at most KC (multiples of 8)
     int lo[8], hi[8];  // each thread's rows (splitN = 0) or columns (splitN = 1)
     float *shared;     // the shared operand's packed K block
     hv_barrier barrier;
@@ -178,8 +186,8 @@ static void gemm_part(void *arg, int t) {
     const int M = p->M, N = p->N, K = p->K, T = p->threads;
     const int lo = p->lo[t], hi = p->hi[t];
     float *own = aligned_alloc(64, sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(NC, NR) * NR : ceil_div(MC, MR) * MR));
-    for (int pc = 0; pc < K; pc += KC) {
-        int kc = K - pc < KC ? K - pc : KC;
+    for (int pc = 0; pc < K; pc += p->kc) {
+        int kc = K - pc < p->kc ? K - pc : p->kc;
         int addC = p->accumulate || pc > 0;
         const float *bias = pc == 0 ? p->bias : NULL;
         if (p->splitN) {
@@ -222,6 +230,79 @@ static void gemm_part(void *arg, int t) {
     free(own);
 }
 
+// Few rows (M <= SMALL_M) against a transposed B (a linear layer's weight, B(k, j) = B[j * csb + k]):
+// the product is bound by streaming B from memory, which packing would read and write once
+// more (at 3-8 GB/s against ~25 GB/s for a plain read). Instead each row of B is read once, in
+// order, and dotted with the rows of A (which stay in cache): a 4 x 3 block of dot products in
+// 12 ymm accumulators over k, reduced at the end. Threads split the columns of C.
+#define SMALL_M 48
+#define SMALL_NI 4     // rows of A per block: 4 x 3 accumulators + 3 B + 1 A = 16 ymm registers
+#define SMALL_NJ 3     // rows of B per block
+#define SMALL_AHEAD 12 // rows of B prefetched ahead
+
+typedef struct {
+    int M, N, K;
+    const float *A;
+    long rsa;
+    const float *B;
+    long csb;
+    float *C;
+    long ldc;
+    float alpha;
+    int accumulate;
+    const float *bias;
+    int threads;
+} small_plan;
+
+F32_TARGET static inline float hsum8(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
+
+F32_TARGET
+static void small_part(void *arg, int t) {
+    small_plan *p = arg;
+    const int M = p->M, K = p->K, K8 = K / 8 * 8;
+    const int per = (p->N + p->threads - 1) / p->threads;
+    const int j0 = t * per, j1 = j0 + per < p->N ? j0 + per : p->N;
+    for (int jb = j0; jb < j1; jb += SMALL_NJ) {
+        const int nj = j1 - jb < SMALL_NJ ? j1 - jb : SMALL_NJ;
+        // Rows of B are short (2 KiB for K = 512): the hardware prefetcher barely starts on one
+        // before the next begins, so the rows SMALL_AHEAD ahead are prefetched (into L2) here.
+        for (int q = 0; q < SMALL_NJ && jb + SMALL_AHEAD + q < j1; q++) {
+            const char *row = (const char *)(p->B + (long)(jb + SMALL_AHEAD + q) * p->csb);
+            for (long off = 0; off < (long)K * 4; off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
+        }
+        const float *b[SMALL_NJ];
+        for (int q = 0; q < SMALL_NJ; q++) b[q] = p->B + (long)(jb + (q < nj ? q : 0)) * p->csb;
+        for (int ib = 0; ib < M; ib += SMALL_NI) {
+            const int ni = M - ib < SMALL_NI ? M - ib : SMALL_NI;
+            const float *a[SMALL_NI];
+            for (int r = 0; r < SMALL_NI; r++) a[r] = p->A + (long)(ib + (r < ni ? r : 0)) * p->rsa;
+            __m256 acc[SMALL_NI][SMALL_NJ];
+            for (int r = 0; r < SMALL_NI; r++)
+                for (int q = 0; q < SMALL_NJ; q++) acc[r][q] = _mm256_setzero_ps();
+            for (int k = 0; k < K8; k += 8) {
+                __m256 bv[SMALL_NJ];
+                for (int q = 0; q < SMALL_NJ; q++) bv[q] = _mm256_loadu_ps(b[q] + k);
+                for (int r = 0; r < SMALL_NI; r++) {
+                    const __m256 av = _mm256_loadu_ps(a[r] + k);
+                    for (int q = 0; q < SMALL_NJ; q++) acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+                }
+            }
+            for (int r = 0; r < ni; r++)
+                for (int q = 0; q < nj; q++) {
+                    float s = hsum8(acc[r][q]);
+                    for (int k = K8; k < K; k++) s += a[r][k] * b[q][k];
+                    float *c = p->C + (long)(ib + r) * p->ldc + jb + q;
+                    *c = p->alpha * s + (p->accumulate ? *c : 0) + (p->bias ? p->bias[jb + q] : 0);
+                }
+        }
+    }
+}
+
 int hv_f32_gemm_available(void) {
     static int cached = -1;
     if (cached < 0) {
@@ -241,6 +322,14 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
     }
     long macs = (long)M * N * K;
     if (macs < (1L << 21)) threads = 1;
+    if (M <= SMALL_M && csa == 1 && rsb == 1) {
+        if (N < 64 * threads) threads = N / 64 > 1 ? N / 64 : 1;  // the threads share the memory bandwidth; one is enough for small N
+        threads = hv_pool_acquire(threads);
+        small_plan plan = {M, N, K, A, rsa, B, csb, C, ldc, alpha, accumulate, bias, threads};
+        hv_pool_run(threads, small_part, &plan);
+        hv_pool_release(threads);
+        return;
+    }
     int splitN = N >= M ? 1 : 0;
     int unit = splitN ? NR : MR, total = splitN ? N : M;
     int units = ceil_div(total, unit);
@@ -248,6 +337,10 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
     threads = hv_pool_acquire(threads);
     gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, threads, splitN};
     plan.barrier.threads = threads;
+    // K = 1056 as 3 x 352 rather than 512 + 512 + 32: a short last block costs a full pass over C.
+    int blocks = ceil_div(K, KC);
+    plan.kc = (ceil_div(K, blocks) + 7) / 8 * 8;
+    if (plan.kc > KC) plan.kc = KC;
     int start = 0;
     for (int t = 0; t < threads; t++) {
         int cnt = units / threads + (t < units % threads ? 1 : 0);

@@ -72,7 +72,7 @@ public enum MatmulPrecisionError: Error, CustomStringConvertible {
 public enum BLAS {
     /// Which fp32 GEMM runs: hv's own kernel (the default on CPUs with AVX2 and FMA) or
     /// OpenBLAS's sgemm. `HV_GEMM=openblas` (or `hv`) in the environment overrides the choice,
-    /// for A/B timings. Products with few rows (matrix-vector-like) always use OpenBLAS.
+    /// for A/B timings.
     public enum Kernel: String, Sendable { case hv, openblas }
     nonisolated(unsafe) public static var kernel: Kernel = {
         if let forced = ProcessInfo.processInfo.environment["HV_GEMM"].flatMap(Kernel.init(rawValue:)),
@@ -81,8 +81,6 @@ public enum BLAS {
         }
         return hv_f32_gemm_available() != 0 ? .hv : .openblas
     }()
-    /// hv's kernel takes products with at least this many rows (fewer: OpenBLAS).
-    nonisolated(unsafe) public static var minimumRows = 16
 
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C (+ bias[n] when given, added once per
     /// row), row-major with leading dimensions.
@@ -105,7 +103,7 @@ public enum BLAS {
                 hv_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, threads)
                 return
             }
-            if kernel == .hv, m >= minimumRows {
+            if kernel == .hv {
                 hv_gemm_f32(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, bias, threads)
                 return
             }

@@ -17,12 +17,13 @@ final class F32GemmTests: XCTestCase {
     /// Every transpose combination; alpha 1 and 1/8; beta 0 and 1; with and without a bias; leading
     /// dimensions wider than the matrices; sizes that are not multiples of the 6 x 16 tile, K past one
     /// 512 block, M past one 144-row block, N past one 2048-column block, both split directions (M > N,
-    /// N > M); 1, 2 and 3 threads (3 grows the pool after it has served calls). Equal to a float64 sum
-    /// within fp32 summation error.
+    /// N > M); up to 48 rows against a transposed B (the small-M path, which streams B's rows); 1, 2 and
+    /// 3 threads (3 grows the pool after it has served calls). Equal to a float64 sum within fp32
+    /// summation error.
     func testMatchesFloat64Reference() {
         var rng = HVRandom(seed: 11)
         BLAS.kernel = .hv
-        let shapes = [(16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40)]
+        let shapes = [(1, 1, 1), (1, 300, 70), (5, 40, 9), (16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {
