@@ -27,14 +27,21 @@ public final class GradNode {
     public let name: String
     let inputs: [Tensor]
     let backward: (Tensor) -> [Tensor?]
+    /// For single-input ops whose input gradient is mostly zeros (a slice): adds the input
+    /// gradient for the output gradient g into `into`, the input's gradient so far, in place.
+    /// `backward` must then return a fresh buffer. Several slices of one tensor (q, k and v of a
+    /// fused projection) fill one buffer instead of one zero-filled full-size tensor each, summed.
+    let accumulate: ((_ g: Tensor, _ into: Tensor) -> Void)?
     /// Creation order (torch's sequence_nr): `backward()` runs nodes from the newest to the
     /// oldest, i.e. in the reverse of the forward, so a block's nodes run together.
     let sequence: Int
     nonisolated(unsafe) static var nextSequence = 0
-    init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
+    init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?],
+         accumulate: ((Tensor, Tensor) -> Void)? = nil) {
         self.name = name
         self.inputs = inputs
         self.backward = backward
+        self.accumulate = inputs.count == 1 ? accumulate : nil
         GradNode.nextSequence &+= 1
         sequence = GradNode.nextSequence
     }
@@ -84,10 +91,11 @@ extension Tensor {
 
     /// Attaches `backward` to `out` when recording is on and any input requires grad.
     @inline(__always)
-    static func record(_ name: String, _ out: Tensor, _ inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+    static func record(_ name: String, _ out: Tensor, _ inputs: [Tensor], accumulate: ((Tensor, Tensor) -> Void)? = nil,
+                       _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
         guard GradMode.isEnabled, inputs.contains(where: { $0.requiresGrad }) else { return out }
         out.requiresGrad = true
-        out.gradNode = GradNode(name: name, inputs: inputs, backward: backward)
+        out.gradNode = GradNode(name: name, inputs: inputs, backward: backward, accumulate: accumulate)
         return out
     }
 
@@ -132,11 +140,17 @@ extension Tensor {
             }
         }
         var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        // Tensors whose gradient so far is a contiguous buffer this sweep allocated (a sum, or a
+        // slice's fresh buffer) that nothing else references: further contributions are added
+        // into it in place. A gradient an op's rule returned may alias another tensor's (add
+        // passes g on to both inputs), so it is never written to.
+        var owned = Set<ObjectIdentifier>()
         var ready = ReadyQueue()
         GradMode.withoutGrad {
             // A tensor whose consumers have all run: leaves are finished at once, ops queued.
             func finish(_ t: Tensor) {
                 if let node = t.gradNode { ready.push(t, node.sequence); return }
+                owned.remove(ObjectIdentifier(t))
                 if let g = grads.removeValue(forKey: ObjectIdentifier(t)) { t.accumulateGrad(g) }
                 t.gradReadyHook?(t)
             }
@@ -146,13 +160,39 @@ extension Tensor {
                 // Backward rules capture their op's output (e.g. y for exp), and the output owns
                 // its node: drop the node once used so the step's graph is freed (no retain_graph).
                 t.gradNode = nil
-                let inputGrads = grads.removeValue(forKey: ObjectIdentifier(t)).map { node.backward($0) }
+                owned.remove(ObjectIdentifier(t))
+                let g = grads.removeValue(forKey: ObjectIdentifier(t))
+                var inputGrads: [Tensor?]? = nil
+                if let g, let accumulate = node.accumulate, node.inputs[0].requiresGrad {
+                    let key = ObjectIdentifier(node.inputs[0])
+                    if let existing = grads[key] {
+                        let into = owned.contains(key) ? existing : existing.copy()
+                        accumulate(g, into)
+                        grads[key] = into
+                    } else {
+                        let ig = node.backward(g)[0]!
+                        precondition(ig.shape == node.inputs[0].shape && ig.isContiguous, "\(node.name): gradient \(ig.shape) for input \(node.inputs[0].shape)")
+                        grads[key] = ig
+                    }
+                    owned.insert(key)
+                } else {
+                    inputGrads = g.map { node.backward($0) }
+                }
                 precondition(inputGrads == nil || inputGrads!.count == node.inputs.count, "\(node.name): wrong gradient count")
                 for (j, input) in node.inputs.enumerated() where input.requiresGrad {
                     let key = ObjectIdentifier(input)
                     if let ig = inputGrads?[j] {
                         precondition(ig.shape == input.shape, "\(node.name): gradient \(ig.shape) for input \(input.shape)")
-                        grads[key] = grads[key].map { $0.adding(ig) } ?? ig
+                        if let existing = grads[key] {
+                            if owned.contains(key) {
+                                existing.addInPlace(ig)
+                            } else {
+                                grads[key] = existing.adding(ig)
+                                owned.insert(key)
+                            }
+                        } else {
+                            grads[key] = ig
+                        }
                     }
                     let n = pending[key]! - 1
                     if n > 0 { pending[key] = n; continue }

@@ -83,19 +83,23 @@ extension Tensor {
         s[ax] = length
         let out = Tensor(storage: storage, shape: s, strides: strides, offset: offset + start * strides[ax])
         let fullShape = shape
-        return Tensor.record("slice", out, [self]) { g in
+        // The region of a contiguous full-size gradient that this slice covers.
+        func region(_ full: Tensor) -> Tensor {
+            Tensor(storage: full.storage, shape: s, strides: full.strides, offset: full.offset + start * full.strides[ax])
+        }
+        return Tensor.record("slice", out, [self], accumulate: { g, into in copyInto(region(into), g, adding: true) }) { g in
             let full = Tensor(zeros: fullShape)
-            let region = Tensor(storage: full.storage, shape: s, strides: full.strides, offset: start * full.strides[ax])
-            copyInto(region, g)
+            copyInto(region(full), g)
             return [full]
         }
     }
 }
 
-/// Copies `src` into the (possibly strided) view `dst` elementwise; same shapes.
-func copyInto(_ dst: Tensor, _ src: Tensor) {
+/// Copies `src` into the (possibly strided) view `dst` elementwise, or adds it to `dst`'s values
+/// with `adding`; same shapes.
+func copyInto(_ dst: Tensor, _ src: Tensor, adding: Bool = false) {
     precondition(dst.shape == src.shape)
-    if dst.isContiguous { copyStrided(from: src, to: dst.pointer); return }
+    if dst.isContiguous && !adding { copyStrided(from: src, to: dst.pointer); return }
     // Iterate dst's strided layout over a contiguous copy of src.
     let s = src.contiguous()
     let n = dst.count
@@ -106,7 +110,9 @@ func copyInto(_ dst: Tensor, _ src: Tensor) {
     Parallel.chunks(n / inner, grain: Swift.max(1, Parallel.grain / inner)) { rows in
         Parallel.forEachRow(dst.shape, [dst.strides], rows) { row, off in
             let o = d + off[0], q = p + row * inner
-            if innerStride == 1 {
+            if adding {
+                for i in 0..<inner { o[i * innerStride] += q[i] }
+            } else if innerStride == 1 {
                 o.update(from: q, count: inner)
             } else {
                 for i in 0..<inner { o[i * innerStride] = q[i] }

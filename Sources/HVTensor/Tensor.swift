@@ -103,7 +103,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         precondition(other.shape == shape && isContiguous, "addInPlace \(other.shape) into \(shape)")
         let o = other.contiguous()
         let p = pointer, q = o.pointer
-        for i in 0..<count { p[i] += scale * q[i] }
+        Parallel.chunks(count) { r in for i in r { p[i] += scale * q[i] } }
+        withExtendedLifetime(o) {}
     }
 
     /// ZeRO-3: gives a released parameter fresh full-size storage (contents to be written).

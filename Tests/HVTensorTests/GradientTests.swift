@@ -115,6 +115,21 @@ final class GradientTests: XCTestCase {
         XCTAssertEqual(v.causalUpsampleNearest(scale: (1, 2, 2)).scalars, v.upsampleNearest(scale: (1, 2, 2)).scalars)
     }
 
+    /// Several (overlapping) slices of one tensor add their gradients into one buffer in place;
+    /// a gradient that an op hands to two inputs (add) must not be written through: here x's and
+    /// y's gradients both start as the one tensor add's rule returns.
+    func testSlicesAccumulateWithoutTouchingSharedGradients() {
+        let x = randomTensor([2, 5, 4], seed: 30), y = randomTensor([2, 5, 4], seed: 31)
+        check([x, y]) {
+            // Created before h, so their rules run after add's: x and y then still hold the
+            // tensor add returned for both when x's slices add into x's gradient.
+            let early = $0[1].sum() * 3 + $0[0].slice(axis: 2, start: 1, length: 3).sum() * $0[0].slice(axis: 1, start: 4, length: 1).sum()
+            let h = $0[0] + $0[1]
+            let a = h.slice(axis: 1, start: 0, length: 2), b = h.slice(axis: 1, start: 2, length: 2), c = h.slice(axis: 1, start: 1, length: 2)
+            return a * b + c * 2 + h.slice(axis: 1, start: 3, length: 2) * 0.5 + early
+        }
+    }
+
     func testRotary() {
         let x = randomTensor([2, 6, 2, 8], seed: 24)
         let (c, s) = RoPE3D.frequencies(grid: (1, 2, 3), dims: [2, 2, 4])
