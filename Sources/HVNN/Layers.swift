@@ -17,6 +17,9 @@ public final class Linear: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor { x.linear(weight, bias) }
+
+    /// This layer applied to the concatenation of `parts` along the last axis, without forming it.
+    public func callAsFunction(concatenating parts: [Tensor]) -> Tensor { Tensor.linear(concatenating: parts, weight, bias) }
 }
 
 /// nn.LayerNorm over the last axis, optionally affine.

@@ -90,4 +90,53 @@ extension Tensor {
             return grads
         }
     }
+
+    /// `Tensor.concat(parts, axis: -1).linear(weight, bias)` without forming the concatenation:
+    /// each part is multiplied by its own columns of `weight` and the products are summed in the
+    /// output (the single-stream block's linear2 over [attention ; GELU(mlp)]). The parts share
+    /// all axes but the last.
+    public static func linear(concatenating parts: [Tensor], _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+        precondition(!parts.isEmpty, "linear(concatenating:) needs at least one part")
+        let lead = Array(parts[0].shape.dropLast())
+        let widths = parts.map { $0.shape[$0.rank - 1] }
+        let inF = widths.reduce(0, +), outF = weight.shape[0]
+        precondition(weight.rank == 2 && weight.shape[1] == inF, "linear: parts of widths \(widths), weight \(weight.shape)")
+        precondition(parts.allSatisfy { Array($0.shape.dropLast()) == lead }, "linear: parts \(parts.map(\.shape)) differ before the last axis")
+        if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape) for \(outF) outputs") }
+        let xs = parts.map { $0.contiguous() }, w = weight.contiguous(), bc = bias?.contiguous()
+        let rows = lead.reduce(1, *)
+        let columns = widths.indices.map { widths[..<$0].reduce(0, +) }  // first column of each part in weight
+        let out = Tensor(uninitialized: lead + [outF])
+        for (i, x) in xs.enumerated() {
+            BLAS.sgemm(transB: true, m: rows, n: outF, k: widths[i], a: x.pointer, lda: widths[i], b: w.pointer + columns[i], ldb: inF,
+                       beta: i == 0 ? 0 : 1, c: out.pointer, ldc: outF, bias: i == 0 ? bc.map { UnsafePointer($0.pointer) } : nil)
+        }
+        withExtendedLifetime(bc) {}
+        let inputs = parts + [weight] + (bias.map { [$0] } ?? [])
+        return Tensor.record("linear", out, inputs) { g in
+            let gc = g.contiguous()
+            var grads: [Tensor?] = []
+            for (i, part) in parts.enumerated() {
+                guard part.requiresGrad else { grads.append(nil); continue }
+                let dx = Tensor(uninitialized: part.shape)
+                BLAS.sgemm(m: rows, n: widths[i], k: outF, a: gc.pointer, lda: outF, b: w.pointer + columns[i], ldb: inF,
+                           c: dx.pointer, ldc: widths[i])
+                grads.append(dx)
+            }
+            if weight.requiresGrad {
+                let dw = Tensor(uninitialized: [outF, inF])
+                for (i, x) in xs.enumerated() {
+                    BLAS.sgemm(transA: true, m: outF, n: widths[i], k: rows, a: gc.pointer, lda: outF, b: x.pointer, ldb: widths[i],
+                               c: dw.pointer + columns[i], ldc: inF)
+                }
+                grads.append(dw)
+            } else {
+                grads.append(nil)
+            }
+            if let bias {
+                grads.append(bias.requiresGrad ? gc.reshapeRaw([rows, outF]).sumRaw(axes: [0]).reshapeRaw([outF]) : nil)
+            }
+            return grads
+        }
+    }
 }

@@ -92,6 +92,13 @@ final class GradientTests: XCTestCase {
         let p = randomTensor([2, 3, 5, 4], seed: 18), q = randomTensor([2, 3, 4, 6], seed: 19)
         check([p, q]) { $0[0].matmul($0[1]) }
         check([p, q]) { $0[0].matmul($0[1].transpose(2, 3).contiguous().transpose(2, 3)) }
+        // A linear over a concatenation, without forming it (linear2 of the single-stream block):
+        // its gradients, and its values equal to concat + linear.
+        let x2 = randomTensor([2, 3, 7], seed: 24), w2 = randomTensor([4, 12], seed: 25)
+        check([x, x2, w2, b]) { Tensor.linear(concatenating: [$0[0], $0[1]], $0[2], $0[3]) }
+        check([x, x2, w2]) { Tensor.linear(concatenating: [$0[0], $0[1]], $0[2]) }
+        let fused = Tensor.linear(concatenating: [x, x2], w2, b), plain = Tensor.concat([x, x2], axis: -1).linear(w2, b)
+        XCTAssertLessThan(maxAbsDiff(fused, plain), 1e-5)
     }
 
     func testShapeOps() {

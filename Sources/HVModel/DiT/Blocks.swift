@@ -93,7 +93,7 @@ public final class MMSingleStreamBlock: Module {
         q = Tensor.concat([q.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), q.slice(axis: 1, start: N, length: L)], axis: 1)
         k = Tensor.concat([k.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), k.slice(axis: 1, start: N, length: L)], axis: 1)
         let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
-        let out = linear2(Tensor.concat([a, parts[1].gelu()], axis: -1))
+        let out = linear2(concatenating: [a, parts[1].gelu()])
         return x + applyGate(out, m[2])
     }
 }
