@@ -36,12 +36,12 @@ public final class AdamW {
                               weightDecay: Float, bc1: Float, bc2: Float) {
         // Two threads over halves (64-byte aligned split) once the buffer is large enough to pay.
         let parts = n >= 1 << 20 ? 2 : 1
-        let per = ((n + parts - 1) / parts + 15) & ~15
         struct Buffers: @unchecked Sendable {
             let p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>
         }
         let b = Buffers(p: p, g: g, m: m, v: v)
-        DispatchQueue.concurrentPerform(iterations: parts) { k in
+        Parallel.run(threads: parts) { k, count in
+            let per = ((n + count - 1) / count + 15) & ~15
             let lo = min(n, k * per), hi = min(n, lo + per)
             if lo < hi {
                 hv_adamw(b.p + lo, b.g + lo, b.m + lo, b.v + lo, hi - lo, lr, beta1, beta2, eps, weightDecay, bc1, bc2)

@@ -18,12 +18,26 @@ public enum Parallel {
     public static func chunks(_ n: Int, grain: Int = Parallel.grain, _ body: (Range<Int>) -> Void) {
         let parts = Swift.min(threads, n / Swift.max(grain, 1))
         if parts <= 1 || hv_parallel_depth() > 0 { body(0..<n); return }
+        run(threads: parts) { p, parts in body(n * p / parts ..< n * (p + 1) / parts) }
+    }
+
+    /// Calls `body(t, count)` for t in 0..<count on `count` threads of hv's persistent pool (the
+    /// GEMMs' threads, which spin briefly between calls, so back-to-back regions start without a
+    /// futex wake); count <= `threads`, and 1 (on the calling thread) inside another parallel
+    /// region or while another thread's call holds the pool.
+    public static func run(threads: Int, _ body: (Int, Int) -> Void) {
+        let granted = Int(hv_pool_acquire(Int32(clamping: threads)))
+        if granted <= 1 { body(0, 1); return }
+        defer { hv_pool_release(Int32(granted)) }
         withoutActuallyEscaping(body) { body in
-            let work = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
-                hv_parallel_enter()
-                defer { hv_parallel_exit() }
-                work.value(n * p / parts ..< n * (p + 1) / parts)
+            var job = PoolJob(count: granted, body: body)
+            withUnsafeMutablePointer(to: &job) { p in
+                hv_pool_run(Int32(granted), { arg, t in
+                    hv_parallel_enter()
+                    defer { hv_parallel_exit() }
+                    let job = arg!.assumingMemoryBound(to: PoolJob.self)
+                    job.pointee.body(Int(t), job.pointee.count)
+                }, p)
             }
         }
     }
@@ -66,4 +80,10 @@ public enum Parallel {
 struct UncheckedSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// One region of `Parallel.run`, handed to the pool's threads by pointer.
+private struct PoolJob {
+    let count: Int
+    let body: (Int, Int) -> Void
 }

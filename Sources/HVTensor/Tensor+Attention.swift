@@ -200,10 +200,7 @@ func parallelFor(_ n: Int, threads: Int, _ body: @Sendable (Int) -> Void) {
     let saved = BLAS.threads
     BLAS.threads = 1
     defer { BLAS.threads = saved }
-    let workers = min(threads, n)
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
-        hv_parallel_enter()
-        defer { hv_parallel_exit() }
+    Parallel.run(threads: min(threads, n)) { w, workers in
         var i = w
         while i < n { body(i); i += workers }
     }

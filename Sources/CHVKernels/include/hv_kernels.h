@@ -148,4 +148,11 @@ void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, co
 int hv_parallel_depth(void);
 void hv_parallel_enter(void);
 void hv_parallel_exit(void);
+/// hv's persistent worker threads (shared by the GEMMs and Parallel.run in Swift): takes the
+/// pool for one call and returns how many threads it may use (1 when another call holds it or
+/// the caller is inside a parallel region); hv_pool_run runs body(arg, t) for t < threads, t = 0
+/// on the caller; a result > 1 of hv_pool_acquire is handed back with hv_pool_release.
+int hv_pool_acquire(int threads);
+void hv_pool_run(int threads, void (*body)(void *arg, int t), void *arg);
+void hv_pool_release(int threads);
 #endif
