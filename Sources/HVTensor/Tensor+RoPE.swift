@@ -38,30 +38,36 @@ public enum RoPE3D {
 extension Tensor {
     /// Rotates adjacent channel pairs of x [B, S, heads, D] by per-token angles:
     /// out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos + x[2i] sin; cos/sin [S, D].
+    /// With cos/sin [N, D] for N < S, only the first N tokens are rotated and the others copied
+    /// (the video tokens of [video ; text], in one pass instead of slice, rotate and concat).
     public func applyRotary(cos: Tensor, sin: Tensor) -> Tensor {
         precondition(rank == 4, "applyRotary expects [B, S, heads, D], got \(shape)")
-        let B = shape[0], S = shape[1], Hh = shape[2], D = shape[3]
-        precondition(cos.shape == [S, D] && sin.shape == [S, D], "applyRotary: tables \(cos.shape) for x \(shape)")
+        let B = shape[0], S = shape[1], Hh = shape[2], D = shape[3], N = cos.shape[0]
+        precondition(cos.shape == [N, D] && sin.shape == [N, D] && N <= S, "applyRotary: tables \(cos.shape) for x \(shape)")
         let x = contiguous(), c = cos.contiguous(), s = sin.contiguous()
         let out = Tensor(uninitialized: shape)
-        Tensor.rotate(x.pointer, out.pointer, c.pointer, s.pointer, B: B, S: S, Hh: Hh, D: D, inverse: false)
+        Tensor.rotate(x.pointer, out.pointer, c.pointer, s.pointer, B: B, S: S, rotated: N, Hh: Hh, D: D, inverse: false)
         return Tensor.record("rotary", out, [self]) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: gc.shape)
-            Tensor.rotate(gc.pointer, dx.pointer, c.pointer, s.pointer, B: B, S: S, Hh: Hh, D: D, inverse: true)
+            Tensor.rotate(gc.pointer, dx.pointer, c.pointer, s.pointer, B: B, S: S, rotated: N, Hh: Hh, D: D, inverse: true)
             return [dx]
         }
     }
 
     /// The rotation (or its transpose, for the backward pass).
     static func rotate(_ x: UnsafePointer<Float>, _ o: UnsafeMutablePointer<Float>, _ c: UnsafePointer<Float>,
-                       _ s: UnsafePointer<Float>, B: Int, S: Int, Hh: Int, D: Int, inverse: Bool) {
+                       _ s: UnsafePointer<Float>, B: Int, S: Int, rotated: Int, Hh: Int, D: Int, inverse: Bool) {
         let sign: Float = inverse ? -1 : 1
         let out = UncheckedSendable(o)
         Parallel.chunks(B * S, grain: Swift.max(1, Parallel.grain / Swift.max(1, Hh * D))) { tokens in
             let o = out.value
             for bt in tokens {
                 let t = bt % S
+                if t >= rotated {
+                    (o + bt * Hh * D).update(from: x + bt * Hh * D, count: Hh * D)
+                    continue
+                }
                 let cr = c + t * D, sr = s + t * D
                 for h in 0..<Hh {
                     let base = (bt * Hh + h) * D

@@ -141,6 +141,11 @@ final class GradientTests: XCTestCase {
         let x = randomTensor([2, 6, 2, 8], seed: 24)
         let (c, s) = RoPE3D.frequencies(grid: (1, 2, 3), dims: [2, 2, 4])
         check([x]) { $0[0].applyRotary(cos: c, sin: s) }
+        // Tables for the first 6 of 9 tokens (video before text): those rotate, the rest pass through.
+        let y = randomTensor([2, 9, 2, 8], seed: 26)
+        check([y]) { $0[0].applyRotary(cos: c, sin: s) * 1.5 }
+        let prefix = Tensor.concat([y.slice(axis: 1, start: 0, length: 6).applyRotary(cos: c, sin: s), y.slice(axis: 1, start: 6, length: 3)], axis: 1)
+        XCTAssertEqual(y.applyRotary(cos: c, sin: s).scalars, prefix.scalars)
     }
 
     func testAttention() {

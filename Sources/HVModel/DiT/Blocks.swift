@@ -89,9 +89,9 @@ public final class MMSingleStreamBlock: Module {
         var (q, k, v) = splitQKV(parts[0], heads: heads)
         if let n = q_norm { q = n(q) }
         if let n = k_norm { k = n(k) }
-        let L = x.shape[1] - N
-        q = Tensor.concat([q.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), q.slice(axis: 1, start: N, length: L)], axis: 1)
-        k = Tensor.concat([k.slice(axis: 1, start: 0, length: N).applyRotary(cos: rope.cos, sin: rope.sin), k.slice(axis: 1, start: N, length: L)], axis: 1)
+        precondition(rope.cos.shape[0] == N, "single block: rope tables for \(rope.cos.shape[0]) tokens, \(N) video tokens")
+        q = q.applyRotary(cos: rope.cos, sin: rope.sin)  // the N video tokens; text tokens pass through
+        k = k.applyRotary(cos: rope.cos, sin: rope.sin)
         let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
         let out = linear2(concatenating: [a, parts[1].gelu()])
         return x + applyGate(out, m[2])
