@@ -74,25 +74,25 @@ AT_TARGET static void mk_cols(int mr, int kc, const float *A, long lda, const fl
     MK_BODY(1, lda)
 }
 
-/* dst[(j / 16) * d * 16 + c * 16 + j % 16] = alpha * src[j * d + c]: 16-key panels, d-major
+/* dst[(j / 16) * d * 16 + c * 16 + j % 16] = alpha * src[j * ld + c]: 16-key panels, d-major
  * (the B operand of a contraction over d). Rows j >= n are zero. */
-static void pack_panels_t(const float *src, int n, int np, int d, float alpha, float *dst) {
+static void pack_panels_t(const float *src, long ld, int n, int np, int d, float alpha, float *dst) {
     for (int j0 = 0; j0 < np; j0 += 16) {
         float *panel = dst + (long)j0 * d;
         for (int c = 0; c < d; c++)
             for (int j = 0; j < 16; j++)
-                panel[c * 16 + j] = j0 + j < n ? alpha * src[(long)(j0 + j) * d + c] : 0.0f;
+                panel[c * 16 + j] = j0 + j < n ? alpha * src[(long)(j0 + j) * ld + c] : 0.0f;
     }
 }
 
-/* dst[(c / 16) * np * 16 + j * 16 + c % 16] = alpha * src[j * d + c]: 16-column panels of the
+/* dst[(c / 16) * np * 16 + j * 16 + c % 16] = alpha * src[j * ld + c]: 16-column panels of the
  * key rows (the B operand of a contraction over keys). Rows j >= n are zero. */
-static void pack_panels_n(const float *src, int n, int np, int d, float alpha, float *dst) {
+static void pack_panels_n(const float *src, long ld, int n, int np, int d, float alpha, float *dst) {
     for (int c0 = 0; c0 < d; c0 += 16) {
         float *panel = dst + (long)c0 * np;
         for (int j = 0; j < np; j++)
             for (int c = 0; c < 16; c++)
-                panel[j * 16 + c] = j < n ? alpha * src[(long)j * d + c0 + c] : 0.0f;
+                panel[j * 16 + c] = j < n ? alpha * src[(long)j * ld + c0 + c] : 0.0f;
     }
 }
 
@@ -103,14 +103,14 @@ static long causal_limit(int cb, long row, long colOffset) { return (row / cb + 
 
 /* Scores of one strip: rows (strip + r * kp) get scale * q k^T + bias, then -inf past the causal
  * limit; returns the number of 16-key panels computed (the rest of each row is untouched). */
-AT_TARGET static int strip_scores(int mr, const float *q, int d, const float *ktp, const float *bias, int kp,
+AT_TARGET static int strip_scores(int mr, const float *q, long ldq, int d, const float *ktp, const float *bias, int kp,
                                   float *strip, int cb, long row0, long colOffset) {
     int np = kp / 16;
     if (cb > 0) {
         long lim = causal_limit(cb, row0 + mr - 1, colOffset);
         if (lim < (long)kp) np = lim <= 0 ? 0 : (int)((lim + 15) / 16);
     }
-    for (int pj = 0; pj < np; pj++) mk_rows(mr, d, q, d, ktp + (long)pj * d * 16, 16, strip + pj * 16, kp, 0);
+    for (int pj = 0; pj < np; pj++) mk_rows(mr, d, q, ldq, ktp + (long)pj * d * 16, 16, strip + pj * 16, kp, 0);
     for (int r = 0; r < mr; r++) {
         float *row = strip + (long)r * kp;
         for (int j = 0; j < np * 16; j += 8)
@@ -128,20 +128,20 @@ static void key_bias(const float *keyMask, int sk, int kp, float *bias) {
     for (int j = 0; j < kp; j++) bias[j] = j < sk && (!keyMask || keyMask[j] != 0) ? 0.0f : -INFINITY;
 }
 
-AT_TARGET int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk,
-                                        int d, float scale, float *out, float *lse, int causalBlock, long rowOffset,
-                                        long colOffset) {
+AT_TARGET int hv_attention_forward_head_ld(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
+                                           const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
+                                           float *lse, int causalBlock, long rowOffset, long colOffset) {
     if (!hv_attention_available() || d % 16 != 0 || d <= 0 || sq <= 0 || sk <= 0) return 0;
     const int kp = round_up(sk, 48);
     float *ktp = malloc(sizeof(float) * ((size_t)kp * d * 2 + (size_t)kp * 7));
     if (!ktp) return 0;
     float *vp = ktp + (size_t)kp * d, *bias = vp + (size_t)kp * d, *strip = bias + kp;
-    pack_panels_t(k, sk, kp, d, scale, ktp);
-    pack_panels_n(v, sk, kp, d, 1.0f, vp);
+    pack_panels_t(k, ldk, sk, kp, d, scale, ktp);
+    pack_panels_n(v, ldv, sk, kp, d, 1.0f, vp);
     key_bias(keyMask, sk, kp, bias);
     for (int r0 = 0; r0 < sq; r0 += 6) {
         const int mr = sq - r0 < 6 ? sq - r0 : 6;
-        const int np = strip_scores(mr, q + (long)r0 * d, d, ktp, bias, kp, strip, causalBlock, rowOffset + r0, colOffset);
+        const int np = strip_scores(mr, q + (long)r0 * ldq, ldq, d, ktp, bias, kp, strip, causalBlock, rowOffset + r0, colOffset);
         const int n = np * 16;
         float inv[6];
         for (int r = 0; r < mr; r++) {
@@ -157,19 +157,25 @@ AT_TARGET int hv_attention_forward_head(const float *q, const float *k, const fl
                 lse[r0 + r] = mx + logf(l);
             }
         }
-        float *o = out + (long)r0 * d;
+        float *o = out + (long)r0 * ldo;
         for (int c0 = 0; c0 < d; c0 += 16) {
-            if (n > 0) mk_rows(mr, n, strip, kp, vp + (long)c0 * kp, 16, o + c0, d, 0);
-            else for (int r = 0; r < mr; r++) memset(o + (long)r * d + c0, 0, sizeof(float) * 16);
+            if (n > 0) mk_rows(mr, n, strip, kp, vp + (long)c0 * kp, 16, o + c0, ldo, 0);
+            else for (int r = 0; r < mr; r++) memset(o + (long)r * ldo + c0, 0, sizeof(float) * 16);
         }
         for (int r = 0; r < mr; r++) {
             const __m256 s = _mm256_set1_ps(inv[r]);
-            float *orow = o + (long)r * d;
+            float *orow = o + (long)r * ldo;
             for (int c = 0; c < d; c += 8) _mm256_storeu_ps(orow + c, _mm256_mul_ps(_mm256_loadu_ps(orow + c), s));
         }
     }
     free(ktp);
     return 1;
+}
+
+int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk, int d,
+                              float scale, float *out, float *lse, int causalBlock, long rowOffset, long colOffset) {
+    return hv_attention_forward_head_ld(q, d, k, d, v, d, keyMask, sq, sk, d, scale, out, d, lse, causalBlock, rowOffset,
+                                        colOffset);
 }
 
 #define AT_BQ 48
@@ -185,9 +191,9 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
     if (!buf) return 0;
     float *ktp = buf, *vtp = ktp + kd, *kn = vtp + kd, *dkacc = kn + kd, *dvacc = dkacc + kd;
     float *bias = dvacc + kd, *pblk = bias + kp, *dsblk = pblk + (size_t)AT_BQ * kp, *delta = dsblk + (size_t)AT_BQ * kp;
-    pack_panels_t(k, sk, kp, d, scale, ktp);   // scores = q (scale k)^T
-    pack_panels_t(v, sk, kp, d, 1.0f, vtp);    // dP = dO v^T
-    pack_panels_n(k, sk, kp, d, scale, kn);    // dQ = dS (scale k)
+    pack_panels_t(k, d, sk, kp, d, scale, ktp);   // scores = q (scale k)^T
+    pack_panels_t(v, d, sk, kp, d, 1.0f, vtp);    // dP = dO v^T
+    pack_panels_n(k, d, sk, kp, d, scale, kn);    // dQ = dS (scale k)
     memset(dkacc, 0, sizeof(float) * kd * 2);
     key_bias(keyMask, sk, kp, bias);
     for (int r = 0; r < sq; r++) {
@@ -205,7 +211,7 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
         for (int r0 = qb; r0 < qb + nb; r0 += 6) {
             const int mr = qb + nb - r0 < 6 ? qb + nb - r0 : 6;
             float *p = pblk + (long)(r0 - qb) * kp, *ds = dsblk + (long)(r0 - qb) * kp;
-            const int np = strip_scores(mr, q + (long)r0 * d, d, ktp, bias, kp, p, causalBlock, r0, colOffset);
+            const int np = strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, p, causalBlock, r0, colOffset);
             const int n = np * 16;
             if (n > nmax) {  // rows of earlier strips are zero over the newly reached keys
                 for (int i = 0; i < r0 - qb; i++) {
@@ -255,6 +261,11 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
 
 #else
 int hv_attention_available(void) { return 0; }
+int hv_attention_forward_head_ld(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
+                                 const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
+                                 float *lse, int causalBlock, long rowOffset, long colOffset) {
+    return 0;
+}
 int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk, int d,
                               float scale, float *out, float *lse, int causalBlock, long rowOffset, long colOffset) {
     return 0;

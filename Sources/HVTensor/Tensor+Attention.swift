@@ -225,6 +225,10 @@ extension Tensor {
                                                  scale: Float? = nil, causalBlock: Int = 0) -> Tensor {
         precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
         let sc = scale ?? 1 / Float(q.shape[3]).squareRoot()
+        if !willRecord([q, k, v]), FlashAttention.fused, hv_attention_available() != 0, q.shape[3] % 16 == 0,
+           [q, k, v].allSatisfy({ $0.strides[3] == 1 }) {
+            return FlashAttention.forwardInPlace(q, k, v, keyMask: keyMask?.contiguous(), scale: sc, causalBlock: causalBlock)
+        }
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
         let mc = keyMask?.contiguous()
         let (out, lse) = FlashAttention.forward(q: qc, k: kc, v: vc, keyMask: mc, scale: sc, causalBlock: causalBlock)
@@ -237,6 +241,43 @@ extension Tensor {
 }
 
 extension FlashAttention {
+    /// Attention with nothing to record (sampling): each head's rows are read where they lie —
+    /// q/k/v are typically [B, S, heads, D] tensors transposed to [B, heads, S, D], any strides
+    /// with D contiguous — and the output is written as [B, S, heads, D], returned transposed to
+    /// [B, heads, S, D]; so no operand is copied into a head-major layout and the caller's
+    /// transpose back is contiguous. Needs the fused kernel (D a multiple of 16, AVX2 + FMA).
+    static func forwardInPlace(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor?, scale sc: Float, causalBlock: Int) -> Tensor {
+        let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
+        precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
+        if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
+        precondition(causalBlock == 0 || Sq == Sk, "causal attention needs as many queries as keys")
+        let out = Tensor(uninitialized: [B, Sq, H, D])
+        let lse = UnsafeMutablePointer<Float>.allocate(capacity: max(1, B * H * Sq))
+        defer { lse.deallocate() }
+        let threads = FlashAttention.threads, heads = B * H
+        let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
+        let qSplit = (Sq + splits - 1) / splits
+        struct Operands: @unchecked Sendable {
+            let q, k, v, out, lse: UnsafeMutablePointer<Float>
+            let mask: UnsafeMutablePointer<Float>?
+        }
+        let ops = Operands(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, lse: lse, mask: keyMask?.pointer)
+        let qs = q.strides, ks = k.strides, vs = v.strides
+        parallelFor(heads * splits, threads: threads) { item in
+            let i = item / splits, part = item % splits
+            let b = i / H, h = i % H
+            let r0 = min(Sq, part * qSplit), r1 = min(Sq, r0 + qSplit)
+            if r1 <= r0 { return }
+            let ran = hv_attention_forward_head_ld(
+                ops.q + b * qs[0] + h * qs[1] + r0 * qs[2], qs[2], ops.k + b * ks[0] + h * ks[1], ks[2],
+                ops.v + b * vs[0] + h * vs[1], vs[2], ops.mask.map { UnsafePointer($0 + b * Sk) }, Int32(r1 - r0), Int32(Sk),
+                Int32(D), sc, ops.out + ((b * Sq + r0) * H + h) * D, H * D, ops.lse + i * Sq + r0, Int32(causalBlock), r0, 0)
+            precondition(ran != 0, "fused attention kernel refused a head it was checked for")
+        }
+        withExtendedLifetime((q, k, v, keyMask)) {}
+        return out.transpose(1, 2)
+    }
+
     /// Blocked attention outside the graph: q [B, H, Sq, D], k/v [B, H, Sk, D], keyMask [B, Sk]
     /// (nonzero = attend) -> out [B, H, Sq, D] and lse [B, H, Sq] (natural log-sum-exp of the
     /// scaled scores, -inf for a row with every key masked). Building block of custom attention

@@ -115,6 +115,28 @@ final class AttentionTests: XCTestCase {
     }
 
     /// A row whose keys are all masked gives zeros and finite gradients (guards the online softmax).
+    /// Without a graph the fused kernel reads heads where they lie and writes [B, S, heads, D]:
+    /// q and k as [B, S, heads, D] tensors transposed to [B, heads, S, D], v a chunk of a fused
+    /// [B, S, 2, heads, D] tensor (rows 2 x heads x D apart), with a key mask. Equal to the
+    /// recorded path (contiguous copies) bit for bit, and to the naive attention.
+    func testNoGradAttentionReadsStridedHeadsInPlace() {
+        let B = 2, S = 37, H = 3, D = 32
+        let q = randomTensor([B, S, H, D], seed: 40), k = randomTensor([B, S, H, D], seed: 41)
+        let kv = randomTensor([B, S, 2, H, D], seed: 42)
+        let v = kv.chunk(2, axis: 2)[1].squeeze(2)
+        var maskValues = [Float](repeating: 1, count: B * S)
+        for j in [3, 20, 36] { maskValues[S + j] = 0 }
+        let mask = Tensor(maskValues, shape: [B, S])
+        let (qt, kt, vt) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        let inPlace = Tensor.scaledDotProductAttention(qt, kt, vt, keyMask: mask)
+        XCTAssertEqual(inPlace.transpose(1, 2).isContiguous, true, "output not written as [B, S, heads, D]")
+        let qr = qt.copy()
+        qr.requiresGrad = true
+        let recorded = Tensor.scaledDotProductAttention(qr, kt, vt, keyMask: mask)
+        XCTAssertEqual(inPlace.contiguous().scalars, recorded.contiguous().scalars)
+        XCTAssertLessThan(maxAbsDiff(inPlace.contiguous(), naive(qt.contiguous(), kt.contiguous(), vt.contiguous(), mask: mask)), 1e-5)
+    }
+
     func testFullyMaskedRowsAreZero() {
         for d in [4, 16] {  // the blocked path and the fused kernel
             let q = randomTensor([1, 1, 3, d], seed: 5), k = randomTensor([1, 1, 4, d], seed: 6), v = randomTensor([1, 1, 4, d], seed: 7)

@@ -28,6 +28,11 @@ int hv_attention_available(void);
 /// Returns 0 (and writes nothing) when it cannot run: no AVX2/FMA, d not a multiple of 16.
 int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk, int d,
                               float scale, float *out, float *lse, int causalBlock, long rowOffset, long colOffset);
+/// The same with row strides: row r of q is q[r * ldq ..], of k k[r * ldk ..], of v v[r * ldv ..],
+/// of out out[r * ldo ..] (heads read and written in place in a [S, heads, d] layout).
+int hv_attention_forward_head_ld(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
+                                 const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
+                                 float *lse, int causalBlock, long rowOffset, long colOffset);
 /// dq [sq, d], dk/dv [sk, d] of the attention above given its out, lse and dout, overwritten or
 /// added to (accumulateDQ, accumulateDKV); causal rows count from 0. Returns 0 when it cannot run.
 int hv_attention_backward_head(const float *q, const float *k, const float *v, const float *keyMask, const float *out,
