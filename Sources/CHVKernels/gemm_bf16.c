@@ -198,7 +198,7 @@ typedef struct {
     float alpha;
     int accumulate;
     int threads, splitN;
-    int lo[8], hi[8];        // each thread's rows (splitN = 0) or columns (splitN = 1)
+    int lo[64], hi[64];        // each thread's rows (splitN = 0) or columns (splitN = 1)
     uint32_t *shared;        // the shared operand's packed K block
     hv_barrier barrier;
 } gemm_plan;

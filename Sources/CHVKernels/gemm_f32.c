@@ -10,6 +10,7 @@
 // two ymm of B (the BLIS Haswell/Zen shape: 12 accumulators, 2 B registers, 1 broadcast).
 #include "gemm_pool.h"
 #include "hv_kernels.h"
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,6 +160,16 @@ static void macro_kernel(int kc, const float *a, const float *b, float *C, long 
 
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+/// A 64-byte aligned packing buffer; out of memory is fatal (with a message, not a crash later).
+static float *gemm_buffer(size_t bytes) {
+    float *b = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!b) {
+        fprintf(stderr, "hv: out of memory for a %zu-byte GEMM packing buffer\n", bytes);
+        abort();
+    }
+    return b;
+}
+
 // Threads: the larger of M and N is split in whole panels between the threads and the other
 // operand is shared, as in gemm_bf16.c: each K block of the shared operand is packed once,
 // cooperatively, with a barrier between packing and use and between use and the next block.
@@ -175,7 +186,7 @@ typedef struct {
     const float *bias;
     int threads, splitN;
     int kc;            // K per block: K split evenly into blocks of at most KC (multiples of 8)
-    int lo[8], hi[8];  // each thread's rows (splitN = 0) or columns (splitN = 1)
+    int lo[64], hi[64];  // each thread's rows (splitN = 0) or columns (splitN = 1)
     float *shared;     // the shared operand's packed K block
     hv_barrier barrier;
 } gemm_plan;
@@ -185,7 +196,9 @@ static void gemm_part(void *arg, int t) {
     gemm_plan *p = arg;
     const int M = p->M, N = p->N, K = p->K, T = p->threads;
     const int lo = p->lo[t], hi = p->hi[t];
-    float *own = aligned_alloc(64, sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(NC, NR) * NR : ceil_div(MC, MR) * MR));
+    const int span = hi - lo;  // this thread's columns (splitN) or rows
+    float *own = gemm_buffer(sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(span < NC ? span : NC, NR) * NR
+                                                                       : ceil_div(span < MC ? span : MC, MR) * MR));
     for (int pc = 0; pc < K; pc += p->kc) {
         int kc = K - pc < p->kc ? K - pc : p->kc;
         int addC = p->accumulate || pc > 0;
@@ -349,7 +362,7 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         start += cnt;
     }
     int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
-    plan.shared = aligned_alloc(64, sizeof(float) * KC * (size_t)sharedPanels);
+    plan.shared = gemm_buffer(sizeof(float) * KC * (size_t)sharedPanels);
     hv_pool_run(threads, gemm_part, &plan);
     hv_pool_release(threads);
     free(plan.shared);

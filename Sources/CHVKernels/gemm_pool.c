@@ -6,7 +6,7 @@
 #include <sched.h>
 #include <stddef.h>
 
-#define POOL_MAX 8
+#define POOL_MAX 64
 
 void hv_barrier_wait(hv_barrier *b) {
     if (b->threads <= 1) return;
@@ -47,7 +47,8 @@ static void *pool_main(void *arg) {
         void *a = pool_arg;
         int threads = pool_threads;
         pthread_mutex_unlock(&pool_mu);
-        if (id < threads) body(a, id);
+        if (id >= threads) continue;  // not part of this call (the caller waits for threads - 1)
+        body(a, id);
         pthread_mutex_lock(&pool_mu);
         if (--pool_running == 0) pthread_cond_signal(&pool_done);
         pthread_mutex_unlock(&pool_mu);
@@ -88,7 +89,7 @@ void hv_pool_run(int threads, void (*body)(void *, int), void *arg) {
         pool_body = body;
         pool_arg = arg;
         pool_threads = threads;
-        pool_running = pool_workers;
+        pool_running = threads - 1;
         __atomic_store_n(&pool_generation, pool_generation + 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&pool_wake);
         pthread_mutex_unlock(&pool_mu);

@@ -11,7 +11,7 @@ typedef struct {
 
 void hv_barrier_wait(hv_barrier *b);
 
-/// Takes the pool for one call and returns how many threads it may use (1 to `threads`; 1 when
+/// Takes the pool for one call and returns how many threads it may use (1 to min(`threads`, 64); 1 when
 /// another call holds the pool or the caller is inside an hv parallel region). A result > 1 must
 /// be handed back with hv_pool_release after hv_pool_run.
 int hv_pool_acquire(int threads);

@@ -74,13 +74,15 @@ public enum BLAS {
     /// OpenBLAS's sgemm. `HV_GEMM=openblas` (or `hv`) in the environment overrides the choice,
     /// for A/B timings.
     public enum Kernel: String, Sendable { case hv, openblas }
-    nonisolated(unsafe) public static var kernel: Kernel = {
+    nonisolated(unsafe) public static var kernel: Kernel = defaultKernel
+    /// hv's kernel on CPUs with AVX2 and FMA unless `HV_GEMM` says otherwise.
+    public static var defaultKernel: Kernel {
         if let forced = ProcessInfo.processInfo.environment["HV_GEMM"].flatMap(Kernel.init(rawValue:)),
            forced == .openblas || hv_f32_gemm_available() != 0 {
             return forced
         }
         return hv_f32_gemm_available() != 0 ? .hv : .openblas
-    }()
+    }
 
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C (+ bias[n] when given, added once per
     /// row), row-major with leading dimensions.

@@ -5,25 +5,30 @@ import _HVTestSupport
 
 /// hv's fp32 GEMM (`BLAS.Kernel.hv`, AVX2 + FMA): the default fp32 path on such CPUs.
 final class F32GemmTests: XCTestCase {
+    private var savedThreads = 1
+
     override func setUpWithError() throws {
         try XCTSkipUnless(hv_f32_gemm_available() != 0, "this CPU has no AVX2 + FMA")
+        savedThreads = BLAS.threads
     }
 
     override func tearDown() {
-        BLAS.kernel = hv_f32_gemm_available() != 0 ? .hv : .openblas
-        BLAS.threads = 2
+        BLAS.kernel = BLAS.defaultKernel
+        BLAS.threads = savedThreads
     }
 
     /// Every transpose combination; alpha 1 and 1/8; beta 0 and 1; with and without a bias; leading
     /// dimensions wider than the matrices; sizes that are not multiples of the 6 x 16 tile, K past one
     /// 512 block, M past one 144-row block, N past one 2048-column block, both split directions (M > N,
     /// N > M); up to 48 rows against a transposed B (the small-M path, which streams B's rows); 1, 2 and
-    /// 3 threads (3 grows the pool after it has served calls). Equal to a float64 sum within fp32
-    /// summation error.
+    /// 3 threads, on shapes large enough to be split. Equal to a float64 sum within fp32 summation error.
     func testMatchesFloat64Reference() {
         var rng = HVRandom(seed: 11)
         BLAS.kernel = .hv
-        let shapes = [(1, 1, 1), (1, 300, 70), (5, 40, 9), (16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40)]
+        let shapes = [(1, 1, 1), (1, 300, 70), (5, 40, 9), (16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40),
+                      // Above the 2^21 multiply-adds under which a product runs on one thread: the small path's
+                      // column split, and N past one 2048-column block split over threads.
+                      (2, 9000, 130), (40, 4200, 16)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {

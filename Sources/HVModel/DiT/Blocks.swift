@@ -45,6 +45,7 @@ public final class MMDoubleStreamBlock: Module {
         var (iq, ik, iv) = splitQKV(img_attn_qkv(modulate(img.layerNorm(eps: 1e-6), shift: im[0], scale: im[1])), heads: heads)
         if let n = img_attn_q_norm { iq = n(iq) }
         if let n = img_attn_k_norm { ik = n(ik) }
+        precondition(rope.cos.shape[0] == N, "double block: rope tables for \(rope.cos.shape[0]) tokens, \(N) video tokens")
         iq = iq.applyRotary(cos: rope.cos, sin: rope.sin)
         ik = ik.applyRotary(cos: rope.cos, sin: rope.sin)
         var (tq, tk, tv) = splitQKV(txt_attn_qkv(modulate(txt.layerNorm(eps: 1e-6), shift: tm[0], scale: tm[1])), heads: heads)
