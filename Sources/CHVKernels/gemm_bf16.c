@@ -292,13 +292,7 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
     threads = hv_pool_acquire(threads);
     gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, threads, splitN};
     plan.barrier.threads = threads;
-    int start = 0;
-    for (int t = 0; t < threads; t++) {
-        int cnt = units / threads + (t < units % threads ? 1 : 0);
-        plan.lo[t] = start * unit;
-        plan.hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
-        start += cnt;
-    }
+    hv_split_units(total, unit, threads, plan.lo, plan.hi);
     int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
     plan.shared = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)sharedPanels);
     hv_pool_run(threads, gemm_part, &plan);

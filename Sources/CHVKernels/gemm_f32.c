@@ -354,13 +354,7 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
     int blocks = ceil_div(K, KC);
     plan.kc = (ceil_div(K, blocks) + 7) / 8 * 8;
     if (plan.kc > KC) plan.kc = KC;
-    int start = 0;
-    for (int t = 0; t < threads; t++) {
-        int cnt = units / threads + (t < units % threads ? 1 : 0);
-        plan.lo[t] = start * unit;
-        plan.hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
-        start += cnt;
-    }
+    hv_split_units(total, unit, threads, plan.lo, plan.hi);
     int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
     plan.shared = gemm_buffer(sizeof(float) * KC * (size_t)sharedPanels);
     hv_pool_run(threads, gemm_part, &plan);

@@ -105,3 +105,14 @@ void hv_pool_run(int threads, void (*body)(void *, int), void *arg) {
 void hv_pool_release(int threads) {
     if (threads > 1) pthread_mutex_unlock(&pool_busy);
 }
+
+void hv_split_units(int total, int unit, int threads, int *lo, int *hi) {
+    const int units = (total + unit - 1) / unit;
+    int start = 0;
+    for (int t = 0; t < threads; t++) {
+        int cnt = units / threads + (t < units % threads ? 1 : 0);
+        lo[t] = start * unit;
+        hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
+        start += cnt;
+    }
+}

@@ -20,4 +20,8 @@ int hv_pool_acquire(int threads);
 void hv_pool_run(int threads, void (*body)(void *arg, int t), void *arg);
 void hv_pool_release(int threads);
 
+/// Splits `total` items, in whole units of `unit` items, over `threads` threads as evenly as
+/// possible: thread t gets [lo[t], hi[t]). Callers first cap `threads` at the number of units.
+void hv_split_units(int total, int unit, int threads, int *lo, int *hi);
+
 #endif
