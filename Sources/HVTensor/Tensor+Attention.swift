@@ -226,7 +226,7 @@ extension Tensor {
         precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B, H, S, D]: \(q.shape) \(k.shape) \(v.shape)")
         let sc = scale ?? 1 / Float(q.shape[3]).squareRoot()
         if !willRecord([q, k, v]), FlashAttention.fused, hv_attention_available() != 0, q.shape[3] % 16 == 0,
-           [q, k, v].allSatisfy({ $0.strides[3] == 1 }) {
+           q.shape[2] > 0, k.shape[2] > 0, [q, k, v].allSatisfy({ $0.strides[3] == 1 }) {
             return FlashAttention.forwardInPlace(q, k, v, keyMask: keyMask?.contiguous(), scale: sc, causalBlock: causalBlock)
         }
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
@@ -272,7 +272,7 @@ extension FlashAttention {
                 ops.q + b * qs[0] + h * qs[1] + r0 * qs[2], qs[2], ops.k + b * ks[0] + h * ks[1], ks[2],
                 ops.v + b * vs[0] + h * vs[1], vs[2], ops.mask.map { UnsafePointer($0 + b * Sk) }, Int32(r1 - r0), Int32(Sk),
                 Int32(D), sc, ops.out + ((b * Sq + r0) * H + h) * D, H * D, ops.lse + i * Sq + r0, Int32(causalBlock), r0, 0)
-            precondition(ran != 0, "fused attention kernel refused a head it was checked for")
+            precondition(ran != 0, "fused attention kernel could not run (out of memory for its packed keys and values)")
         }
         withExtendedLifetime((q, k, v, keyMask)) {}
         return out.transpose(1, 2)
