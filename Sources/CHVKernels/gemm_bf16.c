@@ -285,18 +285,12 @@ void hv_gemm_bf16(int M, int N, int K, float alpha, const float *A, long rsa, lo
     }
     long macs = (long)M * N * K;
     if (macs < (1L << 21)) threads = 1;
-    int splitN = N >= M ? 1 : 0;
-    int unit = splitN ? NR : MR, total = splitN ? N : M;
-    int units = ceil_div(total, unit);
-    if (units < threads) threads = units;
-    threads = hv_pool_acquire(threads);
-    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, threads, splitN};
-    plan.barrier.threads = threads;
-    hv_split_units(total, unit, threads, plan.lo, plan.hi);
-    int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
+    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, 1, 0};
+    plan.threads = plan.barrier.threads = hv_gemm_split(M, N, MR, NR, threads, &plan.splitN, plan.lo, plan.hi);
+    int sharedPanels = plan.splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
     plan.shared = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)sharedPanels);
-    hv_pool_run(threads, gemm_part, &plan);
-    hv_pool_release(threads);
+    hv_pool_run(plan.threads, gemm_part, &plan);
+    hv_pool_release(plan.threads);
     free(plan.shared);
 }
 

@@ -343,22 +343,16 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         hv_pool_release(threads);
         return;
     }
-    int splitN = N >= M ? 1 : 0;
-    int unit = splitN ? NR : MR, total = splitN ? N : M;
-    int units = ceil_div(total, unit);
-    if (units < threads) threads = units;
-    threads = hv_pool_acquire(threads);
-    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, threads, splitN};
-    plan.barrier.threads = threads;
+    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, 1, 0};
+    plan.threads = plan.barrier.threads = hv_gemm_split(M, N, MR, NR, threads, &plan.splitN, plan.lo, plan.hi);
     // K = 1056 as 3 x 352 rather than 512 + 512 + 32: a short last block costs a full pass over C.
     int blocks = ceil_div(K, KC);
     plan.kc = (ceil_div(K, blocks) + 7) / 8 * 8;
     if (plan.kc > KC) plan.kc = KC;
-    hv_split_units(total, unit, threads, plan.lo, plan.hi);
-    int sharedPanels = splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
+    int sharedPanels = plan.splitN ? ceil_div(M, MR) * MR : ceil_div(N, NR) * NR;
     plan.shared = gemm_buffer(sizeof(float) * KC * (size_t)sharedPanels);
-    hv_pool_run(threads, gemm_part, &plan);
-    hv_pool_release(threads);
+    hv_pool_run(plan.threads, gemm_part, &plan);
+    hv_pool_release(plan.threads);
     free(plan.shared);
 }
 

@@ -106,8 +106,12 @@ void hv_pool_release(int threads) {
     if (threads > 1) pthread_mutex_unlock(&pool_busy);
 }
 
-void hv_split_units(int total, int unit, int threads, int *lo, int *hi) {
+int hv_gemm_split(int M, int N, int mr, int nr, int threads, int *splitN, int *lo, int *hi) {
+    *splitN = N >= M ? 1 : 0;
+    const int unit = *splitN ? nr : mr, total = *splitN ? N : M;
     const int units = (total + unit - 1) / unit;
+    if (units < threads) threads = units;
+    threads = hv_pool_acquire(threads);
     int start = 0;
     for (int t = 0; t < threads; t++) {
         int cnt = units / threads + (t < units % threads ? 1 : 0);
@@ -115,4 +119,5 @@ void hv_split_units(int total, int unit, int threads, int *lo, int *hi) {
         hi[t] = (start + cnt) * unit < total ? (start + cnt) * unit : total;
         start += cnt;
     }
+    return threads;
 }

@@ -20,8 +20,10 @@ int hv_pool_acquire(int threads);
 void hv_pool_run(int threads, void (*body)(void *arg, int t), void *arg);
 void hv_pool_release(int threads);
 
-/// Splits `total` items, in whole units of `unit` items, over `threads` threads as evenly as
-/// possible: thread t gets [lo[t], hi[t]). Callers first cap `threads` at the number of units.
-void hv_split_units(int total, int unit, int threads, int *lo, int *hi);
+/// Plans a GEMM's threads: the larger of M and N (*splitN = 1: N) is split in whole tiles (mr rows
+/// or nr columns) over at most `threads` threads as evenly as possible, thread t getting
+/// [lo[t], hi[t]). Takes the pool (hv_pool_acquire) and returns the threads granted, which the
+/// caller hands back with hv_pool_release after hv_pool_run.
+int hv_gemm_split(int M, int N, int mr, int nr, int threads, int *splitN, int *lo, int *hi);
 
 #endif
