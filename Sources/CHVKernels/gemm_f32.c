@@ -316,14 +316,8 @@ static void small_part(void *arg, int t) {
     }
 }
 
-int hv_f32_gemm_available(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
-    }
-    return cached;
-}
+// The same CPU features as the fused attention kernel.
+int hv_f32_gemm_available(void) { return hv_attention_available(); }
 
 void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                  float *C, long ldc, int accumulate, const float *bias, int threads) {
