@@ -39,10 +39,14 @@ static void pack_panel(float *out, const float *src, long sk, long sj, int kn, i
             return;
         }
         if (w <= 8) {
-            // An MR panel of a transposed operand: one masked load and store per k.
+            // An MR panel of a transposed operand: one masked load and one full store per k.
+            // Each store spills 8 - w lanes into the next k's row, which the next store then
+            // overwrites; only the panel's last row needs a masked store (slow on AMD cores:
+            // a masked store per k made this pack cost ~10% of a GEMM).
             const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(wn), lanes), sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes);
-            for (int k = 0; k < kn; k++) _mm256_maskstore_ps(out + k * w, sm, _mm256_maskload_ps(src + k * sk, lm));
+            for (int k = 0; k + 1 < kn; k++) _mm256_storeu_ps(out + k * w, _mm256_maskload_ps(src + k * sk, lm));
+            if (kn > 0) _mm256_maskstore_ps(out + (kn - 1) * w, sm, _mm256_maskload_ps(src + (long)(kn - 1) * sk, lm));
             return;
         }
         for (int k = 0; k < kn; k++)
@@ -73,8 +77,14 @@ static void pack_panel(float *out, const float *src, long sk, long sj, int kn, i
                 if (w - j0 >= 8) {
                     for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + (long)q * w, c[q]);
                 } else {
+                    // A panel narrower than 8 (an MR panel): full stores in k order, each spilling
+                    // into the next row, which the next store overwrites (lanes past wn are zero);
+                    // a masked store only for the panel's last row, which has no next row.
                     __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - j0), lanes);
-                    for (int q = 0; q < 8; q++) _mm256_maskstore_ps(o + (long)q * w, mask, c[q]);
+                    for (int q = 0; q < 8; q++) {
+                        if (w <= 8 && k + q + 1 < kn) _mm256_storeu_ps(o + (long)q * w, c[q]);
+                        else _mm256_maskstore_ps(o + (long)q * w, mask, c[q]);
+                    }
                 }
             }
         }

@@ -28,8 +28,7 @@ func timings(repeats: Int, _ body: () -> Void) -> (best: Double, median: Double)
     if ProcessInfo.processInfo.environment["HV_BENCH_TIMES"] == "1" {
         FileHandle.standardError.write(Data(("times: " + times.map { String(format: "%.4f", $0) }.joined(separator: " ") + "\n").utf8))
     }
-    times.sort()
-    return (times[0], times[times.count / 2])
+    return bestAndMedian(times)
 }
 
 struct KernelsBench: ParsableCommand {

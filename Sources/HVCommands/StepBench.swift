@@ -16,9 +16,9 @@ struct StepBench: ParsableCommand {
     @Option(help: "Latent T x H x W per sample.") var latent = "4x32x32"
     @Option(help: "Text tokens per sample.") var textTokens = 32
     @Option(help: "Samples per step.") var batch = 1
-    @Option(help: "Timed steps (best is reported) after one warm-up.") var repeats = 3
+    @Option(help: "Timed steps (best and median are reported) after one warm-up; with --torch, pairs of one hv step and one PyTorch step, alternating, after two warm-up steps of each.") var repeats = 3
     @Option(help: "Threads (OpenBLAS, attention; PyTorch's torch.set_num_threads).") var threads = 2
-    @Option(help: "A Python venv with torch and diffusers, to time the same step in PyTorch.") var torch: String?
+    @Option(help: "A Python venv with torch and diffusers, to time the same step in PyTorch, alternating with hv's.") var torch: String?
     @Flag(help: "Recompute block activations in backward.") var recompute = false
     @Option(help: "Matmul precision: fp32, bf16 (bf16 operands, fp32 sums; PyTorch side under torch.autocast bfloat16) or both.")
     var precision = BenchPrecision.fp32
@@ -54,24 +54,32 @@ struct StepBench: ParsableCommand {
         func line(_ who: String, _ s: Double, _ extra: String = "") -> String {
             String(format: "%@ step %.3f s   %8.0f video tokens/s   %6.1f GFLOP/s%@", who as NSString, s, Double(B * tokens) / s, flops / s / 1e9, extra as NSString)
         }
-        var hv: [MatmulPrecision: Double] = [:]
+        var hv: [MatmulPrecision: Double] = [:], pt: [MatmulPrecision: Double] = [:], pairs: [MatmulPrecision: Double] = [:]
+        let side = torch.map { TorchBench(venv: $0, model: model, latent: latent, textTokens: L, batch: B, threads: threads) }
+        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after a warm-up of each") }
         for p in precision.list {
             try MatmulPrecision.select(p)
-            let t = timings(repeats: repeats, step)
-            hv[p] = t.best
-            print(line("hv \(p.rawValue)      ", t.best, String(format: "   (median %.3f s)", t.median)))
+            guard let side else {
+                let t = timings(repeats: repeats, step)
+                hv[p] = t.best
+                print(line("hv \(p.rawValue)      ", t.best, String(format: "   (median %.3f s)", t.median)))
+                continue
+            }
+            let session = try side.session(mode: "train", bf16: p == .bf16)
+            defer { session.close() }
+            let r = try alternate(repeats: repeats, hv: step, torch: session)
+            let (h, t) = (bestAndMedian(r.hv), bestAndMedian(r.torch))
+            (hv[p], pt[p]) = (h.best, t.best)
+            pairs[p] = bestAndMedian(zip(r.hv, r.torch).map { $0 / $1 }).median
+            print(line("hv \(p.rawValue)      ", h.best, String(format: "   (median %.3f s)", h.median)))
+            print(line(p == .bf16 ? "pytorch bf16 " : "pytorch fp32 ", t.best,
+                       String(format: "   (median %.3f s; %@%@)", t.median, session.versions, p == .bf16 ? ", autocast bfloat16" : "")))
         }
         try MatmulPrecision.select(.fp32)
-        guard let torch else { return }
-        let side = TorchBench(venv: torch, model: model, latent: latent, textTokens: L, batch: B, threads: threads, repeats: repeats)
-        var pt: [MatmulPrecision: Double] = [:]
+        guard side != nil else { return }
         for p in precision.list {
-            let r = try side.run(mode: "train", bf16: p == .bf16)
-            pt[p] = r.seconds
-            print(line(p == .bf16 ? "pytorch bf16 " : "pytorch fp32 ", r.seconds, "   (\(r.versions)\(p == .bf16 ? ", autocast bfloat16" : ""))"))
-        }
-        for p in precision.list {
-            print(String(format: "ratio    hv %@ / pytorch %@ step time = %.2f  (target <= 0.80)", p.rawValue, p.rawValue, hv[p]! / pt[p]!))
+            print(String(format: "ratio    hv %@ / pytorch %@ step time = %.2f  (target <= 0.80; median of the %d pairs' ratios %.2f)",
+                         p.rawValue, p.rawValue, hv[p]! / pt[p]!, max(repeats, 1), pairs[p]!))
         }
         if let h = hv[.bf16], let f = pt[.fp32] {
             print(String(format: "ratio    hv bf16 / pytorch fp32 step time = %.2f", h / f))

@@ -4,8 +4,9 @@ import HVModel
 import HVTensor
 
 /// The PyTorch side of `hv-bench step` and `hv-bench sample`: diffusers'
-/// HunyuanVideoTransformer3DModel of the same config, timed by scripts/dev/torch_step_bench.py
-/// in the given venv, with the same threads and repeats.
+/// HunyuanVideoTransformer3DModel of the same config, run by scripts/dev/torch_step_bench.py in
+/// the given venv with the same threads, one step per request (`session`), so that its steps
+/// alternate with hv's (`alternate`).
 struct TorchBench {
     let venv: String
     let model: DiTConfig
@@ -13,30 +14,108 @@ struct TorchBench {
     let textTokens: Int
     let batch: Int
     let threads: Int
-    let repeats: Int
 
-    struct Result {
-        let seconds: Double
-        let versions: String
-    }
-
-    /// Best step time in seconds; `mode` is "train" or "sample"; bf16 runs the forward under
-    /// torch.autocast(bfloat16).
-    func run(mode: String, bf16: Bool) throws -> Result {
-        let py = (venv as NSString).appendingPathComponent("bin/python")
+    /// A running PyTorch side, warmed up; `mode` is "train" or "sample"; bf16 runs the forward
+    /// under torch.autocast(bfloat16).
+    func session(mode: String, bf16: Bool) throws -> TorchSession {
         let rope = model.rope_dim_list.map(String.init).joined(separator: ",")
         var args = ["scripts/dev/torch_step_bench.py", "--mode", mode, "--hidden", "\(model.hidden_size)", "--heads", "\(model.heads_num)",
                     "--double", "\(model.mm_double_blocks_depth)", "--single", "\(model.mm_single_blocks_depth)",
                     "--refiner", "\(model.refiner_depth)", "--rope", rope, "--text-dim", "\(model.text_states_dim)",
                     "--pooled-dim", "\(model.text_states_dim_2)", "--latent", latent, "--text-tokens", "\(textTokens)",
-                    "--batch", "\(batch)", "--threads", "\(threads)", "--repeats", "\(repeats)"]
+                    "--batch", "\(batch)", "--threads", "\(threads)", "--serve"]
         if bf16 { args.append("--bf16") }
-        let obj = try runPythonJSON(venv: venv, args: args, threads: threads, side: "PyTorch")
-        guard let seconds = obj["step_seconds"] as? Double else {
-            throw ValidationError("the PyTorch side printed no step_seconds; run \(py) \(args.joined(separator: " ")) to see why")
-        }
-        return Result(seconds: seconds, versions: "torch \(obj["torch"] ?? "?"), diffusers \(obj["diffusers"] ?? "?"), \(obj["params"] ?? "?") params")
+        return try TorchSession(venv: venv, args: args, threads: threads)
     }
+}
+
+/// scripts/dev/torch_step_bench.py --serve as a child process: one timed PyTorch step per
+/// `step()` (the time is measured in Python, around the step alone).
+final class TorchSession {
+    private let proc = Process()
+    private let toChild = Pipe(), fromChild = Pipe()
+    private var pending = Data()
+    private let command: String
+    /// "torch X, diffusers Y, N params", from the child's first line.
+    let versions: String
+
+    init(venv: String, args: [String], threads: Int) throws {
+        let py = (venv as NSString).appendingPathComponent("bin/python")
+        command = "\(py) \(args.joined(separator: " "))"
+        proc.executableURL = URL(fileURLWithPath: py)
+        proc.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        env["OMP_NUM_THREADS"] = "\(threads)"
+        proc.environment = env
+        proc.standardInput = toChild
+        proc.standardOutput = fromChild
+        try proc.run()
+        let info = try TorchSession.readJSON(proc: proc, from: fromChild, pending: &pending, command: command)
+        versions = "torch \(info["torch"] ?? "?"), diffusers \(info["diffusers"] ?? "?"), \(info["params"] ?? "?") params"
+    }
+
+    /// Runs one PyTorch step and returns its time in seconds.
+    func step() throws -> Double {
+        try toChild.fileHandleForWriting.write(contentsOf: Data("step\n".utf8))
+        guard let s = try TorchSession.readJSON(proc: proc, from: fromChild, pending: &pending, command: command)["seconds"] as? Double else {
+            throw ValidationError("the PyTorch side answered a step without its time; run \(command) to see why")
+        }
+        return s
+    }
+
+    func close() {
+        try? toChild.fileHandleForWriting.write(contentsOf: Data("quit\n".utf8))
+        try? toChild.fileHandleForWriting.close()
+        proc.waitUntilExit()
+    }
+
+    /// The next line of the child's output as a JSON object (lines that are not JSON objects,
+    /// such as library warnings, are skipped).
+    private static func readJSON(proc: Process, from fromChild: Pipe, pending: inout Data, command: String) throws -> [String: Any] {
+        while true {
+            if let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending[pending.startIndex..<nl]
+                pending = Data(pending[pending.index(after: nl)...])
+                if let obj = try? JSONSerialization.jsonObject(with: line) as? [String: Any] { return obj }
+                continue
+            }
+            let more = fromChild.fileHandleForReading.availableData
+            if more.isEmpty {
+                proc.waitUntilExit()
+                throw ValidationError("the PyTorch side exited (status \(proc.terminationStatus)) before answering; run \(command) to see why")
+            }
+            pending.append(more)
+        }
+    }
+}
+
+/// hv's and PyTorch's steps, alternating: two warm-up steps of hv (PyTorch's session has had
+/// its own two; the second step of either still runs ~20% slow), then `repeats` pairs of one
+/// hv step and one PyTorch step, with a 0.1 s pause before each so that the other side's
+/// threads are idle. Both sides thus see the same host conditions, which on a shared machine
+/// drift by 10-20% within minutes.
+func alternate(repeats: Int, hv: () -> Void, torch: TorchSession) throws -> (hv: [Double], torch: [Double]) {
+    hv()
+    hv()
+    var h: [Double] = [], t: [Double] = []
+    for _ in 0..<max(repeats, 1) {
+        Thread.sleep(forTimeInterval: 0.1)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        hv()
+        h.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        Thread.sleep(forTimeInterval: 0.1)
+        t.append(try torch.step())
+    }
+    if ProcessInfo.processInfo.environment["HV_BENCH_TIMES"] == "1" {
+        FileHandle.standardError.write(Data(("pairs (hv, PyTorch): " + zip(h, t).map { String(format: "%.4f/%.4f", $0, $1) }.joined(separator: " ") + "\n").utf8))
+    }
+    return (h, t)
+}
+
+/// The smallest and the median value.
+func bestAndMedian(_ xs: [Double]) -> (best: Double, median: Double) {
+    let s = xs.sorted()
+    return (s[0], s[s.count / 2])
 }
 
 /// Runs a dev script with the venv's python (OMP_NUM_THREADS = threads) and returns the JSON

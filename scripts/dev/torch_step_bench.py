@@ -4,6 +4,10 @@ HunyuanVideoTransformer3DModel.
 
 Run by hv-bench with the venv's python (`--torch /path/to/venv`); prints one JSON line:
 {"step_seconds": ..., "torch": "...", "diffusers": "...", "threads": N, "params": N}.
+With --serve it instead prints that line (without step_seconds) after two warm-up steps, then
+runs one timed step per "step" line read from stdin and prints {"seconds": ...} for each, until
+"quit" or end of input: hv-bench alternates these steps with its own, so that both sides are
+measured under the same host conditions.
 A dev/benchmark tool: hv itself never needs Python.
 """
 import argparse, json, time
@@ -30,6 +34,7 @@ p.add_argument("--mode", choices=["train", "sample"], default="train")
 # bf16 mixed precision as PyTorch users run it on CPU: fp32 weights and optimizer, the model's
 # forward under torch.autocast (matmuls and convolutions in bf16), backward through it.
 p.add_argument("--bf16", action="store_true")
+p.add_argument("--serve", action="store_true")
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -76,10 +81,22 @@ if a.mode == "sample":
 else:
     step = train_step
 step()
+info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": a.threads, "bf16": a.bf16,
+        "params": sum(p.numel() for p in model.parameters())}
+if a.serve:
+    import sys
+    step()  # a second warm-up step, as hv-bench gives its own side
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0 = time.perf_counter()
+        step()
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+    sys.exit(0)
 best = float("inf")
 for _ in range(a.repeats):
     t0 = time.perf_counter()
     step()
     best = min(best, time.perf_counter() - t0)
-print(json.dumps({"step_seconds": best, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                  "threads": a.threads, "bf16": a.bf16, "params": sum(p.numel() for p in model.parameters())}))
+print(json.dumps({"step_seconds": best, **info}))
