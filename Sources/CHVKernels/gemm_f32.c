@@ -180,9 +180,16 @@ static float *gemm_buffer(size_t bytes) {
     return b;
 }
 
-// Threads: the larger of M and N is split in whole panels between the threads and the other
-// operand is shared, as in gemm_bf16.c: each K block of the shared operand is packed once,
-// cooperatively, with a barrier between packing and use and between use and the next block.
+// Threads: the larger of M and N is cut into units (up to UNIT_ROWS rows of A, or UNIT_COLS
+// columns of B) and the other operand is shared: each K block of the shared operand is packed
+// once, cooperatively, with a barrier between packing and use and between use and the next
+// block. Each thread starts with its own contiguous run of units and, when done, takes the
+// unclaimed units of the others' runs (one atomic counter per run): on a shared host one core
+// often stalls for a few milliseconds, and a static split made the other wait for it at the
+// barrier (about 3% of a sampling step went to such waits).
+#define UNIT_ROWS 48   // 8 MR panels: as fast as MC-row blocks on one core, within noise
+#define UNIT_COLS 64   // 4 NR panels
+
 typedef struct {
     int M, N, K;
     const float *A;
@@ -195,21 +202,20 @@ typedef struct {
     int accumulate;
     const float *bias;
     int threads, splitN;
-    int kc;            // K per block: K split evenly into blocks of at most KC (multiples of 8)
-    int lo[64], hi[64];  // each thread's rows (splitN = 0) or columns (splitN = 1)
-    float *shared;     // the shared operand's packed K block
+    int kc;              // K per block: K split evenly into blocks of at most KC (multiples of 8)
+    int unit;            // rows (splitN = 0) or columns (splitN = 1) per unit
+    int lo[64], hi[64];  // each thread's run of units
+    int next[2][64];     // per run, its next unclaimed unit, for even and odd K blocks (atomic)
+    float *shared;       // the shared operand's packed K block
     hv_barrier barrier;
 } gemm_plan;
 
 F32_TARGET
 static void gemm_part(void *arg, int t) {
     gemm_plan *p = arg;
-    const int M = p->M, N = p->N, K = p->K, T = p->threads;
-    const int lo = p->lo[t], hi = p->hi[t];
-    const int span = hi - lo;  // this thread's columns (splitN) or rows
-    float *own = gemm_buffer(sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(span < NC ? span : NC, NR) * NR
-                                                                       : ceil_div(span < MC ? span : MC, MR) * MR));
-    for (int pc = 0; pc < K; pc += p->kc) {
+    const int M = p->M, N = p->N, K = p->K, T = p->threads, unit = p->unit;
+    float *own = gemm_buffer(sizeof(float) * KC * (size_t)(p->splitN ? ceil_div(unit, NR) * NR : ceil_div(unit, MR) * MR));
+    for (int pc = 0, blk = 0; pc < K; pc += p->kc, blk++) {
         int kc = K - pc < p->kc ? K - pc : p->kc;
         int addC = p->accumulate || pc > 0;
         const float *bias = pc == 0 ? p->bias : NULL;
@@ -219,33 +225,41 @@ static void gemm_part(void *arg, int t) {
                 int mr = M - i * MR < MR ? M - i * MR : MR;
                 pack_panel(p->shared + (long)i * kc * MR, p->A + (long)i * MR * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
             }
-            hv_barrier_wait(&p->barrier);
-            for (int jc = lo; jc < hi; jc += NC) {
-                int nc = hi - jc < NC ? hi - jc : NC;
-                for (int jr = 0; jr < nc; jr += NR) {
-                    int nr = nc - jr < NR ? nc - jr : NR;
-                    pack_panel(own + (long)(jr / NR) * kc * NR, p->B + (long)pc * p->rsb + (long)(jc + jr) * p->csb, p->rsb, p->csb, kc, nr, NR);
-                }
-                for (int ic = 0; ic < M; ic += MC)
-                    macro_kernel(kc, p->shared + (long)(ic / MR) * kc * MR, own, p->C + (long)ic * p->ldc + jc, p->ldc,
-                                 M - ic < MC ? M - ic : MC, nc, p->alpha, addC, bias ? bias + jc : NULL);
-            }
         } else {
             // Shared: all of B's columns for this K block, NR-column panels taken in turn.
             for (int j = t; j < ceil_div(N, NR); j += T) {
                 int nr = N - j * NR < NR ? N - j * NR : NR;
                 pack_panel(p->shared + (long)j * kc * NR, p->B + (long)pc * p->rsb + (long)j * NR * p->csb, p->rsb, p->csb, kc, nr, NR);
             }
-            hv_barrier_wait(&p->barrier);
-            for (int ic = lo; ic < hi; ic += MC) {
-                int mc = hi - ic < MC ? hi - ic : MC;
-                for (int ir = 0; ir < mc; ir += MR) {
-                    int mr = mc - ir < MR ? mc - ir : MR;
-                    pack_panel(own + (long)(ir / MR) * kc * MR, p->A + (long)(ic + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
+        }
+        hv_barrier_wait(&p->barrier);
+        // Every thread is past the previous block: its counters can be set for the next one.
+        if (t == 0)
+            for (int r = 0; r < T; r++) __atomic_store_n(&p->next[(blk + 1) & 1][r], p->lo[r], __ATOMIC_RELAXED);
+        for (int v = 0; v < T; v++) {
+            const int run = (t + v) % T;
+            for (;;) {
+                const int u = __atomic_fetch_add(&p->next[blk & 1][run], 1, __ATOMIC_RELAXED);
+                if (u >= p->hi[run]) break;
+                if (p->splitN) {
+                    const int j0 = u * unit, nc = N - j0 < unit ? N - j0 : unit;
+                    for (int jr = 0; jr < nc; jr += NR) {
+                        int nr = nc - jr < NR ? nc - jr : NR;
+                        pack_panel(own + (long)(jr / NR) * kc * NR, p->B + (long)pc * p->rsb + (long)(j0 + jr) * p->csb, p->rsb, p->csb, kc, nr, NR);
+                    }
+                    for (int ic = 0; ic < M; ic += MC)
+                        macro_kernel(kc, p->shared + (long)(ic / MR) * kc * MR, own, p->C + (long)ic * p->ldc + j0, p->ldc,
+                                     M - ic < MC ? M - ic : MC, nc, p->alpha, addC, bias ? bias + j0 : NULL);
+                } else {
+                    const int i0 = u * unit, mc = M - i0 < unit ? M - i0 : unit;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int mr = mc - ir < MR ? mc - ir : MR;
+                        pack_panel(own + (long)(ir / MR) * kc * MR, p->A + (long)(i0 + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
+                    }
+                    for (int jc = 0; jc < N; jc += NC)
+                        macro_kernel(kc, own, p->shared + (long)(jc / NR) * kc * NR, p->C + (long)i0 * p->ldc + jc, p->ldc, mc,
+                                     N - jc < NC ? N - jc : NC, p->alpha, addC, bias ? bias + jc : NULL);
                 }
-                for (int jc = 0; jc < N; jc += NC)
-                    macro_kernel(kc, own, p->shared + (long)(jc / NR) * kc * NR, p->C + (long)ic * p->ldc + jc, p->ldc, mc,
-                                 N - jc < NC ? N - jc : NC, p->alpha, addC, bias ? bias + jc : NULL);
             }
         }
         hv_barrier_wait(&p->barrier);  // everyone is done with this block before the next one is packed
@@ -348,7 +362,16 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         return;
     }
     gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, 1, 0};
-    plan.threads = plan.barrier.threads = hv_gemm_split(M, N, MR, NR, threads, &plan.splitN, plan.lo, plan.hi);
+    // Units: about 8 per thread, whole panels, at most UNIT_ROWS / UNIT_COLS.
+    const int splitN = N >= M, panel = splitN ? NR : MR, cap = splitN ? UNIT_COLS : UNIT_ROWS;
+    int unit = ceil_div(ceil_div(splitN ? N : M, 8 * (threads > 1 ? threads : 1)), panel) * panel;
+    plan.unit = unit > cap ? cap : unit;
+    plan.threads = plan.barrier.threads = hv_gemm_split(M, N, plan.unit, plan.unit, threads, &plan.splitN, plan.lo, plan.hi);
+    for (int t = 0; t < plan.threads; t++) {  // element ranges -> unit ranges
+        plan.lo[t] /= plan.unit;
+        plan.hi[t] = ceil_div(plan.hi[t], plan.unit);
+        plan.next[0][t] = plan.lo[t];
+    }
     // K = 1056 as 3 x 352 rather than 512 + 512 + 32: a short last block costs a full pass over C.
     int blocks = ceil_div(K, KC);
     plan.kc = (ceil_div(K, blocks) + 7) / 8 * 8;

@@ -56,7 +56,7 @@ struct StepBench: ParsableCommand {
         }
         var hv: [MatmulPrecision: Double] = [:], pt: [MatmulPrecision: Double] = [:], pairs: [MatmulPrecision: Double] = [:]
         let side = torch.map { TorchBench(venv: $0, model: model, latent: latent, textTokens: L, batch: B, threads: threads) }
-        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after a warm-up of each") }
+        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after two warm-up steps of each") }
         for p in precision.list {
             try MatmulPrecision.select(p)
             guard let side else {

@@ -1,5 +1,6 @@
 import CHVKernels
 import Foundation
+import Synchronization
 
 /// Memory-efficient scaled-dot-product attention (FlashAttention-2 style, on the CPU).
 ///
@@ -200,9 +201,15 @@ func parallelFor(_ n: Int, threads: Int, _ body: @Sendable (Int) -> Void) {
     let saved = BLAS.threads
     BLAS.threads = 1
     defer { BLAS.threads = saved }
-    Parallel.run(threads: min(threads, n)) { w, workers in
-        var i = w
-        while i < n { body(i); i += workers }
+    // Items are claimed one at a time from a shared counter, not dealt out in advance: a core
+    // that stalls for a while (common on a shared host) then holds up only the item it is on.
+    let next = Atomic<Int>(0)
+    Parallel.run(threads: min(threads, n)) { _, _ in
+        while true {
+            let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            if i >= n { break }
+            body(i)
+        }
     }
 }
 
