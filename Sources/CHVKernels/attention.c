@@ -10,6 +10,7 @@
 #include "hv_kernels.h"
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -128,9 +129,13 @@ static void key_bias(const float *keyMask, int sk, int kp, float *bias) {
     for (int j = 0; j < kp; j++) bias[j] = j < sk && (!keyMask || keyMask[j] != 0) ? 0.0f : -INFINITY;
 }
 
-AT_TARGET int hv_attention_forward_head_ld(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
-                                           const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
-                                           float *lse, int causalBlock, long rowOffset, long colOffset) {
+int hv_attention_probs_stride(int sk) { return round_up(sk, 48); }
+
+/* probs, when not NULL: row r of the softmax (the attention probabilities) at probs[r * kp ..],
+ * kp = hv_attention_probs_stride(sk), zero past the keys the row sees. */
+AT_TARGET static int forward_head(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
+                                  const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
+                                  float *lse, int causalBlock, long rowOffset, long colOffset, float *probs) {
     if (!hv_attention_available() || d % 16 != 0 || d <= 0 || sq <= 0 || sk <= 0) return 0;
     const int kp = round_up(sk, 48);
     float *ktp = malloc(sizeof(float) * ((size_t)kp * d * 2 + (size_t)kp * 7));
@@ -157,6 +162,19 @@ AT_TARGET int hv_attention_forward_head_ld(const float *q, long ldq, const float
                 lse[r0 + r] = mx + logf(l);
             }
         }
+        if (probs)  // kept for the backward, long after: streamed past the caches when aligned
+            for (int r = 0; r < mr; r++) {
+                const float *row = strip + (long)r * kp;
+                float *pr = probs + (long)(r0 + r) * kp;
+                const __m256 s = _mm256_set1_ps(inv[r]), z = _mm256_setzero_ps();
+                if (((uintptr_t)pr & 31) == 0) {
+                    for (int j = 0; j < n; j += 8) _mm256_stream_ps(pr + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), s));
+                    for (int j = n; j < kp; j += 8) _mm256_stream_ps(pr + j, z);
+                } else {
+                    for (int j = 0; j < n; j += 8) _mm256_storeu_ps(pr + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), s));
+                    for (int j = n; j < kp; j += 8) _mm256_storeu_ps(pr + j, z);
+                }
+            }
         float *o = out + (long)r0 * ldo;
         for (int c0 = 0; c0 < d; c0 += 16) {
             if (n > 0) mk_rows(mr, n, strip, kp, vp + (long)c0 * kp, 16, o + c0, ldo, 0);
@@ -168,22 +186,35 @@ AT_TARGET int hv_attention_forward_head_ld(const float *q, long ldq, const float
             for (int c = 0; c < d; c += 8) _mm256_storeu_ps(orow + c, _mm256_mul_ps(_mm256_loadu_ps(orow + c), s));
         }
     }
+    if (probs) _mm_sfence();  // the streamed stores are visible before another thread reads them
     free(ktp);
     return 1;
 }
 
+int hv_attention_forward_head_ld(const float *q, long ldq, const float *k, long ldk, const float *v, long ldv,
+                                 const float *keyMask, int sq, int sk, int d, float scale, float *out, long ldo,
+                                 float *lse, int causalBlock, long rowOffset, long colOffset) {
+    return forward_head(q, ldq, k, ldk, v, ldv, keyMask, sq, sk, d, scale, out, ldo, lse, causalBlock, rowOffset, colOffset, NULL);
+}
+
 int hv_attention_forward_head(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk, int d,
                               float scale, float *out, float *lse, int causalBlock, long rowOffset, long colOffset) {
-    return hv_attention_forward_head_ld(q, d, k, d, v, d, keyMask, sq, sk, d, scale, out, d, lse, causalBlock, rowOffset,
-                                        colOffset);
+    return forward_head(q, d, k, d, v, d, keyMask, sq, sk, d, scale, out, d, lse, causalBlock, rowOffset, colOffset, NULL);
+}
+
+int hv_attention_forward_head_probs(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk,
+                                    int d, float scale, float *out, float *lse, int causalBlock, float *probs) {
+    return forward_head(q, d, k, d, v, d, keyMask, sq, sk, d, scale, out, d, lse, causalBlock, 0, 0, probs);
 }
 
 #define AT_BQ 48
 
-AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const float *v, const float *keyMask,
-                                         const float *out, const float *lse, const float *dout, int sq, int sk, int d,
-                                         float scale, float *dq, float *dk, float *dv, int causalBlock, long colOffset,
-                                         int accumulateDQ, int accumulateDKV) {
+/* probs, when not NULL: the forward's probabilities (hv_attention_forward_head_probs), read
+ * instead of recomputing scores and exponentials (a fifth of the backward's products). */
+AT_TARGET static int backward_head(const float *q, const float *k, const float *v, const float *keyMask,
+                                   const float *out, const float *lse, const float *dout, int sq, int sk, int d,
+                                   float scale, float *dq, float *dk, float *dv, int causalBlock, long colOffset,
+                                   int accumulateDQ, int accumulateDKV, const float *probs) {
     if (!hv_attention_available() || d % 16 != 0 || d <= 0 || sq <= 0 || sk <= 0) return 0;
     const int kp = round_up(sk, 48);
     const size_t kd = (size_t)kp * d;
@@ -191,7 +222,7 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
     if (!buf) return 0;
     float *ktp = buf, *vtp = ktp + kd, *kn = vtp + kd, *dkacc = kn + kd, *dvacc = dkacc + kd;
     float *bias = dvacc + kd, *pblk = bias + kp, *dsblk = pblk + (size_t)AT_BQ * kp, *delta = dsblk + (size_t)AT_BQ * kp;
-    pack_panels_t(k, d, sk, kp, d, scale, ktp);   // scores = q (scale k)^T
+    if (!probs) pack_panels_t(k, d, sk, kp, d, scale, ktp);   // scores = q (scale k)^T
     pack_panels_t(v, d, sk, kp, d, 1.0f, vtp);    // dP = dO v^T
     pack_panels_n(k, d, sk, kp, d, scale, kn);    // dQ = dS (scale k)
     memset(dkacc, 0, sizeof(float) * kd * 2);
@@ -208,25 +239,37 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
     for (int qb = 0; qb < sq; qb += AT_BQ) {
         const int nb = sq - qb < AT_BQ ? sq - qb : AT_BQ;
         int nmax = 0;  // keys (a multiple of 16) that any row of this block can see
+        // The block's probabilities: the forward's rows (zero past each row's keys), or pblk.
+        const float *pb = probs ? probs + (long)qb * kp : pblk;
         for (int r0 = qb; r0 < qb + nb; r0 += 6) {
             const int mr = qb + nb - r0 < 6 ? qb + nb - r0 : 6;
-            float *p = pblk + (long)(r0 - qb) * kp, *ds = dsblk + (long)(r0 - qb) * kp;
-            const int np = strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, p, causalBlock, r0, colOffset);
+            float *ds = dsblk + (long)(r0 - qb) * kp;
+            const float *p = pb + (long)(r0 - qb) * kp;
+            int np = kp / 16;
+            if (probs) {
+                if (causalBlock > 0) {
+                    long lim = causal_limit(causalBlock, r0 + mr - 1, colOffset);
+                    if (lim < (long)kp) np = lim <= 0 ? 0 : (int)((lim + 15) / 16);
+                }
+            } else {
+                np = strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, pblk + (long)(r0 - qb) * kp, causalBlock, r0, colOffset);
+            }
             const int n = np * 16;
             if (n > nmax) {  // rows of earlier strips are zero over the newly reached keys
                 for (int i = 0; i < r0 - qb; i++) {
-                    memset(pblk + (long)i * kp + nmax, 0, sizeof(float) * (size_t)(n - nmax));
+                    if (!probs) memset(pblk + (long)i * kp + nmax, 0, sizeof(float) * (size_t)(n - nmax));
                     memset(dsblk + (long)i * kp + nmax, 0, sizeof(float) * (size_t)(n - nmax));
                 }
                 nmax = n;
             }
-            for (int r = 0; r < mr; r++) {
-                float *row = p + (long)r * kp;
-                const float L = lse[r0 + r];
-                if (L == -INFINITY) memset(row, 0, sizeof(float) * (size_t)n);
-                else hv_exp_shift_sum(row, (size_t)n, L);
-                if (n < nmax) memset(row + n, 0, sizeof(float) * (size_t)(nmax - n));
-            }
+            if (!probs)
+                for (int r = 0; r < mr; r++) {
+                    float *row = pblk + (long)(r0 - qb + r) * kp;
+                    const float L = lse[r0 + r];
+                    if (L == -INFINITY) memset(row, 0, sizeof(float) * (size_t)n);
+                    else hv_exp_shift_sum(row, (size_t)n, L);
+                    if (n < nmax) memset(row + n, 0, sizeof(float) * (size_t)(nmax - n));
+                }
             for (int pj = 0; pj < np; pj++) mk_rows(mr, d, dout + (long)r0 * d, d, vtp + (long)pj * d * 16, 16, ds + pj * 16, kp, 0);
             for (int r = 0; r < mr; r++) {
                 hv_softmax_grad_row(p + (long)r * kp, ds + (long)r * kp, (size_t)n, delta[r0 + r]);
@@ -242,7 +285,7 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
         for (int j0 = 0; j0 < nmax; j0 += 6) {
             const int mr = nmax - j0 < 6 ? nmax - j0 : 6;
             for (int c0 = 0; c0 < d; c0 += 16) {
-                mk_cols(mr, nb, pblk + j0, kp, dout + (long)qb * d + c0, d, dvacc + (long)j0 * d + c0, d, 1);
+                mk_cols(mr, nb, pb + j0, kp, dout + (long)qb * d + c0, d, dvacc + (long)j0 * d + c0, d, 1);
                 mk_cols(mr, nb, dsblk + j0, kp, q + (long)qb * d + c0, d, dkacc + (long)j0 * d + c0, d, 1);
             }
         }
@@ -257,6 +300,20 @@ AT_TARGET int hv_attention_backward_head(const float *q, const float *k, const f
     }
     free(buf);
     return 1;
+}
+
+int hv_attention_backward_head(const float *q, const float *k, const float *v, const float *keyMask, const float *out,
+                               const float *lse, const float *dout, int sq, int sk, int d, float scale, float *dq,
+                               float *dk, float *dv, int causalBlock, long colOffset, int accumulateDQ,
+                               int accumulateDKV) {
+    return backward_head(q, k, v, keyMask, out, lse, dout, sq, sk, d, scale, dq, dk, dv, causalBlock, colOffset, accumulateDQ,
+                         accumulateDKV, NULL);
+}
+
+int hv_attention_backward_head_probs(const float *q, const float *k, const float *v, const float *keyMask,
+                                     const float *out, const float *probs, const float *dout, int sq, int sk, int d,
+                                     float scale, float *dq, float *dk, float *dv, int causalBlock) {
+    return backward_head(q, k, v, keyMask, out, NULL, dout, sq, sk, d, scale, dq, dk, dv, causalBlock, 0, 0, 0, probs);
 }
 
 #else
@@ -274,6 +331,16 @@ int hv_attention_backward_head(const float *q, const float *k, const float *v, c
                                const float *lse, const float *dout, int sq, int sk, int d, float scale, float *dq,
                                float *dk, float *dv, int causalBlock, long colOffset, int accumulateDQ,
                                int accumulateDKV) {
+    return 0;
+}
+int hv_attention_probs_stride(int sk) { return (sk + 47) / 48 * 48; }
+int hv_attention_forward_head_probs(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk,
+                                    int d, float scale, float *out, float *lse, int causalBlock, float *probs) {
+    return 0;
+}
+int hv_attention_backward_head_probs(const float *q, const float *k, const float *v, const float *keyMask,
+                                     const float *out, const float *probs, const float *dout, int sq, int sk, int d,
+                                     float scale, float *dq, float *dk, float *dv, int causalBlock) {
     return 0;
 }
 #endif

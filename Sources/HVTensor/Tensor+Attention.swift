@@ -13,6 +13,12 @@ public enum FlashAttention {
     /// Heads with D a multiple of 16 run the fused C kernel (`hv_attention_*_head`, AVX2 + FMA)
     /// when the CPU has it; false forces the blocked path over sgemm (tests compare the two).
     nonisolated(unsafe) public static var fused = true
+    /// Bytes of attention probabilities (B x H x Sq x Sk floats, keys rounded up to 48) that one
+    /// recorded attention may keep from its forward for its backward, which then reads them
+    /// instead of recomputing the scores and their exponentials: a fifth of the backward's
+    /// products, 13% of a head's forward + backward at 1,056 tokens. Longer sequences, whose
+    /// probabilities would not fit, recompute as FlashAttention does. 0: always recompute.
+    nonisolated(unsafe) public static var probabilityBudget = 64 << 20
 
     /// One head: q [Sq, D], k/v [Sk, D] contiguous; keyMask [Sk] (nonzero = attend) or nil.
     /// Writes out [Sq, D] and lse [Sq] (natural log-sum-exp of the scaled scores; -inf for a
@@ -238,10 +244,11 @@ extension Tensor {
         }
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
         let mc = keyMask?.contiguous()
-        let (out, lse) = FlashAttention.forward(q: qc, k: kc, v: vc, keyMask: mc, scale: sc, causalBlock: causalBlock)
+        let probs = FlashAttention.probabilityBuffer(q.shape, keys: k.shape[2])
+        let (out, lse) = FlashAttention.forward(q: qc, k: kc, v: vc, keyMask: mc, scale: sc, causalBlock: causalBlock, probs: probs)
         return record("attention", out, [q, k, v]) { g in
             let (dq, dk, dv) = FlashAttention.backward(q: qc, k: kc, v: vc, keyMask: mc, out: out, lse: lse, dout: g,
-                                                       scale: sc, causalBlock: causalBlock)
+                                                       scale: sc, causalBlock: causalBlock, probs: probs)
             return [dq, dk, dv]
         }
     }
@@ -285,12 +292,24 @@ extension FlashAttention {
         return out.transpose(1, 2)
     }
 
+    /// Storage for the probabilities of an attention of q [B, H, Sq, D] over `keys` keys, when
+    /// they are to be kept for the backward: the fused kernel runs, each thread has whole heads
+    /// (as `forward` and `backward` then split the work) and they fit `probabilityBudget`.
+    public static func probabilityBuffer(_ q: [Int], keys: Int) -> Tensor? {
+        let heads = q[0] * q[1], Sq = q[2], D = q[3]
+        guard fused, hv_attention_available() != 0, D % 16 == 0, Sq > 0, keys > 0, heads >= threads else { return nil }
+        let count = heads * Sq * Int(hv_attention_probs_stride(Int32(clamping: keys)))
+        return count * 4 <= probabilityBudget ? Tensor(uninitialized: [count]) : nil
+    }
+
     /// Blocked attention outside the graph: q [B, H, Sq, D], k/v [B, H, Sk, D], keyMask [B, Sk]
     /// (nonzero = attend) -> out [B, H, Sq, D] and lse [B, H, Sq] (natural log-sum-exp of the
     /// scaled scores, -inf for a row with every key masked). Building block of custom attention
     /// ops (ring attention merges per-block (out, lse) pairs).
+    /// `probs` (from `probabilityBuffer`) receives the probabilities when each thread has whole
+    /// heads; `backward` reads them then.
     public static func forward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, scale sc: Float,
-                               causalBlock: Int = 0) -> (out: Tensor, lse: Tensor) {
+                               causalBlock: Int = 0, probs: Tensor? = nil) -> (out: Tensor, lse: Tensor) {
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
         if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
@@ -304,6 +323,18 @@ extension FlashAttention {
         let splits = heads >= threads ? 1 : (threads + heads - 1) / heads
         let ptr = SendablePointers(q: qc.pointer, k: kc.pointer, v: vc.pointer, out: out.pointer, lse: lse.pointer, mask: mc?.pointer)
         let qSplit = (Sq + splits - 1) / splits
+        if let probs, splits == 1 {
+            let pp = UncheckedSendable(probs.pointer), kp = Int(hv_attention_probs_stride(Int32(Sk)))
+            precondition(probs.count >= heads * Sq * kp, "attention: probability buffer of \(probs.count) floats for \(heads * Sq * kp)")
+            parallelFor(heads, threads: threads) { i in
+                let ran = hv_attention_forward_head_probs(ptr.q + i * Sq * D, ptr.k + i * Sk * D, ptr.v + i * Sk * D,
+                                                          ptr.mask.map { UnsafePointer($0 + (i / H) * Sk) }, Int32(Sq), Int32(Sk), Int32(D), sc,
+                                                          ptr.out + i * Sq * D, ptr.lse + i * Sq, Int32(causalBlock), pp.value + i * Sq * kp)
+                precondition(ran != 0, "fused attention kernel could not run (out of memory for its packed keys and values)")
+            }
+            withExtendedLifetime((qc, kc, vc, mc, probs)) {}
+            return (out, lse)
+        }
         parallelFor(heads * splits, threads: threads) { item in
             let i = item / splits, part = item % splits
             let b = i / H
@@ -322,8 +353,10 @@ extension FlashAttention {
     /// `out` and `lse` of the whole attention and dout [B, H, Sq, D]: returns dq (this block's
     /// contribution), dk, dv. With the full softmax's out/lse the per-block results add up to
     /// the gradients of the full attention.
+    /// `probs`: the probabilities `forward` kept, read instead of recomputed when each thread
+    /// has whole heads (otherwise ignored).
     public static func backward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, out: Tensor, lse: Tensor, dout: Tensor,
-                                scale sc: Float, causalBlock: Int = 0) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+                                scale sc: Float, causalBlock: Int = 0, probs: Tensor? = nil) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = out.contiguous(), lc = lse.contiguous()
         let mc = keyMask?.contiguous()
@@ -338,6 +371,19 @@ extension FlashAttention {
         var p = SendablePointers(q: qc.pointer, k: kc.pointer, v: vc.pointer, out: oc.pointer, lse: lc.pointer, mask: mc?.pointer)
         p.g = gc.pointer; p.dq = dq.pointer; p.dk = dk.pointer; p.dv = dv.pointer; p.dqPartials = partials
         let bp = p
+        if let probs, splits == 1 {
+            let pp = UncheckedSendable(UnsafePointer(probs.pointer)), kp = Int(hv_attention_probs_stride(Int32(Sk)))
+            precondition(probs.count >= heads * Sq * kp, "attention: probability buffer of \(probs.count) floats for \(heads * Sq * kp)")
+            parallelFor(heads, threads: threads) { i in
+                let ran = hv_attention_backward_head_probs(
+                    bp.q + i * Sq * D, bp.k + i * Sk * D, bp.v + i * Sk * D, bp.mask.map { UnsafePointer($0 + (i / H) * Sk) },
+                    bp.out + i * Sq * D, pp.value + i * Sq * kp, bp.g! + i * Sq * D, Int32(Sq), Int32(Sk), Int32(D), sc,
+                    bp.dq! + i * Sq * D, bp.dk! + i * Sk * D, bp.dv! + i * Sk * D, Int32(causalBlock))
+                precondition(ran != 0, "fused attention backward could not run (out of memory for its packed keys and values)")
+            }
+            withExtendedLifetime((qc, kc, vc, oc, lc, mc, gc, probs)) {}
+            return (dq, dk, dv)
+        }
         parallelFor(heads * splits, threads: threads) { item in
             let i = item / splits, part = item % splits
             let b = i / H

@@ -15,21 +15,25 @@ final class AttentionTests: XCTestCase {
         return s.softmax(axis: -1).matmul(v)
     }
 
-    /// Runs `body` with the fused kernel on and off (the blocked sgemm path); D a multiple of 16
-    /// takes the fused path when it is on.
-    func bothPaths(_ body: (Bool) -> Void) {
-        defer { FlashAttention.fused = true }
-        for fused in [true, false] {
+    /// Runs `body` on each path: the fused kernel keeping the probabilities for the backward,
+    /// the fused kernel recomputing them (no budget), and the blocked sgemm path; D a multiple of
+    /// 16 takes the fused path when it is on (and keeps probabilities when each thread has whole
+    /// heads).
+    func eachPath(_ body: (String) -> Void) {
+        let budget = FlashAttention.probabilityBudget
+        defer { FlashAttention.fused = true; FlashAttention.probabilityBudget = budget }
+        for (fused, keep, name) in [(true, true, "fused, probabilities kept"), (true, false, "fused, recomputed"), (false, false, "blocked")] {
             FlashAttention.fused = fused
-            body(fused)
+            FlashAttention.probabilityBudget = keep ? budget : 0
+            body(name)
         }
     }
 
     func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool, d: Int = 16, heads: Int = 3) {
-        bothPaths { fused in compare(blockQ: blockQ, blockK: blockK, sq: sq, sk: sk, masked: masked, d: d, heads: heads, fused: fused) }
+        eachPath { fused in compare(blockQ: blockQ, blockK: blockK, sq: sq, sk: sk, masked: masked, d: d, heads: heads, fused: fused) }
     }
 
-    func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool, d: Int, heads: Int, fused: Bool) {
+    func compare(blockQ: Int, blockK: Int, sq: Int, sk: Int, masked: Bool, d: Int, heads: Int, fused: String) {
         FlashAttention.blockQ = blockQ; FlashAttention.blockK = blockK
         defer { FlashAttention.blockQ = 256; FlashAttention.blockK = 256 }
         let q = randomTensor([2, heads, sq, d], seed: 1), k = randomTensor([2, heads, sk, d], seed: 2), v = randomTensor([2, heads, sk, d], seed: 3)
@@ -44,7 +48,7 @@ final class AttentionTests: XCTestCase {
         for t in [q, k, v] { t.zeroGrad() }
         let ref = naive(q, k, v, mask: mask)
         (ref * g).sum().backward()
-        let what = "bq \(blockQ), bk \(blockK), sq \(sq), sk \(sk), d \(d), masked \(masked), fused \(fused)"
+        let what = "bq \(blockQ), bk \(blockK), sq \(sq), sk \(sk), d \(d), masked \(masked), \(fused)"
         XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward (\(what))")
         for (i, t) in [q, k, v].enumerated() {
             XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(["q", "k", "v"][i]) (\(what))")
@@ -55,11 +59,11 @@ final class AttentionTests: XCTestCase {
     /// bias, forward and backward, across block boundaries and thread splits.
     func testFrameCausalMatchesNaive() {
         for (S, frame, D) in [(30, 6, 8), (30, 6, 16), (110, 10, 32)] {
-            bothPaths { fused in frameCausal(S: S, frame: frame, D: D, fused: fused) }
+            eachPath { fused in frameCausal(S: S, frame: frame, D: D, fused: fused) }
         }
     }
 
-    func frameCausal(S: Int, frame: Int, D: Int, fused: Bool) {
+    func frameCausal(S: Int, frame: Int, D: Int, fused: String) {
         for (bq, bk, threads) in [(4, 8, 1), (8, 4, 2), (256, 256, 2)] {
             FlashAttention.blockQ = bq; FlashAttention.blockK = bk
             let savedThreads = FlashAttention.threads
@@ -76,10 +80,23 @@ final class AttentionTests: XCTestCase {
             for i in 0..<S { for j in 0..<S where j >= (i / frame + 1) * frame { bias[i * S + j] = -1e9 } }
             let ref = (q.matmul(k.transpose(2, 3)) * (1 / Float(D).squareRoot()) + Tensor(bias, shape: [1, 1, S, S])).softmax().matmul(v)
             (ref * g).sum().backward()
-            let what = "S \(S) frame \(frame) D \(D) bq \(bq) bk \(bk) threads \(threads) fused \(fused)"
+            let what = "S \(S) frame \(frame) D \(D) bq \(bq) bk \(bk) threads \(threads), \(fused)"
             XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-5, "forward \(what)")
             for (i, t) in [q, k, v].enumerated() { XCTAssertLessThan(maxAbsDiff(grads[i], t.grad!), 5e-5, "grad \(i) \(what)") }
         }
+    }
+
+    /// The probabilities are kept exactly when the fused kernel runs, every thread has whole
+    /// heads and they fit the budget (so `eachPath` really runs the kept path in the tests above).
+    func testProbabilitiesAreKeptWithinTheBudget() {
+        let (saved, budget) = (FlashAttention.threads, FlashAttention.probabilityBudget)
+        defer { FlashAttention.threads = saved; FlashAttention.probabilityBudget = budget }
+        FlashAttention.threads = 2
+        XCTAssertEqual(FlashAttention.probabilityBuffer([2, 3, 37, 16], keys: 29)?.count, 6 * 37 * 48)
+        XCTAssertNil(FlashAttention.probabilityBuffer([1, 1, 37, 16], keys: 29), "one head on two threads splits it")
+        XCTAssertNil(FlashAttention.probabilityBuffer([2, 3, 37, 8], keys: 29), "D = 8 takes the blocked path")
+        FlashAttention.probabilityBudget = 6 * 37 * 48 * 4 - 1
+        XCTAssertNil(FlashAttention.probabilityBuffer([2, 3, 37, 16], keys: 29), "over the budget")
     }
 
     func testMatchesNaiveUnmasked() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 29, masked: false) }
@@ -105,12 +122,12 @@ final class AttentionTests: XCTestCase {
         let ref = naive(q, k, v, mask: mask)
         (ref * g).sum().backward()
         let refGrads = [q, k, v].map { $0.grad!.copy() }
-        bothPaths { fused in
+        eachPath { fused in
             for t in [q, k, v] { t.zeroGrad() }
             let out = Tensor.scaledDotProductAttention(q, k, v, keyMask: mask)
             (out * g).sum().backward()
-            XCTAssertLessThan(maxAbsDiff(out, ref), 2e-5, "forward, fused \(fused)")
-            for i in 0..<3 { XCTAssertLessThan(maxAbsDiff([q, k, v][i].grad!, refGrads[i]), 5e-5, "grad \(i), fused \(fused)") }
+            XCTAssertLessThan(maxAbsDiff(out, ref), 2e-5, "forward, \(fused)")
+            for i in 0..<3 { XCTAssertLessThan(maxAbsDiff([q, k, v][i].grad!, refGrads[i]), 5e-5, "grad \(i), \(fused)") }
         }
     }
 

@@ -39,6 +39,17 @@ int hv_attention_backward_head(const float *q, const float *k, const float *v, c
                                const float *lse, const float *dout, int sq, int sk, int d, float scale, float *dq,
                                float *dk, float *dv, int causalBlock, long colOffset, int accumulateDQ,
                                int accumulateDKV);
+/// Row stride of the stored probabilities of a head with sk keys (sk rounded up to 48).
+int hv_attention_probs_stride(int sk);
+/// hv_attention_forward_head (rowOffset = colOffset = 0) that also writes the softmax itself:
+/// row r at probs[r * hv_attention_probs_stride(sk) ..], zero past the keys row r sees.
+int hv_attention_forward_head_probs(const float *q, const float *k, const float *v, const float *keyMask, int sq, int sk,
+                                    int d, float scale, float *out, float *lse, int causalBlock, float *probs);
+/// hv_attention_backward_head (colOffset = 0, dq/dk/dv overwritten) that reads the stored
+/// probabilities instead of recomputing the scores and their exponentials.
+int hv_attention_backward_head_probs(const float *q, const float *k, const float *v, const float *keyMask,
+                                     const float *out, const float *probs, const float *dout, int sq, int sk, int d,
+                                     float scale, float *dq, float *dk, float *dv, int causalBlock);
 
 
 /// Checkpoint checksum of nbytes at data: 8-lane Fletcher-style 64-bit sums over little-endian
