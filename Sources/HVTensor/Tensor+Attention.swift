@@ -249,6 +249,8 @@ extension Tensor {
         return record("attention", out, [q, k, v]) { g in
             let (dq, dk, dv) = FlashAttention.backward(q: qc, k: kc, v: vc, keyMask: mc, out: out, lse: lse, dout: g,
                                                        scale: sc, causalBlock: causalBlock, probs: probs)
+            // The engine runs a node's backward once and then drops it (no retain_graph).
+            if let probs { FlashAttention.recycle(probs) }
             return [dq, dk, dv]
         }
     }
@@ -299,7 +301,26 @@ extension FlashAttention {
         let heads = q[0] * q[1], Sq = q[2], D = q[3]
         guard fused, hv_attention_available() != 0, D % 16 == 0, Sq > 0, keys > 0, heads >= threads else { return nil }
         let count = heads * Sq * Int(hv_attention_probs_stride(Int32(clamping: keys)))
-        return count * 4 <= probabilityBudget ? Tensor(uninitialized: [count]) : nil
+        guard count * 4 <= probabilityBudget else { return nil }
+        let reused = spareProbabilities.withLock { spare -> Storage? in
+            guard let i = spare.firstIndex(where: { $0.count == count }) else { return nil }
+            return spare.remove(at: i)
+        }
+        return Tensor(storage: reused ?? Storage(uninitialized: count), shape: [count])
+    }
+
+    /// Probability buffers whose backward has run, for later forwards of the same size: a buffer
+    /// this large is mapped fresh from the kernel by malloc, and faulting in and zeroing its
+    /// pages took 7% of a training step at 1,056 tokens. At most `spareProbabilityLimit` buffers
+    /// are kept (the attention layers of one step, typically).
+    private static let spareProbabilities = Mutex<[Storage]>([])
+    nonisolated(unsafe) public static var spareProbabilityLimit = 64
+
+    /// Hands back a buffer from `probabilityBuffer` once nothing will read it again.
+    static func recycle(_ probs: Tensor) {
+        spareProbabilities.withLock { spare in
+            if spare.count < spareProbabilityLimit, spare.allSatisfy({ $0 !== probs.storage }) { spare.append(probs.storage) }
+        }
     }
 
     /// Blocked attention outside the graph: q [B, H, Sq, D], k/v [B, H, Sk, D], keyMask [B, Sk]
@@ -381,7 +402,7 @@ extension FlashAttention {
                     bp.dq! + i * Sq * D, bp.dk! + i * Sk * D, bp.dv! + i * Sk * D, Int32(causalBlock))
                 precondition(ran != 0, "fused attention backward could not run (out of memory for its packed keys and values)")
             }
-            withExtendedLifetime((qc, kc, vc, oc, lc, mc, gc, probs)) {}
+            withExtendedLifetime((qc, kc, vc, oc, lc, mc, gc)) {}
             return (dq, dk, dv)
         }
         parallelFor(heads * splits, threads: threads) { item in
