@@ -201,6 +201,7 @@ typedef struct {
     float alpha;
     int accumulate;
     const float *bias;
+    int gelu_from;       // columns from here on go through GELU after their last K block
     int threads, splitN;
     int kc;              // K per block: K split evenly into blocks of at most KC (multiples of 8)
     int unit;            // rows (splitN = 0) or columns (splitN = 1) per unit
@@ -209,6 +210,13 @@ typedef struct {
     float *shared;       // the shared operand's packed K block
     hv_barrier barrier;
 } gemm_plan;
+
+/// GELU over columns [max(c0, gelu_from), c1) of `rows` rows of C (in place).
+static void gelu_columns(float *C, long ldc, int rows, int c0, int c1, int gelu_from) {
+    const int from = c0 > gelu_from ? c0 : gelu_from;
+    if (from >= c1) return;
+    for (int i = 0; i < rows; i++) hv_gelu_forward(C + (long)i * ldc + from, C + (long)i * ldc + from, (size_t)(c1 - from));
+}
 
 F32_TARGET
 static void gemm_part(void *arg, int t) {
@@ -219,6 +227,7 @@ static void gemm_part(void *arg, int t) {
         int kc = K - pc < p->kc ? K - pc : p->kc;
         int addC = p->accumulate || pc > 0;
         const float *bias = pc == 0 ? p->bias : NULL;
+        const int gelu_from = pc + kc >= K ? p->gelu_from : N;  // the last K block only
         if (p->splitN) {
             // Shared: all of A's rows for this K block, MR-row panels taken in turn.
             for (int i = t; i < ceil_div(M, MR); i += T) {
@@ -247,18 +256,24 @@ static void gemm_part(void *arg, int t) {
                         int nr = nc - jr < NR ? nc - jr : NR;
                         pack_panel(own + (long)(jr / NR) * kc * NR, p->B + (long)pc * p->rsb + (long)(j0 + jr) * p->csb, p->rsb, p->csb, kc, nr, NR);
                     }
-                    for (int ic = 0; ic < M; ic += MC)
+                    for (int ic = 0; ic < M; ic += MC) {
+                        const int mc = M - ic < MC ? M - ic : MC;
                         macro_kernel(kc, p->shared + (long)(ic / MR) * kc * MR, own, p->C + (long)ic * p->ldc + j0, p->ldc,
-                                     M - ic < MC ? M - ic : MC, nc, p->alpha, addC, bias ? bias + j0 : NULL);
+                                     mc, nc, p->alpha, addC, bias ? bias + j0 : NULL);
+                        gelu_columns(p->C + (long)ic * p->ldc, p->ldc, mc, j0, j0 + nc, gelu_from);
+                    }
                 } else {
                     const int i0 = u * unit, mc = M - i0 < unit ? M - i0 : unit;
                     for (int ir = 0; ir < mc; ir += MR) {
                         int mr = mc - ir < MR ? mc - ir : MR;
                         pack_panel(own + (long)(ir / MR) * kc * MR, p->A + (long)(i0 + ir) * p->rsa + (long)pc * p->csa, p->csa, p->rsa, kc, mr, MR);
                     }
-                    for (int jc = 0; jc < N; jc += NC)
+                    for (int jc = 0; jc < N; jc += NC) {
+                        const int nc = N - jc < NC ? N - jc : NC;
                         macro_kernel(kc, own, p->shared + (long)(jc / NR) * kc * NR, p->C + (long)i0 * p->ldc + jc, p->ldc, mc,
-                                     N - jc < NC ? N - jc : NC, p->alpha, addC, bias ? bias + jc : NULL);
+                                     nc, p->alpha, addC, bias ? bias + jc : NULL);
+                        gelu_columns(p->C + (long)i0 * p->ldc, p->ldc, mc, jc, jc + nc, gelu_from);
+                    }
                 }
             }
         }
@@ -288,6 +303,7 @@ typedef struct {
     float alpha;
     int accumulate;
     const float *bias;
+    int gelu_from;
     int threads;
 } small_plan;
 
@@ -338,17 +354,20 @@ static void small_part(void *arg, int t) {
                 }
         }
     }
+    gelu_columns(p->C, p->ldc, M, j0, j1, p->gelu_from);
 }
 
 // The same CPU features as the fused attention kernel.
 int hv_f32_gemm_available(void) { return hv_attention_available(); }
 
 void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
-                 float *C, long ldc, int accumulate, const float *bias, int threads) {
+                 float *C, long ldc, int accumulate, const float *bias, int gelu_from, int threads) {
     if (M <= 0 || N <= 0) return;
+    if (gelu_from < 0) gelu_from = 0;
     if (K <= 0) {
         for (int m = 0; m < M; m++)
             for (int n = 0; n < N; n++) C[(long)m * ldc + n] = (accumulate ? C[(long)m * ldc + n] : 0) + (bias ? bias[n] : 0);
+        gelu_columns(C, ldc, M, 0, N, gelu_from);
         return;
     }
     long macs = (long)M * N * K;
@@ -356,12 +375,12 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
     if (M <= SMALL_M && csa == 1 && rsb == 1) {
         if (N < 64 * threads) threads = N / 64 > 1 ? N / 64 : 1;  // the threads share the memory bandwidth; one is enough for small N
         threads = hv_pool_acquire(threads);
-        small_plan plan = {M, N, K, A, rsa, B, csb, C, ldc, alpha, accumulate, bias, threads};
+        small_plan plan = {M, N, K, A, rsa, B, csb, C, ldc, alpha, accumulate, bias, gelu_from, threads};
         hv_pool_run(threads, small_part, &plan);
         hv_pool_release(threads);
         return;
     }
-    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, 1, 0};
+    gemm_plan plan = {M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, alpha, accumulate, bias, gelu_from, 1, 0};
     // Units: about 8 per thread, whole panels, at most UNIT_ROWS / UNIT_COLS.
     const int splitN = N >= M, panel = splitN ? NR : MR, cap = splitN ? UNIT_COLS : UNIT_ROWS;
     int unit = ceil_div(ceil_div(splitN ? N : M, 8 * (threads > 1 ? threads : 1)), panel) * panel;
@@ -386,7 +405,8 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
 #else
 int hv_f32_gemm_available(void) { return 0; }
 void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
-                 float *C, long ldc, int accumulate, const float *bias, int threads) {
+                 float *C, long ldc, int accumulate, const float *bias, int gelu_from, int threads) {
+    (void)gelu_from;
     (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb; (void)C;
     (void)ldc; (void)accumulate; (void)bias; (void)threads;
     abort();

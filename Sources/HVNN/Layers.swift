@@ -18,6 +18,10 @@ public final class Linear: Module {
 
     public func callAsFunction(_ x: Tensor) -> Tensor { x.linear(weight, bias) }
 
+    /// GELU (tanh) of this layer's output columns >= `column`, fused into the product; outside a
+    /// graph only (`Tensor.linearGELU`).
+    public func callAsFunction(_ x: Tensor, geluFromColumn column: Int) -> Tensor { x.linearGELU(weight, bias, fromColumn: column) }
+
     /// This layer applied to the concatenation of `parts` along the last axis, without forming it.
     public func callAsFunction(concatenating parts: [Tensor]) -> Tensor { Tensor.linear(concatenating: parts, weight, bias) }
 }

@@ -85,14 +85,18 @@ public enum BLAS {
     }
 
     /// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C (+ bias[n] when given, added once per
-    /// row), row-major with leading dimensions.
+    /// row), row-major with leading dimensions; then GELU (tanh) on columns >= geluFrom.
     @inline(__always)
     public static func sgemm(
         transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
         alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, bias: UnsafePointer<Float>? = nil
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, bias: UnsafePointer<Float>? = nil, geluFrom: Int? = nil
     ) {
         if m == 0 || n == 0 { return }
+        // Columns >= geluFrom go through GELU (tanh): inside hv's fp32 kernel, else afterwards.
+        let gelu = min(max(geluFrom ?? n, 0), n)
+        var geluDone = gelu == n
+        defer { if !geluDone { for i in 0..<m { hv_gelu_forward(c + i * ldc + gelu, c + i * ldc + gelu, n - gelu) } } }
         // A(i, l) and B(l, j) as strides, for hv's kernels.
         let rsa = transA ? 1 : lda, csa = transA ? lda : 1, rsb = transB ? 1 : ldb, csb = transB ? ldb : 1
         let threads = openblas_get_num_threads()
@@ -106,7 +110,8 @@ public enum BLAS {
                 return
             }
             if kernel == .hv {
-                hv_gemm_f32(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, bias, threads)
+                hv_gemm_f32(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, bias, Int32(gelu), threads)
+                geluDone = true
                 return
             }
         }

@@ -59,7 +59,18 @@ extension Tensor {
     }
 
     /// torch.nn.functional.linear: x [..., in] · weight[out, in]^T + bias[out].
-    public func linear(_ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+    /// GELU(x W^T + b) on output columns >= `column` (the rest as they are), in the same pass
+    /// over the output as the product (hv's fp32 kernel applies it to each block of the output
+    /// while the block is in cache): an MLP's first layer, or the MLP part of the single-stream
+    /// block's fused linear1, when sampling. Outside a graph only.
+    public func linearGELU(_ weight: Tensor, _ bias: Tensor? = nil, fromColumn column: Int = 0) -> Tensor {
+        precondition(!Tensor.willRecord(bias.map { [self, weight, $0] } ?? [self, weight]), "linearGELU records no gradient; use linear(_:_:) and gelu()")
+        return linear(weight, bias, geluFrom: column)
+    }
+
+    public func linear(_ weight: Tensor, _ bias: Tensor? = nil) -> Tensor { linear(weight, bias, geluFrom: nil) }
+
+    private func linear(_ weight: Tensor, _ bias: Tensor?, geluFrom: Int?) -> Tensor {
         precondition(weight.rank == 2 && weight.shape[1] == shape[rank - 1], "linear: input \(shape), weight \(weight.shape)")
         let inF = weight.shape[1], outF = weight.shape[0]
         if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape) for \(outF) outputs") }
@@ -68,7 +79,7 @@ extension Tensor {
         let out = Tensor(uninitialized: Array(shape.dropLast()) + [outF])
         let bc = bias?.contiguous()
         BLAS.sgemm(transB: true, m: rows, n: outF, k: inF, a: x.pointer, lda: inF, b: w.pointer, ldb: inF,
-                   c: out.pointer, ldc: outF, bias: bc.map { UnsafePointer($0.pointer) })
+                   c: out.pointer, ldc: outF, bias: bc.map { UnsafePointer($0.pointer) }, geluFrom: geluFrom)
         withExtendedLifetime(bc) {}
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.record("linear", out, inputs) { g in
@@ -91,6 +102,26 @@ extension Tensor {
         }
     }
 
+    /// The distance between consecutive rows (every axis but the last flattened) when the last
+    /// axis is contiguous and the rows lie at one stride — a contiguous tensor, or a column slice
+    /// of one — else nil.
+    var rowStride: Int? {
+        guard rank >= 1 else { return nil }
+        let width = shape[rank - 1]
+        guard width <= 1 || strides[rank - 1] == 1 else { return nil }
+        var rowStride: Int? = nil, next = 0  // the stride the next outer axis must have
+        for axis in stride(from: rank - 2, through: 0, by: -1) where shape[axis] > 1 {
+            if let _ = rowStride {
+                if strides[axis] != next { return nil }
+            } else {
+                guard strides[axis] >= width else { return nil }
+                rowStride = strides[axis]
+            }
+            next = strides[axis] * shape[axis]
+        }
+        return rowStride ?? max(width, 1)
+    }
+
     /// `Tensor.concat(parts, axis: -1).linear(weight, bias)` without forming the concatenation:
     /// each part is multiplied by its own columns of `weight` and the products are summed in the
     /// output (the single-stream block's linear2 over [attention ; GELU(mlp)]). The parts share
@@ -103,12 +134,14 @@ extension Tensor {
         precondition(weight.rank == 2 && weight.shape[1] == inF, "linear: parts of widths \(widths), weight \(weight.shape)")
         precondition(parts.allSatisfy { Array($0.shape.dropLast()) == lead }, "linear: parts \(parts.map(\.shape)) differ before the last axis")
         if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape) for \(outF) outputs") }
-        let xs = parts.map { $0.contiguous() }, w = weight.contiguous(), bc = bias?.contiguous()
+        // A part whose rows lie at one stride (a column slice of a fused projection) is read in place.
+        let xs = parts.map { $0.rowStride != nil ? $0 : $0.contiguous() }, w = weight.contiguous(), bc = bias?.contiguous()
+        let lds = xs.map { $0.rowStride! }
         let rows = lead.reduce(1, *)
         let columns = widths.indices.map { widths[..<$0].reduce(0, +) }  // first column of each part in weight
         let out = Tensor(uninitialized: lead + [outF])
         for (i, x) in xs.enumerated() {
-            BLAS.sgemm(transB: true, m: rows, n: outF, k: widths[i], a: x.pointer, lda: widths[i], b: w.pointer + columns[i], ldb: inF,
+            BLAS.sgemm(transB: true, m: rows, n: outF, k: widths[i], a: x.pointer, lda: lds[i], b: w.pointer + columns[i], ldb: inF,
                        beta: i == 0 ? 0 : 1, c: out.pointer, ldc: outF, bias: i == 0 ? bc.map { UnsafePointer($0.pointer) } : nil)
         }
         withExtendedLifetime(bc) {}
@@ -126,7 +159,7 @@ extension Tensor {
             if weight.requiresGrad {
                 let dw = Tensor(uninitialized: [outF, inF])
                 for (i, x) in xs.enumerated() {
-                    BLAS.sgemm(transA: true, m: outF, n: widths[i], k: rows, a: gc.pointer, lda: outF, b: x.pointer, ldb: widths[i],
+                    BLAS.sgemm(transA: true, m: outF, n: widths[i], k: rows, a: gc.pointer, lda: outF, b: x.pointer, ldb: lds[i],
                                c: dw.pointer + columns[i], ldc: inF)
                 }
                 grads.append(dw)

@@ -81,6 +81,49 @@ final class F32GemmTests: XCTestCase {
         }
     }
 
+    /// `linearGELU`, with GELU applied inside the product (hv's kernel: per output block, in the
+    /// large and the small-M paths, after the last of several K blocks) or after it (OpenBLAS),
+    /// equals `linear` followed by `gelu` on the same columns bit for bit; columns before
+    /// `fromColumn` are the plain product.
+    func testLinearGELUEqualsLinearThenGELU() {
+        var rng = HVRandom(seed: 8)
+        for (rows, inF, outF) in [(300, 96, 200), (20, 70, 130), (130, 1100, 90)] {
+            let x = Tensor.randn([rows, inF], rng: &rng), w = Tensor.randn([outF, inF], std: 0.2, rng: &rng)
+            let b = Tensor.randn([outF], rng: &rng)
+            for kernel in [BLAS.Kernel.hv, .openblas] {
+                for threads in [1, 2] {
+                    BLAS.kernel = kernel
+                    BLAS.threads = threads
+                    for from in [0, 37, outF] {
+                        let fused = GradMode.withoutGrad { x.linearGELU(w, b, fromColumn: from) }
+                        let y = x.linear(w, b)
+                        let ref = from == 0 ? y.gelu() : Tensor.concat([y.slice(axis: 1, start: 0, length: from),
+                                                                       y.slice(axis: 1, start: from, length: outF - from).gelu()], axis: 1)
+                        XCTAssertEqual(fused.scalars, ref.scalars, "rows \(rows) in \(inF) out \(outF) from \(from) \(kernel) threads \(threads)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// `linear(concatenating:)` reads a part that is a column slice of a wider tensor in place
+    /// (its rows one stride apart); the result and gradients equal those of contiguous parts.
+    func testLinearConcatenatingReadsColumnSlicesInPlace() {
+        var rng = HVRandom(seed: 9)
+        let wide = Tensor.randn([2, 7, 50], rng: &rng), other = Tensor.randn([2, 7, 12], rng: &rng)
+        let w = Tensor.randn([9, 30 + 12], rng: &rng), b = Tensor.randn([9], rng: &rng)
+        wide.requiresGrad = true
+        let slice = wide.slice(axis: 2, start: 20, length: 30)
+        let y = Tensor.linear(concatenating: [slice, other], w, b)
+        (y * y).sum().backward()
+        let gradWide = wide.grad!.copy()
+        wide.zeroGrad()
+        let y2 = Tensor.linear(concatenating: [wide.slice(axis: 2, start: 20, length: 30).contiguous(), other], w, b)
+        (y2 * y2).sum().backward()
+        XCTAssertEqual(y.scalars, y2.scalars)
+        XCTAssertEqual(gradWide.scalars, wide.grad?.scalars)
+    }
+
     /// A linear layer with a bias (the bias added in the kernel's epilogue) and its gradients agree
     /// with OpenBLAS's sgemm (the bias copied into C first) to fp32 rounding.
     func testLinearMatchesOpenBLAS() {

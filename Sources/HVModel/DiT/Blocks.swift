@@ -85,7 +85,10 @@ public final class MMSingleStreamBlock: Module {
     public func callAsFunction(_ x: Tensor, vec: Tensor, imageTokens N: Int, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?,
                                cp: ContextParallelShard? = nil) -> Tensor {
         let m = modulation(vec, factor: 3)
-        let h = linear1(modulate(x.layerNorm(eps: 1e-6), shift: m[0], scale: m[1]))
+        // Sampling: the MLP part's GELU is applied inside linear1's product.
+        let fusedGELU = !GradMode.isEnabled
+        let xm = modulate(x.layerNorm(eps: 1e-6), shift: m[0], scale: m[1])
+        let h = fusedGELU ? linear1(xm, geluFromColumn: 3 * hidden) : linear1(xm)
         let parts = h.split([3 * hidden, mlpHidden], axis: -1)
         var (q, k, v) = splitQKV(parts[0], heads: heads)
         if let n = q_norm { q = n(q) }
@@ -94,7 +97,7 @@ public final class MMSingleStreamBlock: Module {
         q = q.applyRotary(cos: rope.cos, sin: rope.sin)  // the N video tokens; text tokens pass through
         k = k.applyRotary(cos: rope.cos, sin: rope.sin)
         let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
-        let out = linear2(concatenating: [a, parts[1].gelu()])
+        let out = linear2(concatenating: [a, fusedGELU ? parts[1] : parts[1].gelu()])
         return x + applyGate(out, m[2])
     }
 }

@@ -104,6 +104,7 @@ public final class MLP: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
+        if activation == .geluTanh, !GradMode.isEnabled { return fc2(fc1(x, geluFromColumn: 0)) }  // sampling: one pass
         let h = fc1(x)
         return fc2(activation == .geluTanh ? h.gelu() : h.silu())
     }
