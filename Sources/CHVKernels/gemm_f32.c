@@ -215,7 +215,7 @@ typedef struct {
 static void gelu_columns(float *C, long ldc, int rows, int c0, int c1, int gelu_from) {
     const int from = c0 > gelu_from ? c0 : gelu_from;
     if (from >= c1) return;
-    for (int i = 0; i < rows; i++) hv_gelu_forward(C + (long)i * ldc + from, C + (long)i * ldc + from, (size_t)(c1 - from));
+    for (int i = 0; i < rows; i++) hv_gelu_inplace(C + (long)i * ldc + from, (size_t)(c1 - from));
 }
 
 F32_TARGET

@@ -94,6 +94,16 @@ HV_CLONES void hv_gelu_forward(const float *x, float *y, size_t n) {
     }
 }
 
+// hv_gelu_forward with x == y would take the compiler's scalar fallback (the vectorised loop is
+// guarded by a no-overlap check); this form vectorises in place.
+HV_CLONES void hv_gelu_inplace(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
+        x[i] = 0.5f * v * (1.0f + t);
+    }
+}
+
 HV_CLONES void hv_gelu_backward(const float *x, const float *g, float *dx, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
@@ -107,6 +117,14 @@ HV_CLONES void hv_silu_forward(const float *x, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = v / (1.0f + hv_exp_approx(-v));
+    }
+}
+
+// In place, for the same reason as hv_gelu_inplace.
+HV_CLONES void hv_silu_inplace(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = v / (1.0f + hv_exp_approx(-v));
     }
 }
 

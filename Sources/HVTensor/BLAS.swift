@@ -96,7 +96,7 @@ public enum BLAS {
         // Columns >= geluFrom go through GELU (tanh): inside hv's fp32 kernel, else afterwards.
         let gelu = min(max(geluFrom ?? n, 0), n)
         var geluDone = gelu == n
-        defer { if !geluDone { for i in 0..<m { hv_gelu_forward(c + i * ldc + gelu, c + i * ldc + gelu, n - gelu) } } }
+        defer { if !geluDone { for i in 0..<m { hv_gelu_inplace(c + i * ldc + gelu, n - gelu) } } }
         // A(i, l) and B(l, j) as strides, for hv's kernels.
         let rsa = transA ? 1 : lda, csa = transA ? lda : 1, rsb = transB ? 1 : ldb, csb = transB ? ldb : 1
         let threads = openblas_get_num_threads()

@@ -87,7 +87,7 @@ extension Tensor {
                 }
             }
         }
-        if silu { hv_silu_forward(out.pointer, out.pointer, count) }
+        if silu { hv_silu_inplace(out.pointer, count) }
         return Tensor.record("groupNorm", out, inputs) { g in
             let gc = g.contiguous()
             let dx = Tensor(uninitialized: self.shape)

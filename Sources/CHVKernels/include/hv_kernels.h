@@ -62,8 +62,12 @@ uint64_t hv_checksum64(const void *data, size_t nbytes);
 #define HV_KERNELS_ACT_H
 /// GELU (tanh approximation) and SiLU, forward and backward (dx = g * f'(x)).
 void hv_gelu_forward(const float *x, float *y, size_t n);
+/// hv_gelu_forward over x in place (the same values).
+void hv_gelu_inplace(float *x, size_t n);
 void hv_gelu_backward(const float *x, const float *g, float *dx, size_t n);
 void hv_silu_forward(const float *x, float *y, size_t n);
+/// hv_silu_forward over x in place (the same values).
+void hv_silu_inplace(float *x, size_t n);
 void hv_silu_backward(const float *x, const float *g, float *dx, size_t n);
 
 /// glibc malloc tuning for a tensor workload: large blocks come from the heap and are reused
