@@ -95,6 +95,24 @@ final class DiTTests: XCTestCase {
         XCTAssert(v.scalars.allSatisfy { $0 == 0 }, "the final layer starts at zero")
     }
 
+    /// Sampling (no graph) takes fused paths — GELU inside the GEMM, the modulation as the layer
+    /// norm's affine for a single sample, attention reading heads in place — which must give the
+    /// velocity of the recorded (training) forward, for one sample and for two.
+    func testNoGradForwardMatchesRecordedForward() {
+        let c = Tiny.config
+        let model = HunyuanDiT(config: c, seed: 1)
+        Tiny.randomize(model, seed: 9)
+        XCTAssert(model.parameters().allSatisfy(\.requiresGrad))
+        for B in [1, 2] {
+            let inp = Tiny.inputs(c, B: B)
+            let sampled = GradMode.withoutGrad { model(inp) }
+            let recorded = model(inp).detached()
+            let scale = recorded.scalars.map { abs($0) }.max()!
+            XCTAssertGreaterThan(scale, 0.01)
+            XCTAssertLessThan(maxAbsDiff(sampled, recorded) / scale, 1e-5, "B \(B)")
+        }
+    }
+
     /// Padded text tokens must not change the velocity: same prompt with more padding, same output.
     func testPaddedTextDoesNotLeak() {
         let c = Tiny.config

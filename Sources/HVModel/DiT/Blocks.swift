@@ -42,22 +42,22 @@ public final class MMDoubleStreamBlock: Module {
                                cp: ContextParallelShard? = nil) -> (Tensor, Tensor) {
         let im = img_mod(vec, factor: 6), tm = txt_mod(vec, factor: 6)
         let N = img.shape[1]
-        var (iq, ik, iv) = splitQKV(img_attn_qkv(modulate(img.layerNorm(eps: 1e-6), shift: im[0], scale: im[1])), heads: heads)
+        var (iq, ik, iv) = splitQKV(img_attn_qkv(modulatedLayerNorm(img, shift: im[0], scale: im[1])), heads: heads)
         if let n = img_attn_q_norm { iq = n(iq) }
         if let n = img_attn_k_norm { ik = n(ik) }
         precondition(rope.cos.shape[0] == N, "double block: rope tables for \(rope.cos.shape[0]) tokens, \(N) video tokens")
         iq = iq.applyRotary(cos: rope.cos, sin: rope.sin)
         ik = ik.applyRotary(cos: rope.cos, sin: rope.sin)
-        var (tq, tk, tv) = splitQKV(txt_attn_qkv(modulate(txt.layerNorm(eps: 1e-6), shift: tm[0], scale: tm[1])), heads: heads)
+        var (tq, tk, tv) = splitQKV(txt_attn_qkv(modulatedLayerNorm(txt, shift: tm[0], scale: tm[1])), heads: heads)
         if let n = txt_attn_q_norm { tq = n(tq) }
         if let n = txt_attn_k_norm { tk = n(tk) }
         let a = jointAttention(Tensor.concat([iq, tq], axis: 1), Tensor.concat([ik, tk], axis: 1), Tensor.concat([iv, tv], axis: 1),
                                videoTokens: N, keyMask: keyMask, cp: cp)
         let ia = a.slice(axis: 1, start: 0, length: N), ta = a.slice(axis: 1, start: N, length: a.shape[1] - N)
         var img = img + applyGate(img_attn_proj(ia), im[2])
-        img = img + applyGate(img_mlp(modulate(img.layerNorm(eps: 1e-6), shift: im[3], scale: im[4])), im[5])
+        img = img + applyGate(img_mlp(modulatedLayerNorm(img, shift: im[3], scale: im[4])), im[5])
         var txt = txt + applyGate(txt_attn_proj(ta), tm[2])
-        txt = txt + applyGate(txt_mlp(modulate(txt.layerNorm(eps: 1e-6), shift: tm[3], scale: tm[4])), tm[5])
+        txt = txt + applyGate(txt_mlp(modulatedLayerNorm(txt, shift: tm[3], scale: tm[4])), tm[5])
         return (img, txt)
     }
 }
@@ -87,7 +87,7 @@ public final class MMSingleStreamBlock: Module {
         let m = modulation(vec, factor: 3)
         // Sampling: the MLP part's GELU is applied inside linear1's product.
         let fusedGELU = !GradMode.isEnabled
-        let xm = modulate(x.layerNorm(eps: 1e-6), shift: m[0], scale: m[1])
+        let xm = modulatedLayerNorm(x, shift: m[0], scale: m[1])
         let h = fusedGELU ? linear1(xm, geluFromColumn: 3 * hidden) : linear1(xm)
         let parts = h.split([3 * hidden, mlpHidden], axis: -1)
         var (q, k, v) = splitQKV(parts[0], heads: heads)
@@ -114,6 +114,6 @@ public final class FinalLayer: Module {
 
     public func callAsFunction(_ x: Tensor, vec: Tensor) -> Tensor {
         let m = (adaLN_modulation[1] as! Linear)(vec.silu()).chunk(2, axis: -1)  // official order: shift, scale
-        return linear(modulate(x.layerNorm(eps: 1e-6), shift: m[0], scale: m[1]))
+        return linear(modulatedLayerNorm(x, shift: m[0], scale: m[1]))
     }
 }

@@ -115,6 +115,16 @@ public final class MLP: Module {
     x * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1)
 }
 
+/// modulate(x.layerNorm(eps: 1e-6), shift:, scale:). Sampling one sample, the modulation is the
+/// norm's affine (weight 1 + scale, bias shift): one buffer and two passes over it fewer.
+func modulatedLayerNorm(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
+    if !GradMode.isEnabled, x.shape[0] == 1, scale.shape[0] == 1, shift.shape[0] == 1 {
+        let H = x.shape[x.rank - 1]
+        return x.layerNorm(weight: (scale + 1).reshape([H]), bias: shift.reshape([H]), eps: 1e-6)
+    }
+    return modulate(x.layerNorm(eps: 1e-6), shift: shift, scale: scale)
+}
+
 /// x * gate, gate [B, H] broadcast over tokens.
 @inline(__always) func applyGate(_ x: Tensor, _ gate: Tensor) -> Tensor { x * gate.unsqueeze(1) }
 
