@@ -90,7 +90,7 @@ final class TorchSession {
 }
 
 /// hv's and PyTorch's steps, alternating: two warm-up steps of hv (PyTorch's session has had
-/// its own two; the second step of either still runs ~20% slow), then `repeats` pairs of one
+/// its own two; hv's second training step still ran up to 40% slow), then `repeats` pairs of one
 /// hv step and one PyTorch step, with a 0.1 s pause before each so that the other side's
 /// threads are idle. Both sides thus see the same host conditions, which on a shared machine
 /// drift by 10-20% within minutes.
