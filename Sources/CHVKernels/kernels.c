@@ -86,22 +86,19 @@ static inline float hv_tanh_approx(float u) {
 
 #define GELU_C 0.7978845608028654f
 
+static inline float hv_gelu1(float v) {
+    float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
+    return 0.5f * v * (1.0f + t);
+}
+
 HV_CLONES void hv_gelu_forward(const float *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
-        y[i] = 0.5f * v * (1.0f + t);
-    }
+    for (size_t i = 0; i < n; i++) y[i] = hv_gelu1(x[i]);
 }
 
 // hv_gelu_forward with x == y would take the compiler's scalar fallback (the vectorised loop is
 // guarded by a no-overlap check); this form vectorises in place.
 HV_CLONES void hv_gelu_inplace(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float t = hv_tanh_approx(GELU_C * (v + 0.044715f * v * v * v));
-        x[i] = 0.5f * v * (1.0f + t);
-    }
+    for (size_t i = 0; i < n; i++) x[i] = hv_gelu1(x[i]);
 }
 
 HV_CLONES void hv_gelu_backward(const float *x, const float *g, float *dx, size_t n) {
@@ -113,19 +110,15 @@ HV_CLONES void hv_gelu_backward(const float *x, const float *g, float *dx, size_
     }
 }
 
+static inline float hv_silu1(float v) { return v / (1.0f + hv_exp_approx(-v)); }
+
 HV_CLONES void hv_silu_forward(const float *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = v / (1.0f + hv_exp_approx(-v));
-    }
+    for (size_t i = 0; i < n; i++) y[i] = hv_silu1(x[i]);
 }
 
 // In place, for the same reason as hv_gelu_inplace.
 HV_CLONES void hv_silu_inplace(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = v / (1.0f + hv_exp_approx(-v));
-    }
+    for (size_t i = 0; i < n; i++) x[i] = hv_silu1(x[i]);
 }
 
 HV_CLONES void hv_silu_backward(const float *x, const float *g, float *dx, size_t n) {

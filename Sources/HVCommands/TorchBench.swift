@@ -49,6 +49,9 @@ final class TorchSession {
         proc.environment = env
         proc.standardInput = toChild
         proc.standardOutput = fromChild
+        // A child that dies makes the next write to it raise SIGPIPE, which would end hv-bench
+        // before it could say why; ignored, the write fails and the error below is reported.
+        signal(SIGPIPE, SIG_IGN)
         try proc.run()
         let info = try TorchSession.readJSON(proc: proc, from: fromChild, pending: &pending, command: command)
         versions = "torch \(info["torch"] ?? "?"), diffusers \(info["diffusers"] ?? "?"), \(info["params"] ?? "?") params"
@@ -56,6 +59,9 @@ final class TorchSession {
 
     /// Runs one PyTorch step and returns its time in seconds.
     func step() throws -> Double {
+        guard proc.isRunning else {
+            throw ValidationError("the PyTorch side exited (status \(proc.terminationStatus)); run \(command) to see why")
+        }
         try toChild.fileHandleForWriting.write(contentsOf: Data("step\n".utf8))
         guard let s = try TorchSession.readJSON(proc: proc, from: fromChild, pending: &pending, command: command)["seconds"] as? Double else {
             throw ValidationError("the PyTorch side answered a step without its time; run \(command) to see why")
@@ -64,10 +70,14 @@ final class TorchSession {
     }
 
     func close() {
-        try? toChild.fileHandleForWriting.write(contentsOf: Data("quit\n".utf8))
+        if proc.isRunning { try? toChild.fileHandleForWriting.write(contentsOf: Data("quit\n".utf8)) }
         try? toChild.fileHandleForWriting.close()
         proc.waitUntilExit()
     }
+
+    /// Seconds the child may take for one answer (its warm-up included) before it is taken to
+    /// hang, stopped, and reported.
+    static let answerTimeout: Int32 = 900
 
     /// The next line of the child's output as a JSON object (lines that are not JSON objects,
     /// such as library warnings, are skipped).
@@ -78,6 +88,11 @@ final class TorchSession {
                 pending = Data(pending[pending.index(after: nl)...])
                 if let obj = try? JSONSerialization.jsonObject(with: line) as? [String: Any] { return obj }
                 continue
+            }
+            var ready = pollfd(fd: fromChild.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            if poll(&ready, 1, answerTimeout * 1000) == 0 {
+                proc.terminate()
+                throw ValidationError("the PyTorch side gave no answer in \(answerTimeout) s and was stopped; run \(command) to see why")
             }
             let more = fromChild.fileHandleForReading.availableData
             if more.isEmpty {
@@ -112,10 +127,10 @@ func alternate(repeats: Int, hv: () -> Void, torch: TorchSession) throws -> (hv:
     return (h, t)
 }
 
-/// The smallest and the median value.
+/// The smallest and the median value (the mean of the middle two for an even count).
 func bestAndMedian(_ xs: [Double]) -> (best: Double, median: Double) {
-    let s = xs.sorted()
-    return (s[0], s[s.count / 2])
+    let s = xs.sorted(), n = s.count
+    return (s[0], n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2)
 }
 
 /// Runs a dev script with the venv's python (OMP_NUM_THREADS = threads) and returns the JSON

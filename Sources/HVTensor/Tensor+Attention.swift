@@ -6,7 +6,9 @@ import Synchronization
 ///
 /// Queries are processed in blocks of `blockQ` rows against key blocks of `blockK` rows with an
 /// online softmax; only a blockQ x blockK score tile exists at a time, forward and backward
-/// (the backward pass recomputes scores from the saved log-sum-exp). Memory is O(S·D).
+/// (the backward pass recomputes scores from the saved log-sum-exp). Memory is O(S·D), except
+/// that a recorded attention whose probabilities fit `probabilityBudget` keeps them (Sq x Sk per
+/// head) for its backward.
 public enum FlashAttention {
     nonisolated(unsafe) public static var blockQ = 256
     nonisolated(unsafe) public static var blockK = 256
@@ -229,7 +231,8 @@ extension FlashAttention {
 
 extension Tensor {
     /// softmax(q k^T / sqrt(D) + mask) v for q [B, H, Sq, D], k/v [B, H, Sk, D]; `keyMask`
-    /// [B, Sk] (nonzero = attend; padded text tokens are 0). Blocked: never forms Sq x Sk.
+    /// [B, Sk] (nonzero = attend; padded text tokens are 0). Blocked: forms Sq x Sk only to keep
+    /// the probabilities for the backward, within `FlashAttention.probabilityBudget`.
     /// Work is split over (batch, head) and, when there are fewer heads than threads, over
     /// query rows (forward) or key ranges (backward, with per-range dQ partials summed after).
     /// `causalBlock` b > 0: query i attends key j only if j < (i / b + 1) * b (frame-causal
@@ -244,13 +247,11 @@ extension Tensor {
         }
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous()
         let mc = keyMask?.contiguous()
-        let probs = FlashAttention.probabilityBuffer(q.shape, keys: k.shape[2])
+        let probs = willRecord([q, k, v]) ? FlashAttention.probabilityBuffer(q.shape, keys: k.shape[2]) : nil
         let (out, lse) = FlashAttention.forward(q: qc, k: kc, v: vc, keyMask: mc, scale: sc, causalBlock: causalBlock, probs: probs)
         return record("attention", out, [q, k, v]) { g in
             let (dq, dk, dv) = FlashAttention.backward(q: qc, k: kc, v: vc, keyMask: mc, out: out, lse: lse, dout: g,
                                                        scale: sc, causalBlock: causalBlock, probs: probs)
-            // The engine runs a node's backward once and then drops it (no retain_graph).
-            if let probs { FlashAttention.recycle(probs) }
             return [dq, dk, dv]
         }
     }
@@ -302,35 +303,22 @@ extension FlashAttention {
         guard fused, hv_attention_available() != 0, D % 16 == 0, Sq > 0, keys > 0, heads >= threads else { return nil }
         let count = heads * Sq * Int(hv_attention_probs_stride(Int32(clamping: keys)))
         guard count * 4 <= probabilityBudget else { return nil }
-        let reused = spareProbabilities.withLock { spare -> Storage? in
-            guard let i = spare.firstIndex(where: { $0.count == count }) else { return nil }
-            return spare.remove(at: i)
-        }
-        return Tensor(storage: reused ?? Storage(uninitialized: count), shape: [count])
-    }
-
-    /// Probability buffers whose backward has run, for later forwards of the same size: a buffer
-    /// this large is mapped fresh from the kernel by malloc, and faulting in and zeroing its
-    /// pages took about 1.6% of a training step at 1,056 tokens. At most `spareProbabilityLimit`
-    /// buffers are kept (the attention layers of one step, typically).
-    private static let spareProbabilities = Mutex<[Storage]>([])
-    nonisolated(unsafe) public static var spareProbabilityLimit = 64
-
-    /// Hands back a buffer from `probabilityBuffer` once nothing will read it again.
-    static func recycle(_ probs: Tensor) {
-        spareProbabilities.withLock { spare in
-            if spare.count < spareProbabilityLimit, spare.allSatisfy({ $0 !== probs.storage }) { spare.append(probs.storage) }
-        }
+        return Tensor(uninitialized: [count])
     }
 
     /// Blocked attention outside the graph: q [B, H, Sq, D], k/v [B, H, Sk, D], keyMask [B, Sk]
     /// (nonzero = attend) -> out [B, H, Sq, D] and lse [B, H, Sq] (natural log-sum-exp of the
     /// scaled scores, -inf for a row with every key masked). Building block of custom attention
     /// ops (ring attention merges per-block (out, lse) pairs).
-    /// `probs` (from `probabilityBuffer`) receives the probabilities when each thread has whole
-    /// heads; `backward` reads them then.
     public static func forward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, scale sc: Float,
-                               causalBlock: Int = 0, probs: Tensor? = nil) -> (out: Tensor, lse: Tensor) {
+                               causalBlock: Int = 0) -> (out: Tensor, lse: Tensor) {
+        forward(q: q, k: k, v: v, keyMask: keyMask, scale: sc, causalBlock: causalBlock, probs: nil)
+    }
+
+    /// `probs` (from `probabilityBuffer`) receives the probabilities when each thread has whole
+    /// heads (`probabilityBuffer` returns one only then); the recorded op's backward reads them.
+    static func forward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, scale sc: Float,
+                        causalBlock: Int, probs: Tensor?) -> (out: Tensor, lse: Tensor) {
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         precondition(k.shape == [B, H, Sk, D] && v.shape == [B, H, Sk, D], "attention: k \(k.shape), v \(v.shape) for q \(q.shape)")
         if let keyMask { precondition(keyMask.shape == [B, Sk], "attention: keyMask \(keyMask.shape), expected [\(B), \(Sk)]") }
@@ -374,10 +362,15 @@ extension FlashAttention {
     /// `out` and `lse` of the whole attention and dout [B, H, Sq, D]: returns dq (this block's
     /// contribution), dk, dv. With the full softmax's out/lse the per-block results add up to
     /// the gradients of the full attention.
-    /// `probs`: the probabilities `forward` kept, read instead of recomputed when each thread
-    /// has whole heads (otherwise ignored).
     public static func backward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, out: Tensor, lse: Tensor, dout: Tensor,
-                                scale sc: Float, causalBlock: Int = 0, probs: Tensor? = nil) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+                                scale sc: Float, causalBlock: Int = 0) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        backward(q: q, k: k, v: v, keyMask: keyMask, out: out, lse: lse, dout: dout, scale: sc, causalBlock: causalBlock, probs: nil)
+    }
+
+    /// `probs`: the probabilities `forward` kept, read instead of recomputed when each thread
+    /// has whole heads (as it had in that forward, which wrote them; otherwise ignored).
+    static func backward(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor?, out: Tensor, lse: Tensor, dout: Tensor,
+                         scale sc: Float, causalBlock: Int, probs: Tensor?) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
         let B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3], Sk = k.shape[2]
         let qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = out.contiguous(), lc = lse.contiguous()
         let mc = keyMask?.contiguous()

@@ -20,8 +20,11 @@ final class AttentionTests: XCTestCase {
     /// 16 takes the fused path when it is on (and keeps probabilities when each thread has whole
     /// heads).
     func eachPath(_ body: (String) -> Void) {
-        let budget = FlashAttention.probabilityBudget
-        defer { FlashAttention.fused = true; FlashAttention.probabilityBudget = budget }
+        let (budget, threads) = (FlashAttention.probabilityBudget, FlashAttention.threads)
+        defer { FlashAttention.fused = true; FlashAttention.probabilityBudget = budget; FlashAttention.threads = threads }
+        // Two threads, so that the tests' 2 to 6 heads give every thread whole heads (the kept
+        // path) whatever this machine's core count.
+        FlashAttention.threads = 2
         for (fused, keep, name) in [(true, true, "fused, probabilities kept"), (true, false, "fused, recomputed"), (false, false, "blocked")] {
             FlashAttention.fused = fused
             FlashAttention.probabilityBudget = keep ? budget : 0
@@ -97,6 +100,35 @@ final class AttentionTests: XCTestCase {
         XCTAssertNil(FlashAttention.probabilityBuffer([2, 3, 37, 8], keys: 29), "D = 8 takes the blocked path")
         FlashAttention.probabilityBudget = 6 * 37 * 48 * 4 - 1
         XCTAssertNil(FlashAttention.probabilityBuffer([2, 3, 37, 16], keys: 29), "over the budget")
+    }
+
+    /// Kept probabilities live in buffers that malloc hands out again to later attentions of the
+    /// same size, whatever those compute: causal after masked after causal, each equal to the
+    /// naive attention (nothing read that the forward did not write).
+    func testReusedProbabilityBuffersHoldNothingStale() {
+        let threads = FlashAttention.threads
+        defer { FlashAttention.threads = threads }
+        FlashAttention.threads = 2
+        let S = 60, D = 16, frame = 12
+        XCTAssertNotNil(FlashAttention.probabilityBuffer([1, 2, S, D], keys: S))
+        for (round, causal) in [true, false, true].enumerated() {
+            let q = randomTensor([1, 2, S, D], seed: 60 + UInt64(round)), k = randomTensor([1, 2, S, D], seed: 70 + UInt64(round))
+            let v = randomTensor([1, 2, S, D], seed: 80 + UInt64(round)), g = randomTensor([1, 2, S, D], seed: 90 + UInt64(round))
+            let mask = causal ? nil : Tensor((0..<S).map { $0 % 5 == 2 ? 0 : 1 }, shape: [1, S])
+            for t in [q, k, v] { t.requiresGrad = true }
+            let out = Tensor.scaledDotProductAttention(q, k, v, keyMask: mask, causalBlock: causal ? frame : 0)
+            (out * g).sum().backward()
+            let grads = [q, k, v].map { $0.grad!.copy() }
+            for t in [q, k, v] { t.zeroGrad() }
+            var bias = [Float](repeating: 0, count: S * S)
+            for i in 0..<S {
+                for j in 0..<S where (causal && j >= (i / frame + 1) * frame) || (!causal && j % 5 == 2) { bias[i * S + j] = -1e9 }
+            }
+            let ref = (q.matmul(k.transpose(2, 3)) * (1 / Float(D).squareRoot()) + Tensor(bias, shape: [1, 1, S, S])).softmax().matmul(v)
+            (ref * g).sum().backward()
+            XCTAssertLessThan(maxAbsDiff(out, ref), 2e-5, "forward, round \(round)")
+            for i in 0..<3 { XCTAssertLessThan(maxAbsDiff(grads[i], [q, k, v][i].grad!), 5e-5, "grad \(i), round \(round)") }
+        }
     }
 
     func testMatchesNaiveUnmasked() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 29, masked: false) }

@@ -122,6 +122,15 @@ final class F32GemmTests: XCTestCase {
         (y2 * y2).sum().backward()
         XCTAssertEqual(y.scalars, y2.scalars)
         XCTAssertEqual(gradWide.scalars, wide.grad?.scalars)
+        // Parts whose rows are not one stride apart are copied first: a transposed part, and 7 of
+        // the 9 tokens of a [2, 9, 30] tensor (rows 30 apart within a sample, 270 between samples).
+        let transposed = Tensor.randn([2, 30, 7], rng: &rng).transpose(1, 2)
+        let tokens = Tensor.randn([2, 9, 30], rng: &rng).slice(axis: 1, start: 2, length: 7)
+        for part in [transposed, tokens] {
+            let y3 = Tensor.linear(concatenating: [part, other], w, b)
+            let y4 = Tensor.linear(concatenating: [part.contiguous(), other], w, b)
+            XCTAssertEqual(y3.scalars, y4.scalars)
+        }
     }
 
     /// A linear layer with a bias (the bias added in the kernel's epilogue) and its gradients agree

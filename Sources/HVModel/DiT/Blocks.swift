@@ -85,7 +85,8 @@ public final class MMSingleStreamBlock: Module {
     public func callAsFunction(_ x: Tensor, vec: Tensor, imageTokens N: Int, rope: (cos: Tensor, sin: Tensor), keyMask: Tensor?,
                                cp: ContextParallelShard? = nil) -> Tensor {
         let m = modulation(vec, factor: 3)
-        // Sampling: the MLP part's GELU is applied inside linear1's product.
+        // Without a graph (sampling, or a recomputed block's first pass): the MLP part's GELU
+        // is applied inside linear1's product.
         let fusedGELU = !GradMode.isEnabled
         let xm = modulatedLayerNorm(x, shift: m[0], scale: m[1])
         let h = fusedGELU ? linear1(xm, geluFromColumn: 3 * hidden) : linear1(xm)

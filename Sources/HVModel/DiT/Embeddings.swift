@@ -104,7 +104,7 @@ public final class MLP: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        if activation == .geluTanh, !GradMode.isEnabled { return fc2(fc1(x, geluFromColumn: 0)) }  // sampling: one pass
+        if activation == .geluTanh, !GradMode.isEnabled { return fc2(fc1(x, geluFromColumn: 0)) }  // no graph: one pass
         let h = fc1(x)
         return fc2(activation == .geluTanh ? h.gelu() : h.silu())
     }
@@ -115,8 +115,8 @@ public final class MLP: Module {
     x * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1)
 }
 
-/// modulate(x.layerNorm(eps: 1e-6), shift:, scale:). Sampling one sample, the modulation is the
-/// norm's affine (weight 1 + scale, bias shift): one buffer and two passes over it fewer.
+/// modulate(x.layerNorm(eps: 1e-6), shift:, scale:). Without a graph and for one sample, the
+/// modulation is the norm's affine (weight 1 + scale, bias shift): one buffer and two passes fewer.
 func modulatedLayerNorm(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
     if !GradMode.isEnabled, x.shape[0] == 1, scale.shape[0] == 1, shift.shape[0] == 1 {
         let H = x.shape[x.rank - 1]
