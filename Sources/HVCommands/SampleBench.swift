@@ -46,35 +46,15 @@ struct SampleBench: ParsableCommand {
         }
         let tokens = model.videoTokens(latentT: dims[0], latentH: dims[1], latentW: dims[2])
         print("config \(config): \(model.parameterCount.formatted()) parameters, \(tokens) video + \(L) text tokens, threads \(threads), OpenBLAS \(BLAS.coreName)")
-        var hv: [MatmulPrecision: Double] = [:], pt: [MatmulPrecision: Double] = [:], pairs: [MatmulPrecision: Double] = [:]
         let side = torch.map { TorchBench(venv: $0, model: model, latent: latent, textTokens: L, batch: 1, threads: threads) }
-        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after two warm-up steps of each") }
-        for p in precision.list {
-            try MatmulPrecision.select(p)
-            guard let side else {
-                let t = timings(repeats: repeats, step)
-                hv[p] = t.best
-                print(String(format: "hv %@       sampling step %.4f s   (median %.4f s)", p.rawValue, t.best, t.median))
-                continue
-            }
-            let session = try side.session(mode: "sample", bf16: p == .bf16)
-            defer { session.close() }
-            let r = try alternate(repeats: repeats, hv: step, torch: session)
-            let (h, t) = (bestAndMedian(r.hv), bestAndMedian(r.torch))
-            (hv[p], pt[p]) = (h.best, t.best)
-            pairs[p] = bestAndMedian(zip(r.hv, r.torch).map { $0 / $1 }).median
-            print(String(format: "hv %@       sampling step %.4f s   (median %.4f s)", p.rawValue, h.best, h.median))
-            print(String(format: "pytorch %@  sampling step %.4f s   (median %.4f s; %@%@)", p.rawValue, t.best, t.median, session.versions,
-                         p == .bf16 ? ", autocast bfloat16" : ""))
-        }
-        try MatmulPrecision.select(.fp32)
-        guard side != nil else { return }
-        for p in precision.list {
-            print(String(format: "ratio    hv %@ / pytorch %@ sampling step time = %.2f  (target <= 0.80; median of the %d pairs' ratios %.2f)",
-                         p.rawValue, p.rawValue, hv[p]! / pt[p]!, max(repeats, 1), pairs[p]!))
-        }
-        if let h = hv[.bf16], let f = pt[.fp32] {
-            print(String(format: "ratio    hv bf16 / pytorch fp32 sampling step time = %.2f", h / f))
-        }
+        let r = try SideBySide(precision.list, repeats: repeats, side: side, mode: "sample", step: step,
+                               printHV: { p, best, median in
+                                   print(String(format: "hv %@       sampling step %.4f s   (median %.4f s)", p.rawValue, best, median))
+                               },
+                               printTorch: { p, best, median, versions in
+                                   print(String(format: "pytorch %@  sampling step %.4f s   (median %.4f s; %@%@)", p.rawValue, best, median, versions,
+                                                p == .bf16 ? ", autocast bfloat16" : ""))
+                               })
+        r.printRatios("sampling step time", repeats: repeats)
     }
 }

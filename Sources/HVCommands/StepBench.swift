@@ -54,35 +54,13 @@ struct StepBench: ParsableCommand {
         func line(_ who: String, _ s: Double, _ extra: String = "") -> String {
             String(format: "%@ step %.3f s   %8.0f video tokens/s   %6.1f GFLOP/s%@", who as NSString, s, Double(B * tokens) / s, flops / s / 1e9, extra as NSString)
         }
-        var hv: [MatmulPrecision: Double] = [:], pt: [MatmulPrecision: Double] = [:], pairs: [MatmulPrecision: Double] = [:]
         let side = torch.map { TorchBench(venv: $0, model: model, latent: latent, textTokens: L, batch: B, threads: threads) }
-        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after two warm-up steps of each") }
-        for p in precision.list {
-            try MatmulPrecision.select(p)
-            guard let side else {
-                let t = timings(repeats: repeats, step)
-                hv[p] = t.best
-                print(line("hv \(p.rawValue)      ", t.best, String(format: "   (median %.3f s)", t.median)))
-                continue
-            }
-            let session = try side.session(mode: "train", bf16: p == .bf16)
-            defer { session.close() }
-            let r = try alternate(repeats: repeats, hv: step, torch: session)
-            let (h, t) = (bestAndMedian(r.hv), bestAndMedian(r.torch))
-            (hv[p], pt[p]) = (h.best, t.best)
-            pairs[p] = bestAndMedian(zip(r.hv, r.torch).map { $0 / $1 }).median
-            print(line("hv \(p.rawValue)      ", h.best, String(format: "   (median %.3f s)", h.median)))
-            print(line(p == .bf16 ? "pytorch bf16 " : "pytorch fp32 ", t.best,
-                       String(format: "   (median %.3f s; %@%@)", t.median, session.versions, p == .bf16 ? ", autocast bfloat16" : "")))
-        }
-        try MatmulPrecision.select(.fp32)
-        guard side != nil else { return }
-        for p in precision.list {
-            print(String(format: "ratio    hv %@ / pytorch %@ step time = %.2f  (target <= 0.80; median of the %d pairs' ratios %.2f)",
-                         p.rawValue, p.rawValue, hv[p]! / pt[p]!, max(repeats, 1), pairs[p]!))
-        }
-        if let h = hv[.bf16], let f = pt[.fp32] {
-            print(String(format: "ratio    hv bf16 / pytorch fp32 step time = %.2f", h / f))
-        }
+        let r = try SideBySide(precision.list, repeats: repeats, side: side, mode: "train", step: step,
+                               printHV: { p, best, median in print(line("hv \(p.rawValue)      ", best, String(format: "   (median %.3f s)", median))) },
+                               printTorch: { p, best, median, versions in
+                                   print(line(p == .bf16 ? "pytorch bf16 " : "pytorch fp32 ", best,
+                                              String(format: "   (median %.3f s; %@%@)", median, versions, p == .bf16 ? ", autocast bfloat16" : "")))
+                               })
+        r.printRatios("step time", repeats: repeats)
     }
 }

@@ -41,6 +41,10 @@ final class TorchSession {
 
     init(venv: String, args: [String], threads: Int) throws {
         let py = (venv as NSString).appendingPathComponent("bin/python")
+        guard FileManager.default.isExecutableFile(atPath: py) else {
+            throw ValidationError("--torch \(venv): \(py) does not exist; give a venv with torch and diffusers "
+                                  + "(python3 -m venv V && V/bin/pip install torch diffusers)")
+        }
         command = "\(py) \(args.joined(separator: " "))"
         proc.executableURL = URL(fileURLWithPath: py)
         proc.arguments = args
@@ -125,6 +129,51 @@ func alternate(repeats: Int, hv: () -> Void, torch: TorchSession) throws -> (hv:
         FileHandle.standardError.write(Data(("pairs (hv, PyTorch): " + zip(h, t).map { String(format: "%.4f/%.4f", $0, $1) }.joined(separator: " ") + "\n").utf8))
     }
     return (h, t)
+}
+
+/// Bests per precision of hv's and PyTorch's steps, and the median of the pairs' ratios.
+struct SideBySide {
+    var hv: [MatmulPrecision: Double] = [:], torch: [MatmulPrecision: Double] = [:], pairs: [MatmulPrecision: Double] = [:]
+    let precisions: [MatmulPrecision]
+
+    /// Times `step` under each precision: alone when there is no PyTorch side, else alternating
+    /// with PyTorch's same step (`mode` "train" or "sample"); `printHV(p, best, median)` and
+    /// `printTorch(p, best, median, versions)` print each side's line.
+    init(_ precisions: [MatmulPrecision], repeats: Int, side: TorchBench?, mode: String, step: () -> Void,
+         printHV: (MatmulPrecision, Double, Double) -> Void, printTorch: (MatmulPrecision, Double, Double, String) -> Void) throws {
+        self.precisions = precisions
+        if side != nil { print("hv and PyTorch steps alternate: \(max(repeats, 1)) pairs after two warm-up steps of each") }
+        defer { try? MatmulPrecision.select(.fp32) }
+        for p in precisions {
+            try MatmulPrecision.select(p)
+            guard let side else {
+                let t = timings(repeats: repeats, step)
+                hv[p] = t.best
+                printHV(p, t.best, t.median)
+                continue
+            }
+            let session = try side.session(mode: mode, bf16: p == .bf16)
+            defer { session.close() }
+            let r = try alternate(repeats: repeats, hv: step, torch: session)
+            let (h, t) = (bestAndMedian(r.hv), bestAndMedian(r.torch))
+            (hv[p], torch[p]) = (h.best, t.best)
+            pairs[p] = bestAndMedian(zip(r.hv, r.torch).map { $0 / $1 }).median
+            printHV(p, h.best, h.median)
+            printTorch(p, t.best, t.median, session.versions)
+        }
+    }
+
+    /// The ratio lines ("hv / pytorch <what> = ..."), when PyTorch was timed.
+    func printRatios(_ what: String, repeats: Int) {
+        for p in precisions {
+            guard let h = hv[p], let t = torch[p], let m = pairs[p] else { continue }
+            print(String(format: "ratio    hv %@ / pytorch %@ %@ = %.2f  (target <= 0.80; median of the %d pairs' ratios %.2f)",
+                         p.rawValue, p.rawValue, what, h / t, max(repeats, 1), m))
+        }
+        if let h = hv[.bf16], let f = torch[.fp32] {
+            print(String(format: "ratio    hv bf16 / pytorch fp32 %@ = %.2f", what, h / f))
+        }
+    }
 }
 
 /// The smallest and the median value (the mean of the middle two for an even count).
