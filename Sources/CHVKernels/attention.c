@@ -102,15 +102,19 @@ static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 /* Frame-causal limit: global row R sees global columns < (R / cb + 1) * cb. */
 static long causal_limit(int cb, long row, long colOffset) { return (row / cb + 1) * (long)cb - colOffset; }
 
+/* 16-key panels that a strip of mr rows from global row row0 sees (all kp / 16 unless causal). */
+static int strip_panels(int mr, int kp, int cb, long row0, long colOffset) {
+    if (cb <= 0) return kp / 16;
+    long lim = causal_limit(cb, row0 + mr - 1, colOffset);
+    if (lim >= (long)kp) return kp / 16;
+    return lim <= 0 ? 0 : (int)((lim + 15) / 16);
+}
+
 /* Scores of one strip: rows (strip + r * kp) get scale * q k^T + bias, then -inf past the causal
  * limit; returns the number of 16-key panels computed (the rest of each row is untouched). */
 AT_TARGET static int strip_scores(int mr, const float *q, long ldq, int d, const float *ktp, const float *bias, int kp,
                                   float *strip, int cb, long row0, long colOffset) {
-    int np = kp / 16;
-    if (cb > 0) {
-        long lim = causal_limit(cb, row0 + mr - 1, colOffset);
-        if (lim < (long)kp) np = lim <= 0 ? 0 : (int)((lim + 15) / 16);
-    }
+    const int np = strip_panels(mr, kp, cb, row0, colOffset);
     for (int pj = 0; pj < np; pj++) mk_rows(mr, d, q, ldq, ktp + (long)pj * d * 16, 16, strip + pj * 16, kp, 0);
     for (int r = 0; r < mr; r++) {
         float *row = strip + (long)r * kp;
@@ -245,15 +249,8 @@ AT_TARGET static int backward_head(const float *q, const float *k, const float *
             const int mr = qb + nb - r0 < 6 ? qb + nb - r0 : 6;
             float *ds = dsblk + (long)(r0 - qb) * kp;
             const float *p = pb + (long)(r0 - qb) * kp;
-            int np = kp / 16;
-            if (probs) {
-                if (causalBlock > 0) {
-                    long lim = causal_limit(causalBlock, r0 + mr - 1, colOffset);
-                    if (lim < (long)kp) np = lim <= 0 ? 0 : (int)((lim + 15) / 16);
-                }
-            } else {
-                np = strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, pblk + (long)(r0 - qb) * kp, causalBlock, r0, colOffset);
-            }
+            const int np = probs ? strip_panels(mr, kp, causalBlock, r0, colOffset)
+                                 : strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, pblk + (long)(r0 - qb) * kp, causalBlock, r0, colOffset);
             const int n = np * 16;
             if (n > nmax) {  // rows of earlier strips are zero over the newly reached keys
                 for (int i = 0; i < r0 - qb; i++) {

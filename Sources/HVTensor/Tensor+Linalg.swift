@@ -59,47 +59,17 @@ extension Tensor {
     }
 
     /// torch.nn.functional.linear: x [..., in] · weight[out, in]^T + bias[out].
+    public func linear(_ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+        Tensor.linear(parts: [self], weight, bias, geluFrom: nil)
+    }
+
     /// GELU(x W^T + b) on output columns >= `column` (the rest as they are), in the same pass
     /// over the output as the product (hv's fp32 kernel applies it to each block of the output
     /// while the block is in cache): an MLP's first layer, or the MLP part of the single-stream
     /// block's fused linear1, when sampling. Outside a graph only.
     public func linearGELU(_ weight: Tensor, _ bias: Tensor? = nil, fromColumn column: Int = 0) -> Tensor {
         precondition(!Tensor.willRecord(bias.map { [self, weight, $0] } ?? [self, weight]), "linearGELU records no gradient; use linear(_:_:) and gelu()")
-        return linear(weight, bias, geluFrom: column)
-    }
-
-    public func linear(_ weight: Tensor, _ bias: Tensor? = nil) -> Tensor { linear(weight, bias, geluFrom: nil) }
-
-    private func linear(_ weight: Tensor, _ bias: Tensor?, geluFrom: Int?) -> Tensor {
-        precondition(weight.rank == 2 && weight.shape[1] == shape[rank - 1], "linear: input \(shape), weight \(weight.shape)")
-        let inF = weight.shape[1], outF = weight.shape[0]
-        if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape) for \(outF) outputs") }
-        let x = contiguous(), w = weight.contiguous()
-        let rows = count / inF
-        let out = Tensor(uninitialized: Array(shape.dropLast()) + [outF])
-        let bc = bias?.contiguous()
-        BLAS.sgemm(transB: true, m: rows, n: outF, k: inF, a: x.pointer, lda: inF, b: w.pointer, ldb: inF,
-                   c: out.pointer, ldc: outF, bias: bc.map { UnsafePointer($0.pointer) }, geluFrom: geluFrom)
-        withExtendedLifetime(bc) {}
-        let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
-        return Tensor.record("linear", out, inputs) { g in
-            let gc = g.contiguous()
-            var grads: [Tensor?] = [nil, nil]
-            if self.requiresGrad {
-                let dx = Tensor(uninitialized: x.shape)
-                BLAS.sgemm(m: rows, n: inF, k: outF, a: gc.pointer, lda: outF, b: w.pointer, ldb: inF, c: dx.pointer, ldc: inF)
-                grads[0] = dx
-            }
-            if weight.requiresGrad {
-                let dw = Tensor(uninitialized: [outF, inF])
-                BLAS.sgemm(transA: true, m: outF, n: inF, k: rows, a: gc.pointer, lda: outF, b: x.pointer, ldb: inF, c: dw.pointer, ldc: inF)
-                grads[1] = dw
-            }
-            if let bias {
-                grads.append(bias.requiresGrad ? gc.reshapeRaw([rows, outF]).sumRaw(axes: [0]).reshapeRaw([outF]) : nil)
-            }
-            return grads
-        }
+        return Tensor.linear(parts: [self], weight, bias, geluFrom: column)
     }
 
     /// The distance between consecutive rows (every axis but the last flattened) when the last
@@ -127,11 +97,17 @@ extension Tensor {
     /// output (the single-stream block's linear2 over [attention ; GELU(mlp)]). The parts share
     /// all axes but the last.
     public static func linear(concatenating parts: [Tensor], _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+        linear(parts: parts, weight, bias, geluFrom: nil)
+    }
+
+    /// `linear` over the concatenation of `parts` (one part: plain `linear`), then GELU on output
+    /// columns >= geluFrom (applied with the last part's product, when the sum is complete).
+    private static func linear(parts: [Tensor], _ weight: Tensor, _ bias: Tensor?, geluFrom: Int?) -> Tensor {
         precondition(!parts.isEmpty, "linear(concatenating:) needs at least one part")
         let lead = Array(parts[0].shape.dropLast())
         let widths = parts.map { $0.shape[$0.rank - 1] }
         let inF = widths.reduce(0, +), outF = weight.shape[0]
-        precondition(weight.rank == 2 && weight.shape[1] == inF, "linear: parts of widths \(widths), weight \(weight.shape)")
+        precondition(weight.rank == 2 && weight.shape[1] == inF, "linear: input(s) of width \(widths), weight \(weight.shape)")
         precondition(parts.allSatisfy { Array($0.shape.dropLast()) == lead }, "linear: parts \(parts.map(\.shape)) differ before the last axis")
         if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape) for \(outF) outputs") }
         // A part whose rows lie at one stride (a column slice of a fused projection) is read in place.
@@ -142,7 +118,8 @@ extension Tensor {
         let out = Tensor(uninitialized: lead + [outF])
         for (i, x) in xs.enumerated() {
             BLAS.sgemm(transB: true, m: rows, n: outF, k: widths[i], a: x.pointer, lda: lds[i], b: w.pointer + columns[i], ldb: inF,
-                       beta: i == 0 ? 0 : 1, c: out.pointer, ldc: outF, bias: i == 0 ? bc.map { UnsafePointer($0.pointer) } : nil)
+                       beta: i == 0 ? 0 : 1, c: out.pointer, ldc: outF, bias: i == 0 ? bc.map { UnsafePointer($0.pointer) } : nil,
+                       geluFrom: i == xs.count - 1 ? geluFrom : nil)
         }
         withExtendedLifetime(bc) {}
         let inputs = parts + [weight] + (bias.map { [$0] } ?? [])
