@@ -151,7 +151,11 @@ extension Tensor {
             func finish(_ t: Tensor) {
                 if let node = t.gradNode { ready.push(t, node.sequence); return }
                 owned.remove(ObjectIdentifier(t))
-                if let g = grads.removeValue(forKey: ObjectIdentifier(t)) { t.accumulateGrad(g) }
+                if var g = grads.removeValue(forKey: ObjectIdentifier(t)) {
+                    // Nothing else holds g (a weight's fresh dW, typically): it becomes .grad as is.
+                    let adopt = isKnownUniquelyReferenced(&g) && g.ownsWholeStorage()
+                    t.accumulateGrad(g, adopting: adopt)
+                }
                 t.gradReadyHook?(t)
             }
             finish(self)
@@ -182,6 +186,7 @@ extension Tensor {
                 for (j, input) in node.inputs.enumerated() where input.requiresGrad {
                     let key = ObjectIdentifier(input)
                     if let ig = inputGrads?[j] {
+                        inputGrads?[j] = nil  // grads holds it alone: a leaf can adopt it
                         precondition(ig.shape == input.shape, "\(node.name): gradient \(ig.shape) for input \(input.shape)")
                         if let existing = grads[key] {
                             if owned.contains(key) {
@@ -214,11 +219,13 @@ extension Tensor {
         gradReadyHook = hook
     }
 
-    func accumulateGrad(_ g: Tensor) {
+    /// `adopting`: g is referenced by nothing else and owns its whole storage, so it can be
+    /// `.grad` itself; otherwise it may alias another tensor's storage and is copied.
+    func accumulateGrad(_ g: Tensor, adopting: Bool = false) {
         if let existing = grad {
             existing.addInPlace(g)
         } else {
-            grad = g.copy()  // g may alias another tensor's storage
+            grad = adopting ? g : g.copy()
         }
     }
 

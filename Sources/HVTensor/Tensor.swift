@@ -85,6 +85,12 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// A new contiguous copy (no graph history).
+    /// True when this contiguous tensor covers all of its storage and no other tensor shares
+    /// that storage.
+    func ownsWholeStorage() -> Bool {
+        offset == 0 && storage.count == count && isContiguous && isKnownUniquelyReferenced(&storage)
+    }
+
     public func copy() -> Tensor {
         let out = Tensor(uninitialized: shape)
         copyStrided(from: self, to: out.pointer)

@@ -155,6 +155,32 @@ final class CoreTests: XCTestCase {
         XCTAssertNil(w.grad)
     }
 
+    /// A leaf keeps, as its .grad, a gradient that nothing else holds (a weight's fresh dW:
+    /// no copy), and copies one that is shared (add hands one gradient to both inputs).
+    func testLeavesAdoptOnlyUnsharedGradients() {
+        let w = Tensor([1, 2, 3], shape: [3], requiresGrad: true)
+        weak var made: Tensor?
+        let y = Tensor.recordCustom("double", output: GradMode.withoutGrad { w * 2 }, inputs: [w]) { g in
+            let d = g * 2
+            made = d
+            return [d]
+        }
+        y.sum().backward()
+        XCTAssertNotNil(made)
+        XCTAssertTrue(w.grad === made, "the unshared gradient was copied")
+        XCTAssertEqual(w.grad!.scalars, [2, 2, 2])
+        (w * 3).sum().backward()  // accumulates into the adopted tensor
+        XCTAssertEqual(w.grad!.scalars, [5, 5, 5])
+
+        let a = Tensor([1, 2], shape: [2], requiresGrad: true), b = Tensor([3, 4], shape: [2], requiresGrad: true)
+        let seed = Tensor([5, 6], shape: [2])
+        (a + b).backward(seed)
+        XCTAssertFalse(a.grad === b.grad || a.grad!.pointer == b.grad!.pointer || a.grad!.pointer == seed.pointer)
+        a.grad!.pointer[0] = 100
+        XCTAssertEqual(b.grad!.scalars, [5, 6])
+        XCTAssertEqual(seed.scalars, [5, 6])
+    }
+
     /// The graph is freed after backward: backward rules capture their outputs, which own their
     /// nodes, so without releasing nodes every step's activations would stay alive.
     func testGraphIsFreedAfterBackward() {
