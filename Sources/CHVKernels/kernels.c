@@ -72,6 +72,25 @@ HV_CLONES float hv_row_sum(const float *row, size_t n) {
     return s;
 }
 
+HV_CLONES void hv_column_sums(const float *src, size_t rows, size_t cols, size_t ld, float *dst) {
+    // 64 columns at a time, their sums held in registers (8 x 8 lanes) while the rows stream past.
+    size_t c0 = 0;
+    for (; c0 + 64 <= cols; c0 += 64) {
+        float acc[64];
+        for (int k = 0; k < 64; k++) acc[k] = 0.0f;
+        for (size_t r = 0; r < rows; r++) {
+            const float *s = src + r * ld + c0;
+            for (int k = 0; k < 64; k++) acc[k] += s[k];
+        }
+        for (int k = 0; k < 64; k++) dst[c0 + k] = acc[k];
+    }
+    for (; c0 < cols; c0++) {
+        float a = 0.0f;
+        for (size_t r = 0; r < rows; r++) a += src[r * ld + c0];
+        dst[c0] = a;
+    }
+}
+
 HV_CLONES void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta) {
     for (size_t j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - delta);
 }

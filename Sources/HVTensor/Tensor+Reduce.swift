@@ -22,15 +22,22 @@ extension Tensor {
                 cur = out
                 continue
             }
-            // Split over outer slices, or over columns when there is one slice (bias gradients).
-            let columns = outer == 1
-            Parallel.chunks(columns ? inner : outer, grain: Swift.max(1, Parallel.grain / Swift.max(1, columns ? n : n * inner))) { part in
-                for i in columns ? 0..<1 : part {
+            if outer == 1 {
+                // Column sums (bias gradients): threads take blocks of 64 columns.
+                let blocks = (inner + 63) / 64
+                Parallel.chunks(blocks, grain: Swift.max(1, Parallel.grain / Swift.max(1, 64 * n))) { part in
+                    let lo = part.lowerBound * 64, hi = Swift.min(inner, part.upperBound * 64)
+                    hv_column_sums(p + lo, n, hi - lo, inner, o + lo)
+                }
+                cur = out
+                continue
+            }
+            Parallel.chunks(outer, grain: Swift.max(1, Parallel.grain / Swift.max(1, n * inner))) { part in
+                for i in part {
                     let dst = o + i * inner
-                    let ks = columns ? part : 0..<inner
                     for j in 0..<n {
                         let src = p + (i * n + j) * inner
-                        for k in ks { dst[k] += src[k] }
+                        for k in 0..<inner { dst[k] += src[k] }
                     }
                 }
             }

@@ -27,6 +27,21 @@ final class CoreTests: XCTestCase {
         }
     }
 
+    /// Column sums (bias gradients) add each column's rows in order: equal to a sequential sum,
+    /// for widths around the kernel's 64-column blocks.
+    func testColumnSumsAddRowsInOrder() {
+        for (rows, cols) in [(37, 150), (1, 64), (5, 63), (300, 129)] {
+            let values = (0..<(rows * cols)).map { Float(sin(Double($0) * 0.71)) * 1000 + 0.1 }
+            let got = Tensor(values, shape: [rows, cols]).sum(axes: [0]).scalars
+            XCTAssertEqual(got.count, cols)
+            for c in 0..<cols {
+                var s: Float = 0
+                for r in 0..<rows { s += values[r * cols + c] }
+                XCTAssertEqual(got[c], s, "column \(c) of \([rows, cols])")
+            }
+        }
+    }
+
     func testSgemmMatchesNaiveMatmul() {
         let a = randomTensor([37, 53], seed: 1), b = randomTensor([53, 29], seed: 2)
         let c = a.matmul(b)

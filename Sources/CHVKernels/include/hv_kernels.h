@@ -17,6 +17,9 @@ float hv_row_max(const float *row, size_t n);
 /// sequential order, so it may differ from a left-to-right sum in the last bits).
 float hv_row_sum(const float *row, size_t n);
 
+/// dst[j] = sum over r < rows of src[r * ld + j], for j < cols, each column summed in row order.
+void hv_column_sums(const float *src, size_t rows, size_t cols, size_t ld, float *dst);
+
 /// ds[j] = p[j] * (dp[j] - delta) (softmax backward inside blocked attention).
 void hv_softmax_grad_row(const float *p, float *dp, size_t n, float delta);
 
