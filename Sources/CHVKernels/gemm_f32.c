@@ -357,6 +357,56 @@ static void small_part(void *arg, int t) {
     gelu_columns(p->C, p->ldc, M, j0, j1, p->gelu_from);
 }
 
+// One row of A against a B whose rows are contiguous (the input gradient of a one-row linear,
+// dx = dy W: the adaLN modulation's): bound by streaming B, which packing would read and write
+// once more. Threads split the columns of C; each streams its columns of B row by row with 64
+// sums in 8 ymm accumulators.
+typedef struct {
+    int N, K;
+    const float *A;
+    long csa;
+    const float *B;
+    long rsb;
+    float *C;
+    float alpha;
+    int accumulate;
+    const float *bias;
+    int gelu_from;
+    int threads;
+} gemv_plan;
+
+F32_TARGET
+static void gemv_part(void *arg, int t) {
+    gemv_plan *p = arg;
+    const int per = ceil_div(ceil_div(p->N, 64), p->threads) * 64;
+    const int j0 = t * per < p->N ? t * per : p->N, j1 = j0 + per < p->N ? j0 + per : p->N;
+    for (int c0 = j0; c0 < j1; c0 += 64) {
+        const int w = j1 - c0 < 64 ? j1 - c0 : 64;
+        float acc[64];
+        if (w == 64) {
+            __m256 s[8];
+            for (int i = 0; i < 8; i++) s[i] = _mm256_setzero_ps();
+            for (int k = 0; k < p->K; k++) {
+                const __m256 a = _mm256_broadcast_ss(p->A + (long)k * p->csa);
+                const float *b = p->B + (long)k * p->rsb + c0;
+                for (int i = 0; i < 8; i++) s[i] = _mm256_fmadd_ps(a, _mm256_loadu_ps(b + 8 * i), s[i]);
+            }
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(acc + 8 * i, s[i]);
+        } else {
+            for (int i = 0; i < w; i++) acc[i] = 0.0f;
+            for (int k = 0; k < p->K; k++) {
+                const float a = p->A[(long)k * p->csa], *b = p->B + (long)k * p->rsb + c0;
+                for (int i = 0; i < w; i++) acc[i] += a * b[i];
+            }
+        }
+        for (int i = 0; i < w; i++) {
+            float *c = p->C + c0 + i;
+            *c = p->alpha * acc[i] + (p->accumulate ? *c : 0.0f) + (p->bias ? p->bias[c0 + i] : 0.0f);
+        }
+    }
+    gelu_columns(p->C, 0, 1, j0, j1, p->gelu_from);
+}
+
 // The same CPU features as the fused attention kernel.
 int hv_f32_gemm_available(void) { return hv_attention_available(); }
 
@@ -371,6 +421,15 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         return;
     }
     long macs = (long)M * N * K;
+    if (M == 1 && csb == 1) {
+        if (macs < (1L << 18)) threads = 1;  // B under 1 MiB: not worth waking a thread
+        if (threads > ceil_div(N, 64)) threads = ceil_div(N, 64);
+        threads = hv_pool_acquire(threads);
+        gemv_plan plan = {N, K, A, csa, B, rsb, C, alpha, accumulate, bias, gelu_from, threads};
+        hv_pool_run(threads, gemv_part, &plan);
+        hv_pool_release(threads);
+        return;
+    }
     if (macs < (1L << 21)) threads = 1;
     if (M <= SMALL_M && csa == 1 && rsb == 1) {
         if (N < 64 * threads) threads = N / 64 > 1 ? N / 64 : 1;  // the threads share the memory bandwidth; one is enough for small N

@@ -28,7 +28,9 @@ final class F32GemmTests: XCTestCase {
         let shapes = [(1, 1, 1), (1, 300, 70), (5, 40, 9), (16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40),
                       // Above the 2^21 multiply-adds under which a product runs on one thread: the small path's
                       // column split, and N past one 2048-column block split over threads.
-                      (2, 9000, 130), (40, 4200, 16)]
+                      (2, 9000, 130), (40, 4200, 16),
+                      // One row (the one-row path when B's rows are contiguous), split over threads.
+                      (1, 600, 3000)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {
