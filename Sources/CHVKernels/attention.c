@@ -111,14 +111,15 @@ static int strip_panels(int mr, int kp, int cb, long row0, long colOffset) {
 }
 
 /* Scores of one strip: rows (strip + r * kp) get scale * q k^T + bias, then -inf past the causal
- * limit; returns the number of 16-key panels computed (the rest of each row is untouched). */
-AT_TARGET static int strip_scores(int mr, const float *q, long ldq, int d, const float *ktp, const float *bias, int kp,
-                                  float *strip, int cb, long row0, long colOffset) {
+ * limit; returns the number of 16-key panels computed (the rest of each row is untouched).
+ * bias is zero before biasFrom (a multiple of 8), where it is not added. */
+AT_TARGET static int strip_scores(int mr, const float *q, long ldq, int d, const float *ktp, const float *bias, int biasFrom,
+                                  int kp, float *strip, int cb, long row0, long colOffset) {
     const int np = strip_panels(mr, kp, cb, row0, colOffset);
     for (int pj = 0; pj < np; pj++) mk_rows(mr, d, q, ldq, ktp + (long)pj * d * 16, 16, strip + pj * 16, kp, 0);
     for (int r = 0; r < mr; r++) {
         float *row = strip + (long)r * kp;
-        for (int j = 0; j < np * 16; j += 8)
+        for (int j = biasFrom; j < np * 16; j += 8)
             _mm256_storeu_ps(row + j, _mm256_add_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(bias + j)));
         if (cb > 0) {
             long lim = causal_limit(cb, row0 + r, colOffset);
@@ -128,9 +129,15 @@ AT_TARGET static int strip_scores(int mr, const float *q, long ldq, int d, const
     return np;
 }
 
-/* Bias per padded key: 0 where attended, -inf for masked keys and padding. */
-static void key_bias(const float *keyMask, int sk, int kp, float *bias) {
-    for (int j = 0; j < kp; j++) bias[j] = j < sk && (!keyMask || keyMask[j] != 0) ? 0.0f : -INFINITY;
+/* Bias per padded key: 0 where attended, -inf for masked keys and padding. Returns the first
+ * key of the first 8 with a bias (kp when none: every key attended, no padding). */
+static int key_bias(const float *keyMask, int sk, int kp, float *bias) {
+    int first = kp;
+    for (int j = kp - 1; j >= 0; j--) {
+        bias[j] = j < sk && (!keyMask || keyMask[j] != 0) ? 0.0f : -INFINITY;
+        if (bias[j] != 0.0f) first = j;
+    }
+    return first / 8 * 8;
 }
 
 int hv_attention_probs_stride(int sk) { return round_up(sk, 48); }
@@ -147,10 +154,10 @@ AT_TARGET static int forward_head(const float *q, long ldq, const float *k, long
     float *vp = ktp + (size_t)kp * d, *bias = vp + (size_t)kp * d, *strip = bias + kp;
     pack_panels_t(k, ldk, sk, kp, d, scale, ktp);
     pack_panels_n(v, ldv, sk, kp, d, 1.0f, vp);
-    key_bias(keyMask, sk, kp, bias);
+    const int biasFrom = key_bias(keyMask, sk, kp, bias);
     for (int r0 = 0; r0 < sq; r0 += 6) {
         const int mr = sq - r0 < 6 ? sq - r0 : 6;
-        const int np = strip_scores(mr, q + (long)r0 * ldq, ldq, d, ktp, bias, kp, strip, causalBlock, rowOffset + r0, colOffset);
+        const int np = strip_scores(mr, q + (long)r0 * ldq, ldq, d, ktp, bias, biasFrom, kp, strip, causalBlock, rowOffset + r0, colOffset);
         const int n = np * 16;
         float inv[6];
         for (int r = 0; r < mr; r++) {
@@ -230,7 +237,7 @@ AT_TARGET static int backward_head(const float *q, const float *k, const float *
     pack_panels_t(v, d, sk, kp, d, 1.0f, vtp);    // dP = dO v^T
     pack_panels_n(k, d, sk, kp, d, scale, kn);    // dQ = dS (scale k)
     memset(dkacc, 0, sizeof(float) * kd * 2);
-    key_bias(keyMask, sk, kp, bias);
+    const int biasFrom = key_bias(keyMask, sk, kp, bias);
     for (int r = 0; r < sq; r++) {
         const float *g = dout + (long)r * d, *o = out + (long)r * d;
         __m256 s = _mm256_setzero_ps();
@@ -250,7 +257,7 @@ AT_TARGET static int backward_head(const float *q, const float *k, const float *
             float *ds = dsblk + (long)(r0 - qb) * kp;
             const float *p = pb + (long)(r0 - qb) * kp;
             const int np = probs ? strip_panels(mr, kp, causalBlock, r0, colOffset)
-                                 : strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, kp, pblk + (long)(r0 - qb) * kp, causalBlock, r0, colOffset);
+                                 : strip_scores(mr, q + (long)r0 * d, d, d, ktp, bias, biasFrom, kp, pblk + (long)(r0 - qb) * kp, causalBlock, r0, colOffset);
             const int n = np * 16;
             if (n > nmax) {  // rows of earlier strips are zero over the newly reached keys
                 for (int i = 0; i < r0 - qb; i++) {

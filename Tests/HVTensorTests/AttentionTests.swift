@@ -132,6 +132,8 @@ final class AttentionTests: XCTestCase {
     }
 
     func testMatchesNaiveUnmasked() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 29, masked: false) }
+    /// Every key attended and none padded (48 keys): the kernel adds no bias at all.
+    func testMatchesNaiveUnmaskedWithoutPadding() { compare(blockQ: 16, blockK: 8, sq: 37, sk: 48, masked: false) }
     func testMatchesNaiveMasked() { compare(blockQ: 8, blockK: 16, sq: 40, sk: 45, masked: true) }
     func testMatchesNaiveSingleBlock() { compare(blockQ: 256, blockK: 256, sq: 33, sk: 50, masked: true) }
     /// The DiT's head size (64) at sizes around the fused kernel's 6-row strips, 16-key panels and
