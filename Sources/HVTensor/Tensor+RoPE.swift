@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 
 /// HunyuanVideo's 3D rotary position embedding (official `get_nd_rotary_pos_embed` with
@@ -53,6 +54,46 @@ extension Tensor {
             Tensor.rotate(gc.pointer, dx.pointer, c.pointer, s.pointer, B: B, S: S, rotated: N, Hh: Hh, D: D, inverse: true)
             return [dx]
         }
+    }
+
+    /// `rmsNorm(weight:eps:)` and then, with tables, `applyRotary(cos:sin:)`, as one op when
+    /// nothing is recorded (sampling): x [B, S, heads, D] (any strides, D contiguous: the q or k
+    /// of a fused QKV projection) is read where it lies and each row normalised and rotated in
+    /// one pass, where the separate ops copy x and write two tensors. The same arithmetic as
+    /// the separate ops. Under a graph, the separate ops.
+    public func rmsNormRotary(weight: Tensor, eps: Float, cos: Tensor?, sin: Tensor?) -> Tensor {
+        guard !Tensor.willRecord([self, weight]), rank == 4, strides[3] == 1, shape[3] % 2 == 0 else {
+            let n = rmsNorm(weight: weight, eps: eps)
+            guard let cos, let sin else { return n }
+            return n.applyRotary(cos: cos, sin: sin)
+        }
+        let B = shape[0], S = shape[1], Hh = shape[2], D = shape[3], N = cos?.shape[0] ?? 0
+        precondition(weight.shape == [D], "rmsNorm: weight \(weight.shape) for last dim \(D)")
+        if let cos, let sin { precondition(cos.shape == [N, D] && sin.shape == [N, D] && N <= S, "applyRotary: tables \(cos.shape) for x \(shape)") }
+        let w = weight.contiguous(), c = cos?.contiguous(), s = sin?.contiguous()
+        let out = Tensor(uninitialized: shape)
+        let xp = UncheckedSendable(pointer), op = UncheckedSendable(out.pointer), wp = UncheckedSendable(w.pointer)
+        let cp = UncheckedSendable(c?.pointer), sp = UncheckedSendable(s?.pointer), st = strides
+        Parallel.chunks(B * S, grain: Swift.max(1, Parallel.grain / Swift.max(1, Hh * D))) { tokens in
+            var rstd: Float = 0
+            for bt in tokens {
+                let b = bt / S, t = bt % S
+                for h in 0..<Hh {
+                    let o = op.value + (bt * Hh + h) * D
+                    hv_norm_rows(xp.value + b * st[0] + t * st[1] + h * st[2], o, o, &rstd, wp.value, nil, 1, D, eps, 0)
+                    guard t < N, let cr = cp.value.map({ $0 + t * D }), let sr = sp.value.map({ $0 + t * D }) else { continue }
+                    var i = 0
+                    while i < D {  // as `rotate`
+                        let x0 = o[i], x1 = o[i + 1]
+                        o[i] = x0 * cr[i] - x1 * sr[i]
+                        o[i + 1] = x1 * cr[i + 1] + x0 * sr[i + 1]
+                        i += 2
+                    }
+                }
+            }
+        }
+        withExtendedLifetime((self, w, c, s)) {}
+        return out
     }
 
     /// The rotation (or its transpose, for the backward pass).

@@ -34,6 +34,16 @@ extension Tensor {
 
     public func flatten() -> Tensor { reshape([count]) }
 
+    /// Without a graph, a fused projection [B, L, 3 * heads * D] whose rows lie at one stride
+    /// (contiguous, or a column slice of a wider projection) as views q, k, v [B, L, heads, D]
+    /// (no copy); nil under a graph or for another layout.
+    public func qkvViews(heads: Int) -> (q: Tensor, k: Tensor, v: Tensor)? {
+        guard rank == 3, heads > 0, shape[2] % (3 * heads) == 0, !Tensor.willRecord([self]), let rs = rowStride else { return nil }
+        let B = shape[0], L = shape[1], D = shape[2] / (3 * heads)
+        let views = (0..<3).map { Tensor(storage: storage, shape: [B, L, heads, D], strides: [L * rs, rs, D, 1], offset: offset + $0 * heads * D) }
+        return (views[0], views[1], views[2])
+    }
+
     /// A size-1 axis inserted at `axis`: always a view (strided tensors are not copied).
     public func unsqueeze(_ axis: Int) -> Tensor {
         let a = axis < 0 ? axis + rank + 1 : axis

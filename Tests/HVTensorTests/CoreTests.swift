@@ -347,6 +347,32 @@ final class CoreTests: XCTestCase {
         XCTAssertLessThan(maxAbsDiff(back, x), 1e-5)
     }
 
+    /// Without a graph, q/k/v are views of a fused projection's column slice, and RMSNorm +
+    /// rotary in one pass over such a strided view equals the separate ops (the same arithmetic:
+    /// bit-equal), with rotary tables for the first tokens and without tables.
+    func testQKVViewsAndRMSNormRotaryEqualSeparateOps() {
+        let B = 2, L = 7, heads = 3, D = 8, W = 3 * heads * D + 10
+        let wide = randomTensor([B, L, W], seed: 5)
+        let qkv = wide.slice(axis: 2, start: 4, length: 3 * heads * D)
+        guard let (q, k, v) = qkv.qkvViews(heads: heads) else { return XCTFail("no views of a column slice") }
+        let ws = wide.scalars
+        for (part, x) in [q, k, v].enumerated() {
+            XCTAssertEqual(x.shape, [B, L, heads, D])
+            XCTAssertTrue(x.storage === wide.storage, "a copy, not a view")
+            let expected = (0..<(B * L)).flatMap { row in (0..<(heads * D)).map { ws[row * W + 4 + part * heads * D + $0] } }
+            XCTAssertEqual(x.scalars, expected)
+        }
+        let w = randomTensor([D], seed: 6)
+        let (c, s) = RoPE3D.frequencies(grid: (1, 1, 5), dims: [2, 2, 4])
+        for x in [q, k] {
+            XCTAssertEqual(x.rmsNormRotary(weight: w, eps: 1e-6, cos: c, sin: s).scalars,
+                           x.contiguous().rmsNorm(weight: w, eps: 1e-6).applyRotary(cos: c, sin: s).scalars)
+            XCTAssertEqual(x.rmsNormRotary(weight: w, eps: 1e-6, cos: nil, sin: nil).scalars, x.contiguous().rmsNorm(weight: w, eps: 1e-6).scalars)
+        }
+        qkv.requiresGrad = true
+        XCTAssertNil(qkv.qkvViews(heads: heads), "views under a graph")
+    }
+
     /// softmax (and so blocked attention) uses the vectorised exp kernel: check it against float64.
     func testSoftmaxMatchesFloat64() {
         let x = randomTensor([7, 300], seed: 11, std: 8)

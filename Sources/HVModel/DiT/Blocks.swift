@@ -43,14 +43,12 @@ public final class MMDoubleStreamBlock: Module {
         let im = img_mod(vec, factor: 6), tm = txt_mod(vec, factor: 6)
         let N = img.shape[1]
         var (iq, ik, iv) = splitQKV(img_attn_qkv(modulatedLayerNorm(img, shift: im[0], scale: im[1])), heads: heads)
-        if let n = img_attn_q_norm { iq = n(iq) }
-        if let n = img_attn_k_norm { ik = n(ik) }
         precondition(rope.cos.shape[0] == N, "double block: rope tables for \(rope.cos.shape[0]) tokens, \(N) video tokens")
-        iq = iq.applyRotary(cos: rope.cos, sin: rope.sin)
-        ik = ik.applyRotary(cos: rope.cos, sin: rope.sin)
+        iq = normRotary(iq, img_attn_q_norm, rope)
+        ik = normRotary(ik, img_attn_k_norm, rope)
         var (tq, tk, tv) = splitQKV(txt_attn_qkv(modulatedLayerNorm(txt, shift: tm[0], scale: tm[1])), heads: heads)
-        if let n = txt_attn_q_norm { tq = n(tq) }
-        if let n = txt_attn_k_norm { tk = n(tk) }
+        tq = normRotary(tq, txt_attn_q_norm, nil)
+        tk = normRotary(tk, txt_attn_k_norm, nil)
         let a = jointAttention(Tensor.concat([iq, tq], axis: 1), Tensor.concat([ik, tk], axis: 1), Tensor.concat([iv, tv], axis: 1),
                                videoTokens: N, keyMask: keyMask, cp: cp)
         let ia = a.slice(axis: 1, start: 0, length: N), ta = a.slice(axis: 1, start: N, length: a.shape[1] - N)
@@ -92,11 +90,9 @@ public final class MMSingleStreamBlock: Module {
         let h = fusedGELU ? linear1(xm, geluFromColumn: 3 * hidden) : linear1(xm)
         let parts = h.split([3 * hidden, mlpHidden], axis: -1)
         var (q, k, v) = splitQKV(parts[0], heads: heads)
-        if let n = q_norm { q = n(q) }
-        if let n = k_norm { k = n(k) }
         precondition(rope.cos.shape[0] == N, "single block: rope tables for \(rope.cos.shape[0]) tokens, \(N) video tokens")
-        q = q.applyRotary(cos: rope.cos, sin: rope.sin)  // the N video tokens; text tokens pass through
-        k = k.applyRotary(cos: rope.cos, sin: rope.sin)
+        q = normRotary(q, q_norm, rope)  // rotary on the N video tokens; text tokens pass through
+        k = normRotary(k, k_norm, rope)
         let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
         let out = linear2(concatenating: [a, fusedGELU ? parts[1] : parts[1].gelu()])
         return x + applyGate(out, m[2])

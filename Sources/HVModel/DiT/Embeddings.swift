@@ -128,6 +128,13 @@ func modulatedLayerNorm(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
 /// x * gate, gate [B, H] broadcast over tokens.
 @inline(__always) func applyGate(_ x: Tensor, _ gate: Tensor) -> Tensor { x * gate.unsqueeze(1) }
 
+/// q or k [B, L, heads, D]: the optional QK RMSNorm, then the rotary over the first
+/// `rope.cos.shape[0]` tokens (none without tables); one pass when nothing is recorded.
+func normRotary(_ x: Tensor, _ norm: RMSNorm?, _ rope: (cos: Tensor, sin: Tensor)?) -> Tensor {
+    guard let norm else { return rope.map { x.applyRotary(cos: $0.cos, sin: $0.sin) } ?? x }
+    return x.rmsNormRotary(weight: norm.weight, eps: norm.eps, cos: rope?.cos, sin: rope?.sin)
+}
+
 /// Multi-head attention over tokens: q, k, v [B, L, heads, D] -> [B, L, heads * D].
 func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor?) -> Tensor {
     let B = q.shape[0], L = q.shape[1], heads = q.shape[2], D = q.shape[3]
@@ -135,8 +142,9 @@ func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, keyMask: Tensor?) -> Tenso
     return o.transpose(1, 2).reshape([B, L, heads * D])
 }
 
-/// Fused QKV [B, L, 3 * heads * D] -> (q, k, v) each [B, L, heads, D].
+/// Fused QKV [B, L, 3 * heads * D] -> (q, k, v) each [B, L, heads, D] (views without a graph).
 func splitQKV(_ qkv: Tensor, heads: Int) -> (Tensor, Tensor, Tensor) {
+    if let v = qkv.qkvViews(heads: heads) { return v }
     let B = qkv.shape[0], L = qkv.shape[1], D = qkv.shape[2] / (3 * heads)
     let parts = qkv.reshape([B, L, 3, heads, D]).chunk(3, axis: 2)
     return (parts[0].squeeze(2), parts[1].squeeze(2), parts[2].squeeze(2))
