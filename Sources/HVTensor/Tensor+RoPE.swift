@@ -74,13 +74,15 @@ extension Tensor {
         let out = Tensor(uninitialized: shape)
         let xp = UncheckedSendable(pointer), op = UncheckedSendable(out.pointer), wp = UncheckedSendable(w.pointer)
         let cp = UncheckedSendable(c?.pointer), sp = UncheckedSendable(s?.pointer), st = strides
+        let headsAdjacent = st[2] == D  // a token's heads form one run of rows: one norm call per token
         Parallel.chunks(B * S, grain: Swift.max(1, Parallel.grain / Swift.max(1, Hh * D))) { tokens in
-            var rstd: Float = 0
+            var rstd = [Float](repeating: 0, count: Hh)
             for bt in tokens {
-                let b = bt / S, t = bt % S
+                let b = bt / S, t = bt % S, x = xp.value + b * st[0] + t * st[1]
+                if headsAdjacent { hv_norm_rows(x, op.value + bt * Hh * D, op.value + bt * Hh * D, &rstd, wp.value, nil, Hh, D, eps, 0) }
                 for h in 0..<Hh {
                     let o = op.value + (bt * Hh + h) * D
-                    hv_norm_rows(xp.value + b * st[0] + t * st[1] + h * st[2], o, o, &rstd, wp.value, nil, 1, D, eps, 0)
+                    if !headsAdjacent { hv_norm_rows(x + h * st[2], o, o, &rstd, wp.value, nil, 1, D, eps, 0) }
                     guard t < N, let cr = cp.value.map({ $0 + t * D }), let sr = sp.value.map({ $0 + t * D }) else { continue }
                     var i = 0
                     while i < D {  // as `rotate`

@@ -364,7 +364,8 @@ final class CoreTests: XCTestCase {
         }
         let w = randomTensor([D], seed: 6)
         let (c, s) = RoPE3D.frequencies(grid: (1, 1, 5), dims: [2, 2, 4])
-        for x in [q, k] {
+        // q, k (a token's heads adjacent) and a transposed tensor (heads apart)
+        for x in [q, k, randomTensor([B, heads, L, D], seed: 7).transpose(1, 2)] {
             XCTAssertEqual(x.rmsNormRotary(weight: w, eps: 1e-6, cos: c, sin: s).scalars,
                            x.contiguous().rmsNorm(weight: w, eps: 1e-6).applyRotary(cos: c, sin: s).scalars)
             XCTAssertEqual(x.rmsNormRotary(weight: w, eps: 1e-6, cos: nil, sin: nil).scalars, x.contiguous().rmsNorm(weight: w, eps: 1e-6).scalars)
