@@ -51,6 +51,15 @@ int hv_attention_available(void) {
         t = _mm256_broadcast_ss(a5 + o);                                                        \
         c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);                   \
     }                                                                                           \
+    if (mr == 6 && !accumulate) {                                                               \
+        _mm256_storeu_ps(C, c00); _mm256_storeu_ps(C + 8, c01);                                 \
+        _mm256_storeu_ps(C + ldc, c10); _mm256_storeu_ps(C + ldc + 8, c11);                     \
+        _mm256_storeu_ps(C + 2 * ldc, c20); _mm256_storeu_ps(C + 2 * ldc + 8, c21);             \
+        _mm256_storeu_ps(C + 3 * ldc, c30); _mm256_storeu_ps(C + 3 * ldc + 8, c31);             \
+        _mm256_storeu_ps(C + 4 * ldc, c40); _mm256_storeu_ps(C + 4 * ldc + 8, c41);             \
+        _mm256_storeu_ps(C + 5 * ldc, c50); _mm256_storeu_ps(C + 5 * ldc + 8, c51);             \
+        return;                                                                                 \
+    }                                                                                           \
     __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};             \
     for (int r = 0; r < mr; r++) {                                                              \
         float *cr = C + (long)r * ldc;                                                          \

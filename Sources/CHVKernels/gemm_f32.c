@@ -421,9 +421,10 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         return;
     }
     long macs = (long)M * N * K;
-    if (M == 1 && csb == 1) {
+    // One row: threads split 64-column blocks, so narrow products with long rows (N < 64 x
+    // threads) keep the general path's finer split.
+    if (M == 1 && csb == 1 && (macs < (1L << 18) || threads <= 1 || N >= 64 * threads)) {
         if (macs < (1L << 18)) threads = 1;  // B under 1 MiB: not worth waking a thread
-        if (threads > ceil_div(N, 64)) threads = ceil_div(N, 64);
         threads = hv_pool_acquire(threads);
         gemv_plan plan = {N, K, A, csa, B, rsb, C, alpha, accumulate, bias, gelu_from, threads};
         hv_pool_run(threads, gemv_part, &plan);

@@ -164,7 +164,7 @@ public final class RingAttention {
             dLocal = [dkl, dvl]
         }
         // dK, dV of the own block: this rank's share, then the others' sums. Two storages, so
-        // that autograd can free dK once copied into k.grad while dV waits.
+        // that autograd can free dK once accumulated into k.grad while dV waits.
         let dk = Tensor(zeros: k.shape), dv = Tensor(zeros: v.shape)
         var computing = plan.emptySet()    // K|V chunks received in the previous round
         var sending = plan.emptySet()      // partial dK|dV sums computed in the previous round

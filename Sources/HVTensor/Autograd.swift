@@ -143,7 +143,9 @@ extension Tensor {
         // Tensors whose gradient so far is a contiguous buffer this sweep allocated (a sum, or a
         // slice's fresh buffer) that nothing else references: further contributions are added
         // into it in place. A gradient an op's rule returned may alias another tensor's (add
-        // passes g on to both inputs), so it is never written to.
+        // passes g on to both inputs), so it is never written to here; a leaf takes it as its
+        // .grad (which later accumulations and the optimizer write to) only when nothing else
+        // holds it.
         var owned = Set<ObjectIdentifier>()
         var ready = ReadyQueue()
         GradMode.withoutGrad {

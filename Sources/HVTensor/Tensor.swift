@@ -84,13 +84,13 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         Tensor(storage: storage, shape: shape, strides: strides, offset: offset)
     }
 
-    /// A new contiguous copy (no graph history).
     /// True when this contiguous tensor covers all of its storage and no other tensor shares
     /// that storage.
     func ownsWholeStorage() -> Bool {
         offset == 0 && storage.count == count && isContiguous && isKnownUniquelyReferenced(&storage)
     }
 
+    /// A new contiguous copy (no graph history).
     public func copy() -> Tensor {
         let out = Tensor(uninitialized: shape)
         copyStrided(from: self, to: out.pointer)

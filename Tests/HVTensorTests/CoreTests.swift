@@ -194,6 +194,12 @@ final class CoreTests: XCTestCase {
         a.grad!.pointer[0] = 100
         XCTAssertEqual(b.grad!.scalars, [5, 6])
         XCTAssertEqual(seed.scalars, [5, 6])
+        // add's rule hands both inputs one gradient that only the sweep holds
+        a.zeroGrad(); b.zeroGrad()
+        (a + b).sum().backward()
+        XCTAssertFalse(a.grad === b.grad || a.grad!.pointer == b.grad!.pointer)
+        a.grad!.pointer[0] = 100
+        XCTAssertEqual(b.grad!.scalars, [1, 1])
     }
 
     /// The graph is freed after backward: backward rules capture their outputs, which own their

@@ -108,6 +108,26 @@ final class F32GemmTests: XCTestCase {
         }
     }
 
+    /// One row against a B with contiguous rows (the path that streams B by rows), with a bias:
+    /// GELU on the columns from geluFrom equals the product followed by GELU, on 1 and 2 threads.
+    func testOneRowProductWithGELU() {
+        var rng = HVRandom(seed: 9)
+        BLAS.kernel = .hv
+        let (n, k) = (600, 3000)
+        let a = Tensor.randn([1, k], rng: &rng), b = Tensor.randn([k, n], std: 0.05, rng: &rng), bias = Tensor.randn([n], rng: &rng)
+        for threads in [1, 2] {
+            BLAS.threads = threads
+            for from in [0, 100, n] {
+                let fused = Tensor(uninitialized: [1, n]), plain = Tensor(uninitialized: [1, n])
+                BLAS.sgemm(m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: fused.pointer, ldc: n, bias: bias.pointer, geluFrom: from)
+                BLAS.sgemm(m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: plain.pointer, ldc: n, bias: bias.pointer)
+                let ref = from == 0 ? plain.gelu() : Tensor.concat([plain.slice(axis: 1, start: 0, length: from),
+                                                                    plain.slice(axis: 1, start: from, length: n - from).gelu()], axis: 1)
+                XCTAssertEqual(fused.scalars, ref.scalars, "from \(from) threads \(threads)")
+            }
+        }
+    }
+
     /// `linear(concatenating:)` reads a part that is a column slice of a wider tensor in place
     /// (its rows one stride apart); the result and gradients equal those of contiguous parts.
     func testLinearConcatenatingReadsColumnSlicesInPlace() {
