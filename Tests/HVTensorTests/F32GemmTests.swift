@@ -29,8 +29,8 @@ final class F32GemmTests: XCTestCase {
                       // Above the 2^21 multiply-adds under which a product runs on one thread: the small path's
                       // column split, and N past one 2048-column block split over threads.
                       (2, 9000, 130), (40, 4200, 16),
-                      // One row (the one-row path when B's rows are contiguous), split over threads.
-                      (1, 600, 3000)]
+                      // One row (the one-row paths: B's rows contiguous, or its columns), split over threads.
+                      (1, 600, 3000), (1, 7, 3000), (1, 2, 700)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {
@@ -108,22 +108,27 @@ final class F32GemmTests: XCTestCase {
         }
     }
 
-    /// One row against a B with contiguous rows (the path that streams B by rows), with a bias:
-    /// GELU on the columns from geluFrom equals the product followed by GELU, on 1 and 2 threads.
+    /// One row against a B with contiguous rows (streamed by rows) or contiguous columns (dot
+    /// products with B's columns), with a bias: GELU on the columns from geluFrom equals the
+    /// product followed by GELU, on 1 and 2 threads.
     func testOneRowProductWithGELU() {
         var rng = HVRandom(seed: 9)
         BLAS.kernel = .hv
         let (n, k) = (600, 3000)
-        let a = Tensor.randn([1, k], rng: &rng), b = Tensor.randn([k, n], std: 0.05, rng: &rng), bias = Tensor.randn([n], rng: &rng)
-        for threads in [1, 2] {
-            BLAS.threads = threads
-            for from in [0, 100, n] {
-                let fused = Tensor(uninitialized: [1, n]), plain = Tensor(uninitialized: [1, n])
-                BLAS.sgemm(m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: fused.pointer, ldc: n, bias: bias.pointer, geluFrom: from)
-                BLAS.sgemm(m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: plain.pointer, ldc: n, bias: bias.pointer)
-                let ref = from == 0 ? plain.gelu() : Tensor.concat([plain.slice(axis: 1, start: 0, length: from),
-                                                                    plain.slice(axis: 1, start: from, length: n - from).gelu()], axis: 1)
-                XCTAssertEqual(fused.scalars, ref.scalars, "from \(from) threads \(threads)")
+        let a = Tensor.randn([1, k], rng: &rng), b = Tensor.randn([k * n], std: 0.05, rng: &rng), bias = Tensor.randn([n], rng: &rng)
+        for transB in [false, true] {
+            for threads in [1, 2] {
+                BLAS.threads = threads
+                for from in [0, 100, n] {
+                    let fused = Tensor(uninitialized: [1, n]), plain = Tensor(uninitialized: [1, n])
+                    BLAS.sgemm(transB: transB, m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: transB ? k : n, c: fused.pointer, ldc: n,
+                               bias: bias.pointer, geluFrom: from)
+                    BLAS.sgemm(transB: transB, m: 1, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: transB ? k : n, c: plain.pointer, ldc: n,
+                               bias: bias.pointer)
+                    let ref = from == 0 ? plain.gelu() : Tensor.concat([plain.slice(axis: 1, start: 0, length: from),
+                                                                        plain.slice(axis: 1, start: from, length: n - from).gelu()], axis: 1)
+                    XCTAssertEqual(fused.scalars, ref.scalars, "transB \(transB) from \(from) threads \(threads)")
+                }
             }
         }
     }
