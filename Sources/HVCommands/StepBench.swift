@@ -23,11 +23,13 @@ struct StepBench: ParsableCommand {
     @Option(help: "Matmul precision: fp32, bf16 (bf16 operands, fp32 sums; PyTorch side under torch.autocast bfloat16) or both.")
     var precision = BenchPrecision.fp32
     @Flag(help: "Attention over blocked sgemm calls instead of the fused kernel (for A/B timings).") var blockedAttention = false
+    @Flag(help: "Print the wall time of hv's fp32 GEMM calls per shape (all steps, warm-ups included).") var gemmShapes = false
 
     func run() throws {
         BLAS.threads = threads
         FlashAttention.threads = threads
         FlashAttention.fused = !blockedAttention
+        BLAS.shapeLog = gemmShapes ? GemmShapeLog() : nil
         let model = try loadModelConfig(path: config)
         let dims = latent.split(separator: "x").compactMap { Int($0) }
         guard dims.count == 3 else { throw ValidationError("--latent must look like 4x32x32") }
@@ -62,5 +64,6 @@ struct StepBench: ParsableCommand {
                                               String(format: "   (median %.3f s; %@%@)", median, versions, p == .bf16 ? ", autocast bfloat16" : "")))
                                })
         r.printRatios("step time", repeats: repeats)
+        BLAS.shapeLog?.report().forEach { print($0) }
     }
 }

@@ -1,6 +1,7 @@
 import CHVBLAS
 import CHVKernels
 import Foundation
+import Synchronization
 
 /// Process-wide setup for hv's executables.
 public enum HVRuntime {
@@ -110,6 +111,8 @@ public enum BLAS {
                 return
             }
             if kernel == .hv {
+                let t0 = shapeLog != nil ? DispatchTime.now().uptimeNanoseconds : 0
+                defer { shapeLog?.record(m: m, n: n, k: k, transA: transA, transB: transB, since: t0) }
                 hv_gemm_f32(Int32(m), Int32(n), Int32(k), alpha, a, rsa, csa, b, rsb, csb, c, ldc, beta == 1 ? 1 : 0, bias, Int32(gelu), threads)
                 geluDone = true
                 return
@@ -211,4 +214,39 @@ public enum BLASEnvironment {
         let reason = String(cString: strerror(errno))
         FileHandle.standardError.write(Data("hv: could not re-exec to set OpenBLAS's environment (\(reason)); continuing with \(env["OPENBLAS_CORETYPE"] ?? "its default") kernels and thread timeout\n".utf8))
     }
+}
+
+/// Wall time of hv's fp32 GEMM calls per shape (m x n x k and transposes), for `hv-bench step|sample
+/// --gemm-shapes`: set `BLAS.shapeLog` to collect, off (nil) by default.
+public final class GemmShapeLog: Sendable {
+    private struct Entry { var calls = 0, nanos = 0.0, best = Double.infinity, flops = 0.0 }
+    private let table = Mutex<[String: Entry]>([:])
+
+    public init() {}
+
+    func record(m: Int, n: Int, k: Int, transA: Bool, transB: Bool, since t0: UInt64) {
+        let ns = Double(DispatchTime.now().uptimeNanoseconds - t0)
+        let key = "\(m)x\(n)x\(k)\(transA ? " A^T" : "")\(transB ? " B^T" : "")"
+        table.withLock { t in
+            var e = t[key] ?? Entry()
+            e.calls += 1; e.nanos += ns; e.best = min(e.best, ns); e.flops = 2 * Double(m * n * k)
+            t[key] = e
+        }
+    }
+
+    /// A heading, then one line per shape, most total time first: total ms, calls, average and
+    /// best GFLOP/s.
+    public func report() -> [String] {
+        ["hv fp32 GEMM calls by shape (m x n x k; A^T / B^T: transposed operand):"] + table.withLock { t in
+            t.sorted { $0.value.nanos > $1.value.nanos }.map { key, e in
+                String(format: "%9.1f ms  %5d calls  avg %6.1f  best %6.1f GFLOP/s  %@", e.nanos / 1e6, e.calls,
+                       e.flops * Double(e.calls) / e.nanos, e.flops / e.best, key as NSString)
+            }
+        }
+    }
+}
+
+extension BLAS {
+    /// Collects per-shape GEMM times when set (see `GemmShapeLog`).
+    nonisolated(unsafe) public static var shapeLog: GemmShapeLog?
 }

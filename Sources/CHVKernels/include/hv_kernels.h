@@ -147,9 +147,8 @@ int hv_f32_gemm_available(void);
 /// C[M x N] = alpha A·B (+ C when accumulate) (+ bias[n] when bias is not NULL), C row-major
 /// with row stride ldc; A(m, k) is A[m * rsa + k * csa] and B(k, n) is B[k * rsb + n * csb].
 /// Columns n >= gelu_from then go through hv_gelu_forward (pass N or more for none; a negative
-/// gelu_from counts as 0), each block
-/// of C right after its last product, while it is in cache: a linear layer and its GELU in one
-/// pass over the output. fp32 throughout; runs on up to `threads` threads of the GEMMs' pool
+/// gelu_from counts as 0), each block of C right after its last product, while it is in cache:
+/// a linear layer and its GELU in one pass over the output. fp32 throughout; runs on up to `threads` threads of the GEMMs' pool
 /// (split over the larger of M and N), on the calling thread alone inside an hv parallel region.
 void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                  float *C, long ldc, int accumulate, const float *bias, int gelu_from, int threads);
