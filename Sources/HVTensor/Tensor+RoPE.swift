@@ -74,24 +74,14 @@ extension Tensor {
         let out = Tensor(uninitialized: shape)
         let xp = UncheckedSendable(pointer), op = UncheckedSendable(out.pointer), wp = UncheckedSendable(w.pointer)
         let cp = UncheckedSendable(c?.pointer), sp = UncheckedSendable(s?.pointer), st = strides
-        let headsAdjacent = st[2] == D  // a token's heads form one run of rows: one norm call per token
         Parallel.chunks(B * S, grain: Swift.max(1, Parallel.grain / Swift.max(1, Hh * D))) { tokens in
-            var rstd = [Float](repeating: 0, count: Hh)
-            for bt in tokens {
-                let b = bt / S, t = bt % S, x = xp.value + b * st[0] + t * st[1]
-                if headsAdjacent { hv_norm_rows(x, op.value + bt * Hh * D, op.value + bt * Hh * D, &rstd, wp.value, nil, Hh, D, eps, 0) }
-                for h in 0..<Hh {
-                    let o = op.value + (bt * Hh + h) * D
-                    if !headsAdjacent { hv_norm_rows(x + h * st[2], o, o, &rstd, wp.value, nil, 1, D, eps, 0) }
-                    guard t < N, let cr = cp.value.map({ $0 + t * D }), let sr = sp.value.map({ $0 + t * D }) else { continue }
-                    var i = 0
-                    while i < D {  // as `rotate`
-                        let x0 = o[i], x1 = o[i + 1]
-                        o[i] = x0 * cr[i] - x1 * sr[i]
-                        o[i + 1] = x1 * cr[i + 1] + x0 * sr[i + 1]
-                        i += 2
-                    }
-                }
+            var bt = tokens.lowerBound
+            while bt < tokens.upperBound {  // runs of tokens of one sample
+                let b = bt / S, t = bt % S, run = Swift.min(tokens.upperBound - bt, S - t)
+                let rotated = Swift.max(0, Swift.min(run, N - t))
+                hv_rms_norm_rotary(xp.value + b * st[0] + t * st[1], st[1], st[2], run, op.value + bt * Hh * D, wp.value, eps,
+                                   cp.value.map { $0 + t * D }, sp.value.map { $0 + t * D }, rotated, Hh, D)
+                bt += run
             }
         }
         withExtendedLifetime((self, w, c, s)) {}

@@ -137,6 +137,23 @@ final class CoreTests: XCTestCase {
         }
     }
 
+    /// GELU (tanh form, computed as v * sigmoid(2u)) and SiLU against float64 over [-12, 12]. The
+    /// exponent's own rounding (|a| * 2^-24 for e^a) bounds the relative error, so the tolerance is
+    /// 4e-7 * (1 + |a|) relative, or 1e-30 absolute below float's normal range.
+    func testGELUAndSiLUMatchFloat64() {
+        let xs = (0...2400).map { Float($0) * 0.01 - 12 }
+        let x = Tensor(xs, shape: [xs.count])
+        let gelu = x.gelu().scalars, silu = x.silu().scalars
+        for (i, v) in xs.enumerated() {
+            let d = Double(v)
+            // 0.5 d (1 + tanh(u)) = d / (1 + e^(-2u)); the tanh form cancels to 0 in float64 too
+            let a = -2 * 0.7978845608028654 * (d + 0.044715 * d * d * d)
+            let g = d / (1 + Foundation.exp(a)), s = d / (1 + Foundation.exp(-d))
+            XCTAssertLessThanOrEqual(abs(Double(gelu[i]) - g), 4e-7 * (1 + abs(a)) * abs(g) + 1e-30, "gelu(\(v)) = \(gelu[i]), float64 \(g)")
+            XCTAssertLessThanOrEqual(abs(Double(silu[i]) - s), 4e-7 * (1 + abs(d)) * abs(s) + 1e-30, "silu(\(v)) = \(silu[i]), float64 \(s)")
+        }
+    }
+
     /// Norms of a tensor with no rows and activations of a scalar neither crash nor change shape.
     func testNormsOfEmptyTensorsAndActivationsOfScalars() {
         let empty = Tensor(zeros: [0, 4])

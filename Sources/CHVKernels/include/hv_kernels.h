@@ -161,6 +161,13 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
 /// not NULL (w, b optional; out may be xhat itself).
 void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd, const float *w, const float *b,
                   size_t rows, size_t n, float eps, int centered);
+/// hv_norm_rows (RMS, w) over the heads of `tokens` tokens (head h of token i at
+/// x + i * token_stride + h * head_stride, written to out + (i * heads + h) * n), each of the first
+/// `rotated` tokens' heads then rotated pairwise by the rotary rows c, s + i * n; bit-equal to
+/// the two ops apart.
+void hv_rms_norm_rotary(const float *x, long token_stride, long head_stride, size_t tokens, float *out,
+                        const float *w, float eps, const float *c, const float *s, size_t rotated,
+                        size_t heads, size_t n);
 /// dx of hv_norm_rows from the output gradient g (w optional).
 void hv_norm_rows_backward(const float *g, const float *w, const float *xhat, const float *rstd, float *dx,
                            size_t rows, size_t n, int centered);
