@@ -357,6 +357,86 @@ static void small_part(void *arg, int t) {
     gelu_columns(p->C, p->ldc, M, j0, j1, p->gelu_from);
 }
 
+// 8 to SMALL_M rows of A against a transposed B, computed as C^T = B^T A^T: the rows of B^T (a
+// linear layer's weight rows, contiguous in k) are the broadcast operand of a 6 x 16 register
+// tile, read where they lie, each streamed from memory once; A^T is packed once per call into
+// 16-row panels (64 KiB for 32 x 512), the tile's vector operand. The small path's dot products
+// instead end every 4 x 3 block with 12 horizontal sums and re-read A for every 3 rows of B.
+// Threads split B's rows in 6-row strips.
+#define THIN_MIN_M 8
+
+typedef struct {
+    int M, N, K;
+    const float *B;
+    long csb;
+    const float *ap;     // A^T packed: panel p holds rows 16p.., ap[p * K * 16 + k * 16 + i]
+    float *C;
+    long ldc;
+    float alpha;
+    int accumulate;
+    const float *bias;
+    int gelu_from;
+    int threads;
+} thin_plan;
+
+/// C[i][j0 + r] = alpha * sum_k W_r[k] * P[k][i] (+ C) (+ bias[j0 + r]) for r < nw, i < na: W_r
+/// the rows of B^T at w + r * ldw, P a packed 16-row panel of A^T.
+F32_TARGET
+static void thin_tile(int K, const float *w, long ldw, int nw, const float *pnl, int na, float *C, long ldc, int j0,
+                      float alpha, int accumulate, const float *bias, const float *next) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *w0 = w, *w1 = nw > 1 ? w + ldw : w, *w2 = nw > 2 ? w + 2 * ldw : w, *w3 = nw > 3 ? w + 3 * ldw : w,
+                *w4 = nw > 4 ? w + 4 * ldw : w, *w5 = nw > 5 ? w + 5 * ldw : w;
+    for (int k = 0; k < K; k++) {
+        if (next && (k & 15) == 0)  // the next strip's rows, one line of each per 16 k
+            for (int r = 0; r < 6; r++) _mm_prefetch((const char *)(next + r * ldw + k), _MM_HINT_T0);
+        const __m256 b0 = _mm256_load_ps(pnl + (long)k * 16), b1 = _mm256_load_ps(pnl + (long)k * 16 + 8);
+        __m256 t = _mm256_broadcast_ss(w0 + k);
+        c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
+        t = _mm256_broadcast_ss(w1 + k);
+        c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
+        t = _mm256_broadcast_ss(w2 + k);
+        c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
+        t = _mm256_broadcast_ss(w3 + k);
+        c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
+        t = _mm256_broadcast_ss(w4 + k);
+        c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
+        t = _mm256_broadcast_ss(w5 + k);
+        c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+    }
+    float tile[6][16];
+    _mm256_storeu_ps(tile[0], c00); _mm256_storeu_ps(tile[0] + 8, c01);
+    _mm256_storeu_ps(tile[1], c10); _mm256_storeu_ps(tile[1] + 8, c11);
+    _mm256_storeu_ps(tile[2], c20); _mm256_storeu_ps(tile[2] + 8, c21);
+    _mm256_storeu_ps(tile[3], c30); _mm256_storeu_ps(tile[3] + 8, c31);
+    _mm256_storeu_ps(tile[4], c40); _mm256_storeu_ps(tile[4] + 8, c41);
+    _mm256_storeu_ps(tile[5], c50); _mm256_storeu_ps(tile[5] + 8, c51);
+    for (int i = 0; i < na; i++) {
+        float *c = C + (long)i * ldc + j0;
+        for (int r = 0; r < nw; r++) c[r] = alpha * tile[r][i] + (accumulate ? c[r] : 0.0f) + (bias ? bias[j0 + r] : 0.0f);
+    }
+}
+
+F32_TARGET
+static void thin_part(void *arg, int t) {
+    thin_plan *p = arg;
+    const int strips = ceil_div(p->N, 6), per = ceil_div(strips, p->threads);
+    const int s0 = t * per < strips ? t * per : strips, s1 = s0 + per < strips ? s0 + per : strips;
+    const int panels = ceil_div(p->M, 16);
+    for (int s = s0; s < s1; s++) {
+        const int j0 = s * 6, nw = p->N - j0 < 6 ? p->N - j0 : 6;
+        const float *w = p->B + (long)j0 * p->csb;
+        const float *next = s + 1 < s1 && (s + 1) * 6 + 6 <= p->N ? w + 6 * p->csb : NULL;
+        for (int q = 0; q < panels; q++) {
+            const int na = p->M - q * 16 < 16 ? p->M - q * 16 : 16;
+            thin_tile(p->K, w, p->csb, nw, p->ap + (long)q * p->K * 16, na, p->C + (long)q * 16 * p->ldc, p->ldc, j0,
+                      p->alpha, p->accumulate, p->bias, q == 0 ? next : NULL);
+        }
+    }
+    gelu_columns(p->C, p->ldc, p->M, s0 * 6, s1 * 6 < p->N ? s1 * 6 : p->N, p->gelu_from);
+}
+
 // One row of A against a B whose rows are contiguous (the input gradient of a one-row linear,
 // dx = dy W: the adaLN modulation's): bound by streaming B, which packing would read and write
 // once more. Threads split the columns of C; each streams its columns of B row by row with 64
@@ -432,6 +512,19 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         return;
     }
     if (macs < (1L << 21)) threads = 1;
+    if (M >= THIN_MIN_M && M <= SMALL_M && rsb == 1) {
+        const int panels = ceil_div(M, 16);
+        float *ap = gemm_buffer(sizeof(float) * (size_t)panels * 16 * K);
+        for (int q = 0; q < panels; q++)  // ap[q][k][i] = A(16q + i, k), zero past M
+            pack_panel(ap + (long)q * K * 16, A + (long)q * 16 * rsa, csa, rsa, K, M - q * 16 < 16 ? M - q * 16 : 16, 16);
+        if (ceil_div(N, 6) < threads) threads = ceil_div(N, 6);
+        threads = hv_pool_acquire(threads);
+        thin_plan plan = {M, N, K, B, csb, ap, C, ldc, alpha, accumulate, bias, gelu_from, threads};
+        hv_pool_run(threads, thin_part, &plan);
+        hv_pool_release(threads);
+        free(ap);
+        return;
+    }
     if (M <= SMALL_M && csa == 1 && rsb == 1) {
         if (N < 64 * threads) threads = N / 64 > 1 ? N / 64 : 1;  // the threads share the memory bandwidth; one is enough for small N
         threads = hv_pool_acquire(threads);

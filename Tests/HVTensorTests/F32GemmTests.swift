@@ -20,13 +20,14 @@ final class F32GemmTests: XCTestCase {
     /// Every transpose combination; alpha 1 and 1/8; beta 0 and 1; with and without a bias; leading
     /// dimensions wider than the matrices; sizes that are not multiples of the 6 x 16 tile, K past one
     /// 512 block, M past one 144-row block, N past one 2048-column block, both split directions (M > N,
-    /// N > M); up to 48 rows against a transposed B (the small-M path, which streams B's rows); 1, 2 and
-    /// 3 threads, on shapes large enough to be split. Equal to a float64 sum within fp32 summation error.
+    /// N > M); up to 48 rows against a transposed B (from 8 rows the thin path, B's rows as the tile's
+    /// broadcast operand; below, the small-M path's dot products); 1, 2 and 3 threads, on shapes large
+    /// enough to be split. Equal to a float64 sum within fp32 summation error.
     func testMatchesFloat64Reference() {
         var rng = HVRandom(seed: 11)
         BLAS.kernel = .hv
         let shapes = [(1, 1, 1), (1, 300, 70), (5, 40, 9), (16, 1, 1), (17, 35, 7), (18, 32, 9), (50, 70, 33), (97, 200, 513), (150, 31, 64), (300, 17, 1030), (20, 2100, 40),
-                      // Above the 2^21 multiply-adds under which a product runs on one thread: the small path's
+                      // Above the 2^21 multiply-adds under which a product runs on one thread: the thin and small paths'
                       // column split, and N past one 2048-column block split over threads.
                       (2, 9000, 130), (40, 4200, 16),
                       // One row (the one-row paths: B's rows contiguous, or its columns), split over threads.
@@ -84,7 +85,7 @@ final class F32GemmTests: XCTestCase {
     }
 
     /// `linearGELU`, with GELU applied inside the product (hv's kernel: per output block, in the
-    /// large and the small-M paths, after the last of several K blocks) or after it (OpenBLAS),
+    /// large, thin and small-M paths, after the last of several K blocks) or after it (OpenBLAS),
     /// equals `linear` followed by `gelu` on the same columns bit for bit; columns before
     /// `fromColumn` are the plain product.
     func testLinearGELUEqualsLinearThenGELU() {
