@@ -91,7 +91,9 @@ final class VAETests: XCTestCase {
     /// weight's elements. Single-element differences through the whole VAE sit at fp32's noise
     /// floor (on the AVX2 machine of 2026-11-27 three of 48 failed with either attention path,
     /// and with eps 5e-3 or 1e-2 the encoder's first convolution was too curved); summed over a
-    /// direction the signal is 8-3000 and the two agree within 1% at eps 2.5e-4. The mid-block
+    /// direction the signal is 8-3000 and the two agree within 1% at eps 2.5e-4, mostly: when the
+    /// exponential changed (2026-11-28) a group norm's weight came out 2.2% apart at 2.5e-4 and
+    /// 0.04% at 5e-4, so the numeric side is the median over eps 1.5e-4, 2.5e-4 and 4e-4. The mid-block
     /// attention weights (directional derivatives of 1.6-4 here, at the noise floor: 7% apart)
     /// are left to CausalAttention3DTests. The check runs with the im2col convolutions; the direct kernels
     /// have their own finite-difference check (GradientTests) and must give this VAE the same
@@ -108,8 +110,14 @@ final class VAETests: XCTestCase {
                      "quant_conv.weight",
                      "decoder.up_blocks.1.upsamplers.0.conv.conv.weight", "decoder.conv_out.conv.bias"] {
             let p = try XCTUnwrap(named[name], name)
-            let (a, n) = directionalGradCheck(p, eps: 2.5e-4) { vae.decode(vae.encode(x).mean) }
-            XCTAssertLessThan(abs(a - n), 1e-3 + 2e-2 * max(abs(a), abs(n)), "\(name): analytic \(a), numeric \(n)")
+            var a = 0.0, numeric: [Double] = []
+            for eps: Float in [1.5e-4, 2.5e-4, 4e-4] {
+                let (analytic, n) = directionalGradCheck(p, eps: eps) { vae.decode(vae.encode(x).mean) }
+                a = analytic
+                numeric.append(n)
+            }
+            let n = numeric.sorted()[1]
+            XCTAssertLessThan(abs(a - n), 1e-3 + 2e-2 * max(abs(a), abs(n)), "\(name): analytic \(a), numeric \(numeric) (median \(n))")
         }
     }
 

@@ -1,3 +1,4 @@
+import CHVKernels
 import Foundation
 import HVTensor
 import XCTest
@@ -395,6 +396,27 @@ final class CoreTests: XCTestCase {
         }
         qkv.requiresGrad = true
         XCTAssertNil(qkv.qkvViews(heads: heads), "views under a graph")
+    }
+
+    /// The exponential of softmax and attention (hv_exp_shift_sum) against float64 on [-87, 0] and
+    /// a few positive values: within 2.5e-7 + |x| * 1.5e-8 relative; e^0 exactly 1, e^-inf (a
+    /// masked key) and anything at or below -88 exactly 0; and the returned sum is their sum.
+    func testExpShiftSumMatchesFloat64() {
+        var xs = (0...8700).map { -Float($0) * 0.01 } + [3, 10, 40, 87]
+        xs += [-88, -100, -.infinity]
+        var row = xs
+        let sum = hv_exp_shift_sum(&row, row.count, 0)
+        for (i, x) in xs.enumerated() where x > -87.5 {
+            let e = Foundation.exp(Double(x))
+            XCTAssertLessThanOrEqual(abs(Double(row[i]) - e), (2.5e-7 + Double(abs(x)) * 1.5e-8) * e, "exp(\(x)) = \(row[i]), float64 \(e)")
+        }
+        XCTAssertEqual(row[0], 1)
+        XCTAssertEqual(Array(row.suffix(3)), [0, 0, 0])
+        XCTAssertEqual(Double(sum), row.reduce(0.0) { $0 + Double($1) }, accuracy: 1e-6 * Double(sum))
+        var shifted: [Float] = [5, 5 - 1e-3, -Float.infinity]
+        XCTAssertEqual(Double(hv_exp_shift_sum(&shifted, 3, 5)), 1 + Foundation.exp(-1e-3), accuracy: 1e-6)
+        XCTAssertEqual(shifted[0], 1)
+        XCTAssertEqual(shifted[2], 0)
     }
 
     /// softmax (and so blocked attention) uses the vectorised exp kernel: check it against float64.
