@@ -136,6 +136,28 @@ extension Tensor {
         return out
     }
 
+    /// self + y * gate, with self and y [B, L, H] and gate [B, H] broadcast over L (a gated
+    /// residual). With nothing to record, one pass into one new tensor, where the two ops take two
+    /// passes and an intermediate; the same arithmetic (a product, then a sum).
+    public func addingGated(_ y: Tensor, gate: Tensor) -> Tensor {
+        guard !Tensor.willRecord([self, y, gate]), rank == 3, y.shape == shape, gate.shape == [shape[0], shape[2]] else {
+            return self + y * gate.unsqueeze(1)
+        }
+        let x = contiguous(), yc = y.contiguous(), g = gate.contiguous()
+        let L = shape[1], H = shape[2]
+        let out = Tensor(uninitialized: shape)
+        let xp = UncheckedSendable(x.pointer), yp = UncheckedSendable(yc.pointer), gp = UncheckedSendable(g.pointer)
+        let op = UncheckedSendable(out.pointer)
+        Parallel.chunks(shape[0] * L, grain: Swift.max(1, Parallel.grain / Swift.max(1, H))) { rows in
+            for r in rows {
+                let a = xp.value + r * H, b = yp.value + r * H, c = gp.value + (r / L) * H, o = op.value + r * H
+                for i in 0..<H { o[i] = a[i] + b[i] * c[i] }
+            }
+        }
+        withExtendedLifetime((x, yc, g)) {}
+        return out
+    }
+
     public func neg() -> Tensor { map("neg", { -$0 }, grad: { g, _, _ in g.neg() }) }
     public func exp() -> Tensor { map("exp", { Foundation.exp($0) }, grad: { g, _, y in g * y }) }
     public func log() -> Tensor { map("log", { Foundation.log($0) }, grad: { g, x, _ in g / x }) }

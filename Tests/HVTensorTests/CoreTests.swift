@@ -398,6 +398,20 @@ final class CoreTests: XCTestCase {
         XCTAssertNil(qkv.qkvViews(heads: heads), "views under a graph")
     }
 
+    /// The gated residual's one pass equals the product and the sum apart, bit for bit, for
+    /// a batch of two; under a graph it is those ops, with their gradients.
+    func testAddingGatedEqualsSeparateOps() {
+        let x = randomTensor([2, 5, 7], seed: 21), y = randomTensor([2, 5, 7], seed: 22), g = randomTensor([2, 7], seed: 23)
+        let fused = GradMode.withoutGrad { x.addingGated(y, gate: g) }
+        XCTAssertEqual(fused.scalars, (x + y * g.unsqueeze(1)).scalars)
+        g.requiresGrad = true
+        x.addingGated(y, gate: g).sum().backward()
+        let ys = y.scalars
+        var expected = [Float](repeating: 0, count: 14)
+        for b in 0..<2 { for t in 0..<5 { for h in 0..<7 { expected[b * 7 + h] += ys[(b * 5 + t) * 7 + h] } } }
+        for (a, e) in zip(g.grad!.scalars, expected) { XCTAssertEqual(a, e, accuracy: 1e-5) }
+    }
+
     /// The exponential of softmax and attention (hv_exp_shift_sum) against float64 on [-87, 0] and
     /// a few positive values: within 2.5e-7 + |x| * 1.5e-8 relative; e^0 exactly 1, e^-inf (a
     /// masked key) and anything at or below -88 exactly 0; and the returned sum is their sum.

@@ -52,10 +52,10 @@ public final class MMDoubleStreamBlock: Module {
         let a = jointAttention(Tensor.concat([iq, tq], axis: 1), Tensor.concat([ik, tk], axis: 1), Tensor.concat([iv, tv], axis: 1),
                                videoTokens: N, keyMask: keyMask, cp: cp)
         let ia = a.slice(axis: 1, start: 0, length: N), ta = a.slice(axis: 1, start: N, length: a.shape[1] - N)
-        var img = img + applyGate(img_attn_proj(ia), im[2])
-        img = img + applyGate(img_mlp(modulatedLayerNorm(img, shift: im[3], scale: im[4])), im[5])
-        var txt = txt + applyGate(txt_attn_proj(ta), tm[2])
-        txt = txt + applyGate(txt_mlp(modulatedLayerNorm(txt, shift: tm[3], scale: tm[4])), tm[5])
+        var img = img.addingGated(img_attn_proj(ia), gate: im[2])
+        img = img.addingGated(img_mlp(modulatedLayerNorm(img, shift: im[3], scale: im[4])), gate: im[5])
+        var txt = txt.addingGated(txt_attn_proj(ta), gate: tm[2])
+        txt = txt.addingGated(txt_mlp(modulatedLayerNorm(txt, shift: tm[3], scale: tm[4])), gate: tm[5])
         return (img, txt)
     }
 }
@@ -95,7 +95,7 @@ public final class MMSingleStreamBlock: Module {
         k = normRotary(k, k_norm, rope)
         let a = jointAttention(q, k, v, videoTokens: N, keyMask: keyMask, cp: cp)
         let out = linear2(concatenating: [a, fusedGELU ? parts[1] : parts[1].gelu()])
-        return x + applyGate(out, m[2])
+        return x.addingGated(out, gate: m[2])
     }
 }
 

@@ -125,9 +125,6 @@ func modulatedLayerNorm(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
     return modulate(x.layerNorm(eps: 1e-6), shift: shift, scale: scale)
 }
 
-/// x * gate, gate [B, H] broadcast over tokens.
-@inline(__always) func applyGate(_ x: Tensor, _ gate: Tensor) -> Tensor { x * gate.unsqueeze(1) }
-
 /// q or k [B, L, heads, D]: the optional QK RMSNorm, then the rotary over the first
 /// `rope.cos.shape[0]` tokens (none without tables); one pass when nothing is recorded.
 func normRotary(_ x: Tensor, _ norm: RMSNorm?, _ rope: (cos: Tensor, sin: Tensor)?) -> Tensor {

@@ -27,8 +27,8 @@ public final class IndividualTokenRefinerBlock: Module {
         let gates = (adaLN_modulation[1] as! Linear)(c.silu()).chunk(2, axis: -1)
         let (q, k, v) = splitQKV(self_attn_qkv(norm1(x)), heads: heads)
         // Padded text tokens are masked as keys; their own (query) rows never reach the image stream.
-        var h = x + applyGate(self_attn_proj(attention(q, k, v, keyMask: mask)), gates[0])
-        h = h + applyGate(mlp(norm2(h)), gates[1])
+        var h = x.addingGated(self_attn_proj(attention(q, k, v, keyMask: mask)), gate: gates[0])
+        h = h.addingGated(mlp(norm2(h)), gate: gates[1])
         return h
     }
 }
