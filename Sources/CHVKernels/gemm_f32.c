@@ -282,7 +282,8 @@ static void gemm_part(void *arg, int t) {
     free(own);
 }
 
-// Few rows (M <= SMALL_M) against a transposed B (a linear layer's weight, B(k, j) = B[j * csb + k]):
+// Few rows against a transposed B (a linear layer's weight, B(k, j) = B[j * csb + k]), with A's
+// rows contiguous: M < THIN_MIN_M, or up to SMALL_M rows when K is too long for the thin path:
 // the product is bound by streaming B from memory, which packing would read and write once
 // more (at 3-8 GB/s against ~25 GB/s for a plain read). Instead each row of B is read once, in
 // order, and dotted with the rows of A (which stay in cache): a 4 x 3 block of dot products in
@@ -362,8 +363,10 @@ static void small_part(void *arg, int t) {
 // tile, read where they lie, each streamed from memory once; A^T is packed once per call into
 // 16-row panels (64 KiB for 32 x 512), the tile's vector operand. The small path's dot products
 // instead end every 4 x 3 block with 12 horizontal sums and re-read A for every 3 rows of B.
-// Threads split B's rows in 6-row strips.
+// Threads split B's rows in 6-row strips. K is not blocked, so a panel (64 K bytes) is read again
+// for every strip: up to THIN_MAX_K it stays in L2 (256 KiB).
 #define THIN_MIN_M 8
+#define THIN_MAX_K 4096
 
 typedef struct {
     int M, N, K;
@@ -512,7 +515,7 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
         return;
     }
     if (macs < (1L << 21)) threads = 1;
-    if (M >= THIN_MIN_M && M <= SMALL_M && rsb == 1) {
+    if (M >= THIN_MIN_M && M <= SMALL_M && rsb == 1 && K <= THIN_MAX_K) {
         const int panels = ceil_div(M, 16);
         float *ap = gemm_buffer(sizeof(float) * (size_t)panels * 16 * K);
         for (int q = 0; q < panels; q++)  // ap[q][k][i] = A(16q + i, k), zero past M

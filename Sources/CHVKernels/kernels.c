@@ -22,9 +22,13 @@ static inline float hv_exp_approx(float x0) {
     float x = x0 > -88.0f ? x0 : -88.0f;
     x = x < 88.0f ? x : 88.0f;
     const float log2e = 1.44269504088896341f;
-    float t = __builtin_fmaf(x, log2e, 12582912.0f);
+    // Written as a * b + c, which clang contracts into a fused multiply-add (llvm.fmuladd) in
+    // the AVX2 and AVX-512 clones; the baseline clone keeps a vectorisable multiply and add
+    // (f then carries the product's rounding, up to 2^-17 for |x| near 88) where an explicit
+    // fmaf would be a scalar library call.
+    float t = x * log2e + 12582912.0f;
     float n = t - 12582912.0f;
-    float f = __builtin_fmaf(x, log2e, -n);
+    float f = x * log2e - n;
     int32_t ni;
     memcpy(&ni, &t, 4);
     ni -= 0x4B400000;

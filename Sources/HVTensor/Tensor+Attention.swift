@@ -174,25 +174,6 @@ public enum FlashAttention {
     static func rowMax(_ row: UnsafePointer<Float>, _ n: Int) -> Float { hv_row_max(row, n) }
 }
 
-/// exp(x) for x <= 0-ish ranges used by softmax, accurate to ~2 ulp; -inf -> 0.
-/// Cody-Waite range reduction x = n ln2 + r, then a degree-6 polynomial for e^r.
-@inline(__always)
-public func fastExp(_ x: Float) -> Float {
-    if x < -87.3 { return 0 }
-    let xc = min(x, 88.7)
-    let n = (xc * 1.4426950408889634).rounded(.toNearestOrEven)
-    let r = (xc - n * 0.693145751953125) - n * 1.428606765330187e-06
-    var p: Float = 1.0 / 720
-    p = p * r + 1.0 / 120
-    p = p * r + 1.0 / 24
-    p = p * r + 1.0 / 6
-    p = p * r + 0.5
-    p = p * r + 1
-    p = p * r + 1
-    let bits = UInt32(bitPattern: Int32(n) + 127) << 23
-    return p * Float(bitPattern: bits)
-}
-
 /// Pointers handed to worker threads; each work item touches disjoint memory.
 struct SendablePointers: @unchecked Sendable {
     let q, k, v, out, lse: UnsafeMutablePointer<Float>

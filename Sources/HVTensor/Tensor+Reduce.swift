@@ -81,6 +81,10 @@ extension Tensor {
             let a = p + r * n, y = o + r * n
             y.update(from: a, count: n)
             let m = hv_row_max(y, n)
+            if m == -.infinity {  // every entry -inf: uniform, as before hv_exp_approx's clamp gave an exact 0
+                for i in 0..<n { y[i] = 1 / Float(n) }
+                continue
+            }
             let inv = 1 / hv_exp_shift_sum(y, n, m)
             for i in 0..<n { y[i] *= inv }
         }

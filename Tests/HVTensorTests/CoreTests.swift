@@ -140,7 +140,8 @@ final class CoreTests: XCTestCase {
 
     /// GELU (tanh form, computed as v * sigmoid(2u)) and SiLU against float64 over [-12, 12]. The
     /// exponent's own rounding (|a| * 2^-24 for e^a) bounds the relative error, so the tolerance is
-    /// 4e-7 * (1 + |a|) relative, or 1e-30 absolute below float's normal range.
+    /// 4e-7 * (1 + |a|) relative, or 1e-30 absolute (for v below about -10, where e^a is clamped
+    /// at e^88 and the result is v / 1.65e38 instead of a value below 1e-37).
     func testGELUAndSiLUMatchFloat64() {
         let xs = (0...2400).map { Float($0) * 0.01 - 12 }
         let x = Tensor(xs, shape: [xs.count])
@@ -394,6 +395,13 @@ final class CoreTests: XCTestCase {
                            x.contiguous().rmsNorm(weight: w, eps: 1e-6).applyRotary(cos: c, sin: s).scalars)
             XCTAssertEqual(x.rmsNormRotary(weight: w, eps: 1e-6, cos: nil, sin: nil).scalars, x.contiguous().rmsNorm(weight: w, eps: 1e-6).scalars)
         }
+        // D = 32 (the 16-lane sums); three samples of 180 tokens, the rotary tables covering 100 of
+        // each; on two threads the 540 tokens split at 270, token 90 of the second sample
+        let (c2, s2) = RoPE3D.frequencies(grid: (1, 10, 10), dims: [8, 12, 12])
+        let wide2 = randomTensor([3, 180, 3 * 4 * 32], seed: 8), w2 = randomTensor([32], seed: 9)
+        guard let (q2, _, _) = wide2.qkvViews(heads: 4) else { return XCTFail("no views") }
+        XCTAssertEqual(q2.rmsNormRotary(weight: w2, eps: 1e-6, cos: c2, sin: s2).scalars,
+                       q2.contiguous().rmsNorm(weight: w2, eps: 1e-6).applyRotary(cos: c2, sin: s2).scalars)
         qkv.requiresGrad = true
         XCTAssertNil(qkv.qkvViews(heads: heads), "views under a graph")
     }
@@ -401,6 +409,8 @@ final class CoreTests: XCTestCase {
     /// The gated residual's one pass equals the product and the sum apart, bit for bit, for
     /// a batch of two; under a graph it is those ops, with their gradients.
     func testAddingGatedEqualsSeparateOps() {
+        let big = randomTensor([2, 700, 64], seed: 24), by = randomTensor([2, 700, 64], seed: 25), bg = randomTensor([2, 64], seed: 26)
+        XCTAssertEqual(GradMode.withoutGrad { big.addingGated(by, gate: bg) }.scalars, (big + by * bg.unsqueeze(1)).scalars, "several chunks")
         let x = randomTensor([2, 5, 7], seed: 21), y = randomTensor([2, 5, 7], seed: 22), g = randomTensor([2, 7], seed: 23)
         let fused = GradMode.withoutGrad { x.addingGated(y, gate: g) }
         XCTAssertEqual(fused.scalars, (x + y * g.unsqueeze(1)).scalars)
@@ -447,6 +457,7 @@ final class CoreTests: XCTestCase {
         }
         XCTAssertLessThan(worst, 1e-6)
         XCTAssertEqual(Tensor([0, -Float.infinity, 0], shape: [3]).softmax().scalars, [0.5, 0, 0.5])
+        XCTAssertEqual(Tensor([-Float.infinity, -.infinity], shape: [2]).softmax().scalars, [0.5, 0.5], "a row of -inf: uniform")
     }
 
     func testBroadcastErrorsAreCaughtByShape() {

@@ -30,6 +30,9 @@ final class F32GemmTests: XCTestCase {
                       // Above the 2^21 multiply-adds under which a product runs on one thread: the thin and small paths'
                       // column split, and N past one 2048-column block split over threads.
                       (2, 9000, 130), (40, 4200, 16),
+                      // The thin path's edges (8 and 48 rows; 7 takes the small path), a split whose
+                      // last 6-row strip is partial, and K past THIN_MAX_K (the small path again).
+                      (8, 50, 33), (48, 61, 70), (7, 45, 20), (24, 4201, 32), (10, 20, 4500),
                       // One row (the one-row paths: B's rows contiguous, or its columns), split over threads.
                       (1, 600, 3000), (1, 7, 3000), (1, 2, 700)]
         for (m, n, k) in shapes {
@@ -85,7 +88,7 @@ final class F32GemmTests: XCTestCase {
     }
 
     /// `linearGELU`, with GELU applied inside the product (hv's kernel: per output block, in the
-    /// large, thin and small-M paths, after the last of several K blocks) or after it (OpenBLAS),
+    /// large and thin paths, after the last of several K blocks) or after it (OpenBLAS),
     /// equals `linear` followed by `gelu` on the same columns bit for bit; columns before
     /// `fromColumn` are the plain product.
     func testLinearGELUEqualsLinearThenGELU() {
