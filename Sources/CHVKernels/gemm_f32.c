@@ -368,20 +368,6 @@ static void small_part(void *arg, int t) {
 #define THIN_MIN_M 8
 #define THIN_MAX_K 4096
 
-typedef struct {
-    int M, N, K;
-    const float *B;
-    long csb;
-    const float *ap;     // A^T packed: panel p holds rows 16p.., ap[p * K * 16 + k * 16 + i]
-    float *C;
-    long ldc;
-    float alpha;
-    int accumulate;
-    const float *bias;
-    int gelu_from;
-    int threads;
-} thin_plan;
-
 /// C[i][j0 + r] = alpha * sum_k W_r[k] * P[k][i] (+ C) (+ bias[j0 + r]) for r < nw, i < na: W_r
 /// the rows of B^T at w + r * ldw, P a packed 16-row panel of A^T.
 F32_TARGET
@@ -423,7 +409,7 @@ static void thin_tile(int K, const float *w, long ldw, int nw, const float *pnl,
 
 F32_TARGET
 static void thin_part(void *arg, int t) {
-    thin_plan *p = arg;
+    small_plan *p = arg;  // A: A^T packed, panel q holding rows 16q.. at A[q * K * 16 + k * 16 + i]
     const int strips = ceil_div(p->N, 6), per = ceil_div(strips, p->threads);
     const int s0 = t * per < strips ? t * per : strips, s1 = s0 + per < strips ? s0 + per : strips;
     const int panels = ceil_div(p->M, 16);
@@ -433,7 +419,7 @@ static void thin_part(void *arg, int t) {
         const float *next = s + 1 < s1 && (s + 1) * 6 + 6 <= p->N ? w + 6 * p->csb : NULL;
         for (int q = 0; q < panels; q++) {
             const int na = p->M - q * 16 < 16 ? p->M - q * 16 : 16;
-            thin_tile(p->K, w, p->csb, nw, p->ap + (long)q * p->K * 16, na, p->C + (long)q * 16 * p->ldc, p->ldc, j0,
+            thin_tile(p->K, w, p->csb, nw, p->A + (long)q * p->K * 16, na, p->C + (long)q * 16 * p->ldc, p->ldc, j0,
                       p->alpha, p->accumulate, p->bias, q == 0 ? next : NULL);
         }
     }
@@ -522,7 +508,7 @@ void hv_gemm_f32(int M, int N, int K, float alpha, const float *A, long rsa, lon
             pack_panel(ap + (long)q * K * 16, A + (long)q * 16 * rsa, csa, rsa, K, M - q * 16 < 16 ? M - q * 16 : 16, 16);
         if (ceil_div(N, 6) < threads) threads = ceil_div(N, 6);
         threads = hv_pool_acquire(threads);
-        thin_plan plan = {M, N, K, B, csb, ap, C, ldc, alpha, accumulate, bias, gelu_from, threads};
+        small_plan plan = {M, N, K, ap, 16, B, csb, C, ldc, alpha, accumulate, bias, gelu_from, threads};
         hv_pool_run(threads, thin_part, &plan);
         hv_pool_release(threads);
         free(ap);
