@@ -363,7 +363,7 @@ static void small_part(void *arg, int t) {
 // tile, read where they lie, each streamed from memory once; A^T is packed once per call into
 // 16-row panels (64 KiB for 32 x 512), the tile's vector operand. The small path's dot products
 // instead end every 4 x 3 block with 12 horizontal sums and re-read A for every 3 rows of B.
-// Threads split B's rows in 6-row strips. K is not blocked, so a panel (64 K bytes) is read again
+// Threads split B's rows in 6-row strips. K is not blocked, so a panel (64 * K bytes) is read again
 // for every strip: up to THIN_MAX_K it stays in L2 (256 KiB).
 #define THIN_MIN_M 8
 #define THIN_MAX_K 4096

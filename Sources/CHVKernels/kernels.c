@@ -116,8 +116,8 @@ static inline float hv_tanh_approx(float u) {
 #define GELU_C 0.7978845608028654f
 
 // 0.5 v (1 + tanh(u)) written as v * sigmoid(2u) = v / (1 + e^(-2u)), u = c (v + 0.044715 v^3):
-// one exponential and one division, no cancellation for large negative v, and with the
-// exponential below about twice as fast as the tanh form (scripts/dev/gelu_exp_bench.c).
+// one exponential and one division, no cancellation for large negative v; with the exponential
+// above, about twice as fast as the tanh form (scripts/dev/gelu_exp_bench.c).
 static inline float hv_gelu1(float v) {
     return v / (1.0f + hv_exp_approx(v * (-2.0f * GELU_C + (-2.0f * GELU_C * 0.044715f) * (v * v))));
 }

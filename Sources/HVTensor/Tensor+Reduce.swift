@@ -81,7 +81,7 @@ extension Tensor {
             let a = p + r * n, y = o + r * n
             y.update(from: a, count: n)
             let m = hv_row_max(y, n)
-            if m == -.infinity {  // every entry -inf: uniform, as before hv_exp_approx's clamp gave an exact 0
+            if m == -.infinity {  // every entry -inf: uniform (as it came out before the exponential gave exact zeros, 0/0 now)
                 for i in 0..<n { y[i] = 1 / Float(n) }
                 continue
             }
