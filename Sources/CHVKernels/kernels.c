@@ -379,6 +379,20 @@ HV_CLONES HV_WIDE void hv_conv3d_direct_wgrad(const float *x, int Ci, int Tp, in
     }
 }
 
+/* 1 / sqrt(mean((a - m)^2) + eps) over a row of n, the squares summed in 16 double lanes (lane l
+ * takes the elements i = l mod 16, in order; then the lanes in order), so the loop vectorises.
+ * Shared by hv_norm_rows and hv_rms_norm_rotary, which must agree bit for bit. */
+static inline float hv_row_rstd(const float *a, size_t n, float m, float eps) {
+#pragma clang fp contract(off)
+    double lanes[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) { double d = (double)(a[i + l] - m); lanes[l] += d * d; }
+    for (; i < n; i++) { double d = (double)(a[i] - m); lanes[i & 15] += d * d; }
+    double v = 0;
+    for (int l = 0; l < 16; l++) v += lanes[l];
+    return (float)(1.0 / sqrt(v / (double)n + (double)eps));
+}
+
 /* LayerNorm / RMSNorm over rows of n: xhat = (x - mean) * rstd (mean 0 when !centered),
  * out = xhat * w + b (w, b optional; out may be NULL), rstd per row. Sums in 16 double lanes per
  * row, so the loops vectorise. No fused multiply-adds (fp contract off): each product is rounded
@@ -390,25 +404,19 @@ HV_CLONES void hv_norm_rows(const float *x, float *xhat, float *out, float *rstd
     for (size_t r = 0; r < rows; r++) {
         const float *a = x + r * n;
         float *h = xhat + r * n;
-        double lanes[16] = {0};
         float m = 0;
         if (centered) {
+            double lanes[16] = {0};
             size_t i = 0;
             for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) lanes[l] += (double)a[i + l];
             for (; i < n; i++) lanes[i & 15] += (double)a[i];
             double s = 0;
             for (int l = 0; l < 16; l++) s += lanes[l];
             m = (float)(s / (double)n);
-            for (int l = 0; l < 16; l++) lanes[l] = 0;
         }
-        size_t i = 0;
-        for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) { double d = (double)(a[i + l] - m); lanes[l] += d * d; }
-        for (; i < n; i++) { double d = (double)(a[i] - m); lanes[i & 15] += d * d; }
-        double v = 0;
-        for (int l = 0; l < 16; l++) v += lanes[l];
-        float rs = (float)(1.0 / sqrt(v / (double)n + (double)eps));
+        const float rs = hv_row_rstd(a, n, m, eps);
         rstd[r] = rs;
-        for (i = 0; i < n; i++) h[i] = (a[i] - m) * rs;
+        for (size_t i = 0; i < n; i++) h[i] = (a[i] - m) * rs;
         if (out == xhat) {  // in place: one pointer, so the loops vectorise without an overlap check
             if (w && b) for (size_t i = 0; i < n; i++) h[i] = h[i] * w[i] + b[i];
             else if (w) for (size_t i = 0; i < n; i++) h[i] = h[i] * w[i];
@@ -440,13 +448,8 @@ HV_CLONES void hv_rms_norm_rotary(const float *x, long token_stride, long head_s
         for (size_t h = 0; h < heads; h++) {
             const float *a = x + (long)t * token_stride + (long)h * head_stride;
             float *o = out + (t * heads + h) * n;
-            double lanes[16] = {0};
-            size_t i = 0;
-            for (; i + 16 <= n; i += 16) for (int l = 0; l < 16; l++) { double d = (double)a[i + l]; lanes[l] += d * d; }
-            for (; i < n; i++) { double d = (double)a[i]; lanes[i & 15] += d * d; }
-            double v = 0;
-            for (int l = 0; l < 16; l++) v += lanes[l];
-            const float rs = (float)(1.0 / sqrt(v / (double)n + (double)eps));
+            const float rs = hv_row_rstd(a, n, 0.0f, eps);
+            size_t i;
             if (t < rotated) {
                 const float *cr = c + t * n, *sr = s + t * n;
                 for (i = 0; i + 1 < n; i += 2) {
